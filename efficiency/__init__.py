@@ -1,0 +1,1 @@
+"""A JAX/Flax research framework for efficient large language models."""

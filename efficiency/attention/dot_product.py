@@ -1,0 +1,35 @@
+"""Grouped scaled dot-product attention written plainly in jnp (no T x T beyond the scores)."""
+
+import jax
+import jax.numpy as jnp
+
+NEG_INF = -1e30
+
+
+def grouped_attention(
+    q_BTNH: jnp.ndarray,
+    k_BSKH: jnp.ndarray,
+    v_BSKH: jnp.ndarray,
+    mask_B1TS: jnp.ndarray,
+    bias_1NTS: jnp.ndarray | None = None,
+    scale: float | None = None,
+) -> jnp.ndarray:
+  """Softmax attention where N query heads share K key/value heads (N % K == 0).
+
+  Scores and softmax are computed in float32. Rows whose mask is all False (padding) output 0.
+  Returns [B, T, N, H].
+  """
+  b, t, n, h = q_BTNH.shape
+  k = k_BSKH.shape[2]
+  g = n // k
+  scale = h**-0.5 if scale is None else scale
+  q_BTKGH = q_BTNH.reshape(b, t, k, g, h)
+  scores_BKGTS = jnp.einsum("btkgh,bskh->bkgts", q_BTKGH, k_BSKH).astype(jnp.float32) * scale
+  if bias_1NTS is not None:
+    scores_BKGTS += bias_1NTS.reshape(bias_1NTS.shape[0], k, g, *bias_1NTS.shape[2:])
+  mask_B11TS = mask_B1TS[:, :, None]
+  scores_BKGTS = jnp.where(mask_B11TS, scores_BKGTS, NEG_INF)
+  probs_BKGTS = jax.nn.softmax(scores_BKGTS, axis=-1)
+  probs_BKGTS = jnp.where(mask_B11TS, probs_BKGTS, 0.0).astype(v_BSKH.dtype)
+  out_BTKGH = jnp.einsum("bkgts,bskh->btkgh", probs_BKGTS, v_BSKH)
+  return out_BTKGH.reshape(b, t, n, h)

@@ -1,0 +1,1 @@
+"""Metric writing, FLOP/s peaks and memory measurement."""

@@ -1,0 +1,28 @@
+"""Model FLOPs per token, the numerator of MFU.
+
+  flops_per_token = 6 * matmul_params + layers * attention_score_flops(seq_len)
+
+`matmul_params` counts every weight used in a matmul: per layer the attention variant's own
+projections plus the SwiGLU MLP (3 * d_model * d_ff), and once the logits projection
+(d_model * vocab, tied or not). The embedding lookup is a gather and is not counted. The factor 6
+is 2 FLOPs per multiply-add times 3 for the forward and the two backward matmuls. The attention
+variant supplies its score FLOPs; for softmax attention under a causal mask that is
+6 * seq_len * heads * head_dim per layer (half of the full square).
+"""
+
+import ml_collections
+
+from efficiency.attention import get_attention
+
+
+def matmul_params(cfg: ml_collections.ConfigDict) -> int:
+  """Weights used in matmuls for one token's forward pass."""
+  attention = get_attention(cfg.attention)
+  per_layer = attention.matmul_params(cfg) + 3 * cfg.d_model * cfg.d_ff
+  return cfg.num_layers * per_layer + cfg.d_model * cfg.vocab_size
+
+
+def flops_per_token(cfg: ml_collections.ConfigDict, seq_len: int) -> int:
+  """Training FLOPs (forward + backward) per token at sequence length `seq_len`."""
+  attention = get_attention(cfg.attention)
+  return 6 * matmul_params(cfg) + cfg.num_layers * attention.score_flops_per_token(cfg, seq_len)

@@ -1,0 +1,87 @@
+"""Decoder-only transformer: embedding, pre-norm blocks (attention + SwiGLU), final norm, logits."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from efficiency.attention import get_attention
+from efficiency.model.layers import Embed, Projection, RMSNorm, SwiGLU
+from efficiency.position import get_position
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class Block(nn.Module):
+  """x + attn(norm(x)), then x + mlp(norm(x))."""
+
+  config: ml_collections.FrozenConfigDict
+
+  @nn.compact
+  def __call__(
+      self, x_BTD: jnp.ndarray, segment_ids_BT: jnp.ndarray, positions_BT: jnp.ndarray
+  ) -> tuple[jnp.ndarray, None]:
+    cfg = self.config
+    dtypes = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+    x_BTD = nn.with_logical_constraint(
+        x_BTD, ("activation_batch", "activation_length", "activation_embed")
+    )
+    h_BTD = RMSNorm(cfg.norm_eps, name="attn_norm", **dtypes)(x_BTD)
+    x_BTD = x_BTD + get_attention(cfg.attention)(cfg, name="attn")(
+        h_BTD, segment_ids_BT, positions_BT
+    )
+    h_BTD = RMSNorm(cfg.norm_eps, name="mlp_norm", **dtypes)(x_BTD)
+    x_BTD = x_BTD + SwiGLU(cfg.d_model, cfg.d_ff, cfg.init_std, name="mlp", **dtypes)(h_BTD)
+    return x_BTD, None
+
+
+class Transformer(nn.Module):
+  """The language model. Returns float32 logits [B, T, V]."""
+
+  config: ml_collections.FrozenConfigDict
+
+  @nn.compact
+  def __call__(
+      self, tokens_BT: jnp.ndarray, segment_ids_BT: jnp.ndarray, positions_BT: jnp.ndarray
+  ) -> jnp.ndarray:
+    cfg = self.config
+    dtypes = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+    embed = Embed(cfg.vocab_size, cfg.d_model, cfg.init_std, name="embed", **dtypes)
+    x_BTD = embed(tokens_BT)
+    position_embedding = get_position(cfg.position)(cfg).input_embedding()
+    if position_embedding is not None:
+      x_BTD = position_embedding(x_BTD, positions_BT)
+
+    block = Block
+    policy = REMAT_POLICIES[cfg.remat]
+    if cfg.remat != "none":
+      block = nn.remat(Block, policy=policy, prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:
+      x_BTD, _ = nn.scan(
+          block,
+          variable_axes={"params": 0},
+          split_rngs={"params": True},
+          in_axes=(nn.broadcast, nn.broadcast),
+          length=cfg.num_layers,
+          metadata_params={nn.PARTITION_NAME: "layers"},
+      )(cfg, name="layers")(x_BTD, segment_ids_BT, positions_BT)
+    else:
+      for i in range(cfg.num_layers):
+        x_BTD, _ = block(cfg, name=f"layers_{i}")(x_BTD, segment_ids_BT, positions_BT)
+
+    x_BTD = RMSNorm(cfg.norm_eps, name="final_norm", **dtypes)(x_BTD)
+    if cfg.tie_embeddings:
+      logits_BTV = embed.attend(x_BTD)
+    else:
+      logits_BTV = Projection(
+          "btd,dv->btv", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
+          init_std=cfg.init_std, name="unembed", **dtypes,
+      )(x_BTD)
+    logits_BTV = nn.with_logical_constraint(
+        logits_BTV, ("activation_batch", "activation_length", "vocab")
+    )
+    return logits_BTV.astype(jnp.float32)

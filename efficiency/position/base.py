@@ -1,0 +1,24 @@
+"""The interface every position encoding implements; the base class encodes no position."""
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+
+class PositionEncoding:
+  """Hooks a position encoding can use: an input embedding, and a rotation of queries/keys.
+
+  Subclasses override what they need; the defaults leave the model position-free.
+  """
+
+  def __init__(self, model_config: ml_collections.ConfigDict):
+    self.config = model_config
+
+  def input_embedding(self) -> nn.Module | None:
+    """A module mapping (x_BTD, positions_BT) -> x_BTD, added at the input; None for none."""
+    return None
+
+  def rotate(self, x_BTNH: jnp.ndarray, positions_BT: jnp.ndarray) -> jnp.ndarray:
+    """Rotates query or key heads by their positions; identity by default."""
+    del positions_BT
+    return x_BTNH

@@ -1,0 +1,1 @@
+"""Mesh construction and logical-to-mesh sharding rules."""

@@ -1,0 +1,23 @@
+"""The one table mapping logical axis names to mesh axes.
+
+Parameters: FSDP shards the `embed` dimension over `fsdp`; tensor parallelism shards heads, MLP
+hidden and vocab over `tensor`. Activations: the batch is split over `data` x `fsdp`.
+A dimension that the mesh axis size does not divide is left replicated (see `param_shardings`).
+"""
+
+LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    # parameters
+    ("embed", "fsdp"),
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("head_dim", None),
+    ("norm", None),
+    ("layers", None),
+    # activations
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_heads", "tensor"),
+)

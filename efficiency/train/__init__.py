@@ -1,0 +1,1 @@
+"""Training state, optimizer, step, checkpoints and the loop."""

@@ -1,0 +1,71 @@
+"""AdamW with warmup + cosine (or constant) schedule, global-norm clipping and a decay mask."""
+
+from collections.abc import Callable
+
+import jax
+import ml_collections
+import optax
+
+
+def _warmup_cosine(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0,
+      peak_value=cfg.lr,
+      warmup_steps=cfg.warmup_steps,
+      decay_steps=max(total_steps, cfg.warmup_steps + 1),
+      end_value=cfg.lr * cfg.min_lr_ratio,
+  )
+
+
+def _warmup_constant(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+  del total_steps
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps), optax.constant_schedule(cfg.lr)],
+      [cfg.warmup_steps],
+  )
+
+
+SCHEDULES: dict[str, Callable[[ml_collections.ConfigDict, int], optax.Schedule]] = {
+    "cosine": _warmup_cosine,
+    "constant": _warmup_constant,
+}
+
+NO_DECAY_NAMES = ("scale", "bias")
+
+
+def weight_decay_mask(params):
+  """True for weights that decay: everything but norm scales and biases."""
+
+  def decays(path, _) -> bool:
+    names = {getattr(k, "key", None) for k in path}
+    return not names.intersection(NO_DECAY_NAMES)
+
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+  """The learning-rate schedule named by `optimizer.schedule`."""
+  if cfg.schedule not in SCHEDULES:
+    raise ValueError(
+        f"optimizer.schedule={cfg.schedule!r} is unknown; valid choices: {sorted(SCHEDULES)}"
+    )
+  return SCHEDULES[cfg.schedule](cfg, total_steps)
+
+
+def make_optimizer(
+    cfg: ml_collections.ConfigDict, total_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Clip by global norm, then AdamW with decoupled, masked weight decay."""
+  schedule = make_schedule(cfg, total_steps)
+  tx = optax.chain(
+      optax.clip_by_global_norm(cfg.grad_clip),
+      optax.adamw(
+          schedule,
+          b1=cfg.b1,
+          b2=cfg.b2,
+          eps=cfg.eps,
+          weight_decay=cfg.weight_decay,
+          mask=weight_decay_mask,
+      ),
+  )
+  return tx, schedule

@@ -1,0 +1,1 @@
+"""Command-line evaluations: perplexity, generation, decoding and efficiency benchmarks, sweeps."""

@@ -1,0 +1,86 @@
+"""Config validation: each bad value gives one clear line naming the field, value and choices."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from configs.default import get_config
+from efficiency.config import ConfigError, resolve
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    "overrides, devices, expected",
+    [
+        ({"model.attention": "flash"}, 1, "model.attention='flash' is invalid; valid choices: ["),
+        ({"model.num_kv_heads": 3}, 1, "model.num_kv_heads=3 does not divide model.num_heads=4; "
+                                        "valid choices: [1, 2, 4]"),
+        ({"mesh.data": 3}, 8, "mesh={'data': 3, 'fsdp': 1, 'tensor': 1} has 3 devices but 8"),
+        ({"mesh.data": 2, "mesh.fsdp": 2, "batch_size": 6}, 4,
+         "batch_size=6 is not divisible by data-parallel size 4"),
+        ({"model.position": "xpos"}, 1, "model.position='xpos' is invalid; valid choices:"),
+        ({"quant.mode": "int3"}, 1, "quant.mode='int3' is invalid; valid choices: ["),
+        ({"steps": 0}, 1, "steps=0 is invalid; it must be a positive integer"),
+        ({"model.dtype": "float16x"}, 1, "model.dtype='float16x' is invalid"),
+    ],
+)
+def test_bad_values_raise_config_error(overrides, devices, expected):
+  config = get_config()
+  for field, value in overrides.items():
+    section, _, name = field.rpartition(".")
+    (config[section] if section else config)[name] = value
+  with pytest.raises(ConfigError) as err:
+    resolve(config, num_devices=devices)
+  assert expected in str(err.value)
+  assert "\n" not in str(err.value)
+
+
+def test_mha_and_mqa_fix_kv_heads():
+  for attention, kv_heads in [("mha", 4), ("mqa", 1), ("gqa", 2)]:
+    config = get_config()
+    config.model.attention = attention
+    assert resolve(config, num_devices=1).model.num_kv_heads == kv_heads
+
+
+def test_mesh_fill_resolves_against_device_count():
+  config = get_config()
+  config.mesh.update(data=-1, fsdp=2, tensor=2)
+  config.batch_size = 4
+  resolve(config, num_devices=8)  # data fills to 2, dp = 4 divides 4
+
+
+@pytest.mark.parametrize(
+    "flag, expected",
+    [
+        ("--config.model.attention=bogus", "error: model.attention='bogus' is invalid; valid "
+                                           "choices: ['gqa', 'mha', 'mqa']"),
+        ("--config.model.num_kv_heads=3", "error: model.num_kv_heads=3 does not divide"),
+        ("--config.mesh.data=2", "error: mesh={'data': 2, 'fsdp': 1, 'tensor': 1} has 2 devices "
+                                 "but 1 are available"),
+    ],
+)
+def test_cli_prints_one_line_error_before_compiling(tmp_path, flag, expected):
+  proc = subprocess.run(
+      [sys.executable, "train.py", f"--workdir={tmp_path / 'run'}", flag],
+      cwd=ROOT, capture_output=True, text=True, timeout=120,
+  )
+  assert proc.returncode != 0
+  assert "Traceback" not in proc.stderr
+  last_line = proc.stderr.strip().splitlines()[-1]
+  assert last_line.startswith(expected)
+  assert not (tmp_path / "run").exists()  # nothing ran: no workdir written
+
+
+def test_cli_batch_not_divisible_by_data_parallel(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "train.py", f"--workdir={tmp_path}", "--config.batch_size=7"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120,
+      env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "PATH": "/usr/bin:/bin"},
+  )
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1].startswith(
+      "error: batch_size=7 is not divisible by data-parallel size 2"
+  )

@@ -1,0 +1,95 @@
+"""Trains a language model: config -> mesh -> data -> model -> train loop -> workdir.
+
+  python train.py --workdir=DIR [--config=configs/default.py[:ARG]] [--config.FIELD=VALUE ...]
+
+Running it again on the same DIR resumes from the newest checkpoint.
+"""
+
+import logging as logging_std
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/default.py", "Training config file, optionally with :ARG.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and summary.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for a multi-process job."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in the job.")
+flags.mark_flag_as_required("workdir")
+
+
+def _initialize_distributed() -> None:
+  """Joins a multi-process job when launched as one (flags, or a cluster jax detects itself)."""
+  import jax
+
+  if _NUM_PROCESSES.value and _NUM_PROCESSES.value > 1:
+    if jax.config.jax_platforms in (None, "", "cpu") and not os.environ.get("CUDA_VISIBLE_DEVICES"):
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=_COORDINATOR.value,
+        num_processes=_NUM_PROCESSES.value,
+        process_id=_PROCESS_ID.value,
+    )
+  elif os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("SLURM_NTASKS", "1") != "1":
+    jax.distributed.initialize()
+
+
+class _QuietLibraries(logging_std.Filter):
+  """Drops INFO chatter from checkpointing and dataset libraries; keeps their warnings."""
+
+  NOISY = tuple(f"{os.sep}{name}{os.sep}" for name in ("orbax", "tensorflow_datasets", "grain"))
+
+  def filter(self, record: logging_std.LogRecord) -> bool:
+    return record.levelno >= logging_std.WARNING or not any(
+        part in record.pathname for part in self.NOISY
+    )
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  _initialize_distributed()
+  import jax
+
+  from efficiency.config import ConfigError, resolve
+
+  config = _CONFIG.value
+  try:
+    with config.unlocked():
+      resolve(config, jax.device_count(), jax.process_count())
+  except ConfigError as e:
+    sys.exit(f"error: {e}")
+
+  from efficiency.train.loop import train_and_evaluate
+
+  try:
+    summary = train_and_evaluate(config, _WORKDIR.value)
+  except ConfigError as e:
+    sys.exit(f"error: {e}")
+  except KeyboardInterrupt:
+    sys.exit(f"interrupted: checkpoint saved in {_WORKDIR.value}; run again to resume")
+  if jax.process_index() == 0:
+    print(_describe(summary))
+
+
+def _describe(summary: dict) -> str:
+  """One line on how the run ended."""
+  fmt = lambda value, spec: "n/a" if value is None else format(value, spec)
+  reached = summary["tokens_to_target"]
+  return (
+      f"done: {summary['steps']} steps, final eval loss {fmt(summary['final_eval_loss'], '.4f')}, "
+      f"tokens to target {summary['target_loss']}: "
+      f"{'not reached' if reached is None else f'{reached:,}'}, "
+      f"{fmt(summary['tokens_per_sec'], ',.0f')} tokens/s, MFU {fmt(summary['mfu'], '.2%')}"
+  )
+
+
+if __name__ == "__main__":
+  app.run(main)
