@@ -66,6 +66,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.validation_percent = 5
   c.data.tokenizer = "sentencepiece"  # sentencepiece | bytes
   c.data.shuffle = True
+  c.data.shuffle_window = 1024  # rows; decorrelates rows cut from one long document
   c.data.worker_threads = 2
   c.data.prefetch = 4
   return c

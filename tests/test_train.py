@@ -64,7 +64,7 @@ def test_run_writes_the_workdir_contract(finished_run):
   assert summary["status"] == "completed" and summary["steps"] == 40
   assert summary["process_count"] == 1 and summary["devices"] == 1
   assert 0 < summary["mfu"] < 1 and summary["tokens_per_sec"] > 0
-  assert summary["tokens_to_target"] is not None  # reached: the initial loss is about log(512) = 6.24
+  assert summary["tokens_to_target"] is not None  # from about log(512) = 6.24 to below 6.0
   assert summary["final_eval_loss"] < np.log(512)
 
   metrics = read_metrics(finished_run)

@@ -1,0 +1,1 @@
+"""Data: TFDS corpora, tokenizers, packing and the Grain input pipeline."""

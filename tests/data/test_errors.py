@@ -1,0 +1,71 @@
+"""Bad data configs fail early with one-line errors naming the value and the valid choices."""
+
+import os
+
+import pytest
+
+from data import pipeline, sources, storage
+from data import tokenizer as tokenizer_lib
+from tests.data.conftest import data_config
+
+
+def test_unknown_data_name(config):
+  config.data.name = "c4"
+  with pytest.raises(ValueError, match=r"^data.name='c4' is unknown; valid choices: stdlib$"):
+    sources.load_source(config)
+
+
+def test_missing_corpus_root(config, tmp_path):
+  config.data.corpus_root = str(tmp_path / "missing")
+  with pytest.raises(FileNotFoundError, match=r"data.corpus_root='.*missing' does not exist"):
+    sources.load_source(config)
+
+
+def test_bad_validation_percent(config):
+  config.data.validation_percent = 0
+  with pytest.raises(ValueError, match=r"data.validation_percent=0 must be between 1 and 99"):
+    sources.load_source(config)
+
+
+def test_empty_validation_split(tmp_path):
+  (tmp_path / "corpus").mkdir()
+  (tmp_path / "corpus" / "only.py").write_text("x = 1\n")
+  config = data_config(str(tmp_path / "corpus"), str(tmp_path / "data"))
+  with pytest.raises(ValueError, match=r"the (train|validation) split of .* is empty"):
+    sources.load_source(config)
+
+
+def test_data_dir_that_cannot_be_created(corpus, tmp_path):
+  (tmp_path / "file").write_text("")
+  config = data_config(corpus[0], str(tmp_path / "file" / "data"))
+  with pytest.raises(PermissionError, match=r"cannot create data directory '.*file/data'"):
+    sources.load_source(config)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_read_only_data_dir(corpus, tmp_path):
+  (tmp_path / "data").mkdir(mode=0o555)
+  config = data_config(corpus[0], str(tmp_path / "data"))
+  with pytest.raises(PermissionError, match=r"data directory '.*data' is not writable"):
+    sources.load_source(config)
+
+
+def test_data_dir_from_environment(config, monkeypatch, tmp_path):
+  config.data.data_dir = ""
+  monkeypatch.setenv("EFFICIENCY_DATA_DIR", str(tmp_path))
+  assert storage.data_dir(config) == str(tmp_path)
+  monkeypatch.delenv("EFFICIENCY_DATA_DIR")
+  assert storage.data_dir(config) == os.path.expanduser("~/.cache/efficiency/data")
+
+
+def test_batch_not_divisible_by_processes(config):
+  tokenizer = tokenizer_lib.get_tokenizer(config)
+  with pytest.raises(ValueError, match=r"batch_size=4 is not divisible by process_count=3"):
+    pipeline.make_train_iterator(config, tokenizer, process_index=0, process_count=3)
+
+
+def test_more_processes_than_documents(config):
+  config.batch_size = 64
+  tokenizer = tokenizer_lib.get_tokenizer(config)
+  with pytest.raises(ValueError, match=r"the validation split has \d+ documents, too few"):
+    pipeline.make_eval_batches(config, tokenizer, process_index=31, process_count=32)
