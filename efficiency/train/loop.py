@@ -255,21 +255,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             log_pending()  # reads the previous step's metrics while this step runs
           tokens = int(local_batch["weights"].sum()) * process_count
           progress["tokens_seen"] += tokens
+          last = step == config.steps
+          evaluate_now = step % config.eval_every == 0 or last
+          save_now = step % config.checkpoint_every == 0 or last
+          if step % config.log_every == 0 or last:
+            pending = (step, progress["tokens_seen"], metrics)
+          if evaluate_now or save_now:
+            # Steps still queued on the device count as training time, not eval or save time.
+            jax.block_until_ready(state)
           throughput.add_step(
               tokens, time.perf_counter() - t0, t1 - t0, warm=step > start_step + 1
           )
-          if step % config.log_every == 0 or step == config.steps:
-            pending = (step, progress["tokens_seen"], metrics)
-          if step % config.eval_every == 0 or step == config.steps:
+          if evaluate_now:
             if pending is not None:
               log_pending()
             run_eval(step)
-          if step % config.checkpoint_every == 0 or step == config.steps:
+          if save_now:
             checkpoint.save(manager, state, train_iter, progress)
           bar.update(1)
           if sigterm.requested:
             raise KeyboardInterrupt
-          if step % config.eval_every == 0 or step % config.checkpoint_every == 0:
+          if evaluate_now or save_now:
             throughput.reset_interval()
     except KeyboardInterrupt:
       status = "interrupted"
