@@ -41,14 +41,18 @@ def _initialize_distributed() -> None:
 
 
 class _QuietLibraries(logging_std.Filter):
-  """Drops INFO chatter from checkpointing and dataset libraries; keeps their warnings."""
+  """Drops INFO chatter from checkpointing and dataset libraries, and their benign warnings."""
 
   NOISY = tuple(f"{os.sep}{name}{os.sep}" for name in ("orbax", "tensorflow_datasets", "grain"))
+  BENIGN = ("Using custom data configuration", "has no dataset_info.json")
 
   def filter(self, record: logging_std.LogRecord) -> bool:
-    return record.levelno >= logging_std.WARNING or not any(
-        part in record.pathname for part in self.NOISY
-    )
+    if not any(part in record.pathname for part in self.NOISY):
+      return True
+    if record.levelno >= logging_std.ERROR:
+      return True
+    message = record.getMessage()
+    return record.levelno >= logging_std.WARNING and not any(b in message for b in self.BENIGN)
 
 
 def main(argv: list[str]) -> None:
