@@ -38,6 +38,18 @@ class MetricWriter:
       self._jsonl = open(self.workdir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115
       self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
 
+  def drop_after(self, step: int) -> None:
+    """Removes records past `step`: a resumed run rewrites what a crash left unsaved."""
+    if not self.enabled:
+      return
+    path = self.workdir / "metrics.jsonl"
+    self._jsonl.close()
+    kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+    self._jsonl = open(path, "a", buffering=1)  # noqa: SIM115
+
   def write(self, step: int, metrics: dict[str, Any]) -> None:
     if not self.enabled:
       return

@@ -158,6 +158,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     else:
       state, progress = restored
       logging.info("Resumed from step %d in %s", int(state.step), workdir)
+      writer.drop_after(int(state.step))
       finished = _finished_summary(workdir, int(state.step), config.steps)
       if finished is not None:
         manager.close()
