@@ -1,0 +1,52 @@
+"""Reading runs back from their workdir files (summary.json, metrics.jsonl), for tables and plots.
+
+Only the workdir contract files are read, so anything here works on runs from any machine.
+"""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Run:
+  """One workdir: its name, summary and logged records (train steps and evals)."""
+
+  name: str
+  workdir: Path
+  summary: dict = field(default_factory=dict)
+  records: list[dict] = field(default_factory=list)
+
+  @property
+  def train_records(self) -> list[dict]:
+    return [r for r in self.records if "loss" in r]
+
+  @property
+  def eval_records(self) -> list[dict]:
+    return [r for r in self.records if "eval_loss" in r]
+
+
+def load_run(workdir: str | Path, name: str | None = None) -> Run:
+  """Loads one workdir; missing files give an empty summary or no records."""
+  workdir = Path(workdir)
+  summary_path, metrics_path = workdir / "summary.json", workdir / "metrics.jsonl"
+  summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+  records = []
+  if metrics_path.exists():
+    by_key = {}  # a resumed run may log a step twice; the last record wins
+    for line in metrics_path.read_text().splitlines():
+      if line.strip():
+        record = json.loads(line)
+        by_key[(record["step"], "eval_loss" in record)] = record
+    records = sorted(by_key.values(), key=lambda r: (r["step"], "eval_loss" in r))
+  return Run(name or workdir.name, workdir, summary, records)
+
+
+def load_sweep(root: str | Path) -> list[Run]:
+  """Every point of a sweep root: each subdirectory with a summary.json or metrics.jsonl."""
+  root = Path(root)
+  dirs = sorted(
+      d for d in root.iterdir()
+      if d.is_dir() and ((d / "summary.json").exists() or (d / "metrics.jsonl").exists())
+  )
+  return [load_run(d) for d in dirs]
