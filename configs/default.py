@@ -30,6 +30,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.attention = "gqa"
   c.model.position = "rope"
   c.model.rope_base = 10_000.0
+  c.model.max_positions = 2048  # position=learned: rows of the table
+  c.model.relative_buckets = 32  # position=relative (T5): distance buckets per head
+  c.model.relative_max_distance = 128  # ... log-spaced up to this distance
+  c.model.window = 32  # attention=sliding: each query sees its last `window` tokens
+  c.model.mla = ml_collections.ConfigDict()  # attention=mla (DeepSeek-V2)
+  c.model.mla.kv_latent_dim = 32  # cached latent c_kv (study: d_model / 8)
+  c.model.mla.q_latent_dim = 96  # queries' low-rank latent
+  c.model.mla.rope_dim = 32  # the decoupled rotary part; one shared rope key per token
+  c.model.mla.qk_head_dim = 64  # non-rotary query/key dims per head
+  c.model.mla.v_head_dim = 64
+  c.model.nsa = ml_collections.ConfigDict()  # attention=nsa (Native Sparse Attention)
+  c.model.nsa.block_size = 16  # l: compression block
+  c.model.nsa.stride = 8  # d: compression stride
+  c.model.nsa.select_size = 16  # l': selection block
+  c.model.nsa.top_n = 4  # selected blocks per query (own and document-first always included)
+  c.model.nsa.window = 32  # w: sliding-window branch
+  c.model.moe = ml_collections.ConfigDict()  # mixture of experts in place of the MLP
+  c.model.moe.num_experts = 0  # 0: dense SwiGLU
+  c.model.moe.top_k = 2
+  c.model.moe.capacity_factor = 1.25
+  c.model.moe.aux_loss_weight = 0.01
   c.model.qkv_bias = False
   c.model.tie_embeddings = True
   c.model.norm_eps = 1e-6
@@ -43,6 +64,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mesh.data = -1
   c.mesh.fsdp = 1
   c.mesh.tensor = 1
+  c.mesh.expert = 1  # shards the experts of model.moe; also splits the batch
 
   c.quant = ml_collections.ConfigDict()
   c.quant.mode = "none"
@@ -69,4 +91,32 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.shuffle_window = 1024  # rows; decorrelates rows cut from one long document
   c.data.worker_threads = 2
   c.data.prefetch = 4
+  c.data.tfds_data_dir = ""  # TFDS names (lm1b, c4/en, ...): "" = TFDS's default data dir
+  c.data.text_glob = ""  # text: a folder or glob of text files, built once into ArrayRecord
+  c.data.max_doc_bytes = 4 * 2**20  # longer documents are dropped (and counted) as absurd
+  # Filters, applied in order when data is prepared (python -m data.prepare): comma-separated
+  # names from data.filters registry: length, exact_dedup, near_dup, quality, perplexity.
+  c.data.filters = ""
+  c.data.filter = ml_collections.ConfigDict()
+  c.data.filter.min_tokens = 16  # length
+  c.data.filter.max_tokens = 100_000  # length
+  c.data.filter.near_dup_threshold = 0.8  # near_dup: estimated Jaccard of 5-gram word shingles
+  c.data.filter.near_dup_perms = 128  # near_dup: MinHash permutations (bands x rows)
+  c.data.filter.near_dup_bands = 32  # near_dup: LSH bands
+  c.data.filter.max_symbol_ratio = 0.25  # quality: chars not alnum, space or ASCII punctuation
+  c.data.filter.min_alnum_ratio = 0.4  # quality: alphanumeric share of non-space chars
+  c.data.filter.max_line_chars = 1000  # quality: longest line
+  c.data.filter.max_repeated_line_ratio = 0.5  # quality: share of lines that repeat another
+  c.data.filter.keep_fraction = 0.5  # perplexity: keep this share, lowest reference loss first
+  c.data.reference_workdir = ""  # perplexity / reference_loss: a finished train.py workdir
+  c.data.curriculum = ml_collections.ConfigDict()
+  c.data.curriculum.difficulty = "none"  # none | length | compression | reference_loss | field
+  c.data.curriculum.field = ""  # difficulty=field: a numeric field of the records
+  c.data.curriculum.pacing = "root"  # linear | root | step
+  c.data.curriculum.start = 0.2  # competence (share of easiest documents) at step 0
+  c.data.curriculum.fraction = 0.5  # share of training tokens until all documents are in play
+  c.data.curriculum.stages = 4  # pacing=step: competence rises in this many equal steps
+  c.data.seq_len_warmup = ml_collections.ConfigDict()
+  c.data.seq_len_warmup.start = 0  # 0: off; else the first steps' longest segment, in tokens
+  c.data.seq_len_warmup.steps = 100  # steps until segments reach seq_len
   return c

@@ -1,4 +1,11 @@
-"""The efficiency study's pretraining shapes: `--config=configs/efficientllm.py:0.5b|1.5b|3b`.
+"""The efficiency study's pretraining shapes: `--config=configs/efficientllm.py:SIZE[-VARIANT...]`.
+
+SIZE is 0.5b, 1.5b or 3b; each VARIANT suffix switches on one of the study's variants at its
+settings: `mqa` (1 KV head), `mla` (KV latent d_model / 8, query latent 3 d_model / 8, qk head dim
+128 plus a 64-dim decoupled rope key, v head dim 128), `nsa` (window 128, compression block 64
+with stride 32, 4 selected blocks of 64), `moe` (8 experts, top-2, aux loss 0.01, capacity 1.25),
+or a position encoding (`sinusoidal`, `learned`, `relative`, `alibi`, `none`); for example
+`1.5b-mla`, `1.5b-moe`, `0.5b-nsa-alibi`.
 
 SwiGLU, RMSNorm eps 1e-6, QKV bias, RoPE base 1e6, tied embeddings over the 151,936-token Qwen2.5
 vocabulary, AdamW (0.9, 0.95), weight decay 0.1, clip 1.0, lr 1e-4 -> 1e-5 cosine, init std
@@ -19,8 +26,8 @@ NOMINAL_PARAMS = {"0.5b": 0.5e9, "1.5b": 1.5e9, "3b": 3.0e9}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """Returns the config for size `arg` (one of 0.5b, 1.5b, 3b; default 0.5b)."""
-  size = (arg or "0.5b").lower()
+  """Returns the config for `arg` = SIZE[-VARIANT...] (default 0.5b)."""
+  size, *variants = (arg or "0.5b").lower().split("-")
   if size not in SHAPES:
     raise ValueError(f"efficientllm size {arg!r} is unknown; valid choices: {sorted(SHAPES)}")
   layers, d_model, heads, kv_heads, d_ff = SHAPES[size]
@@ -59,4 +66,40 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The runnable default corpus, byte-tokenized; a 151,936-token tokenizer over a real web corpus
   # (FineWeb-Edu, as in the study) plugs in through `data.*`.
   c.data.tokenizer = "bytes"
+  for variant in variants:
+    if variant not in VARIANTS:
+      raise ValueError(
+          f"efficientllm variant {variant!r} is unknown; valid choices: {sorted(VARIANTS)}"
+      )
+    VARIANTS[variant](c.model)
   return c
+
+
+def _mla(m: ml_collections.ConfigDict) -> None:
+  latent = m.d_model // 8
+  m.attention = "mla"
+  m.mla.update(
+      kv_latent_dim=latent, q_latent_dim=3 * latent, rope_dim=64, qk_head_dim=128, v_head_dim=128
+  )
+
+
+def _nsa(m: ml_collections.ConfigDict) -> None:
+  m.attention = "nsa"
+  m.nsa.update(block_size=64, stride=32, select_size=64, top_n=4, window=128)
+
+
+def _moe(m: ml_collections.ConfigDict) -> None:
+  m.moe.update(num_experts=8, top_k=2, capacity_factor=1.25, aux_loss_weight=0.01)
+
+
+def _position(name: str):
+  return lambda m: setattr(m, "position", name)
+
+
+VARIANTS = {
+    "mqa": lambda m: setattr(m, "attention", "mqa"),
+    "mla": _mla,
+    "nsa": _nsa,
+    "moe": _moe,
+    **{p: _position(p) for p in ("sinusoidal", "learned", "relative", "alibi", "none")},
+}

@@ -3,7 +3,9 @@
 Every batch is this process's share of the global batch: a dict of numpy arrays of shape
 [batch_size // process_count, seq_len] (see `data.packing` for what the features mean):
   inputs, targets, segment_ids, positions: int32; weights: float32.
-Each process reads only the documents `i` with `i % process_count == process_index`.
+Each process reads only the documents `i` with `i % process_count == process_index` of the
+prepared document list (`data.prepared`: bad documents and filtered ones dropped; with a
+curriculum, the curriculum's order).
 
 The train iterator's position is saved and restored with `get_state()` / `set_state()`, or by
 Orbax through `grain.checkpoint.CheckpointSave(iterator)` / `CheckpointRestore(iterator)`.
@@ -18,7 +20,10 @@ import numpy as np
 from absl import logging
 
 from data import packing
-from data.sources import Records, load_source
+from data.curriculum.order import curriculum_order
+from data.prepared import Subset, prepare
+from data.seq_len_warmup import SeqLenWarmup
+from data.sources import Records, document_bytes, load_source
 from data.tokenizer import Tokenizer
 
 Batch = dict[str, np.ndarray]
@@ -51,7 +56,7 @@ def _shard(
 
 def _tokenize(record: dict, tokenizer: Tokenizer) -> packing.Row:
   """A stored document as model inputs and targets."""
-  tokens = tokenizer.encode(record["text"].decode("utf-8"))
+  tokens = tokenizer.encode(document_bytes(record).decode("utf-8"))
   return packing.document_example(tokens, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id)
 
 
@@ -97,15 +102,26 @@ def make_train_iterator(
 ) -> grain.DatasetIterator:
   """Endless local train batches: documents shuffled with `seed` anew each epoch, then packed.
 
+  With a curriculum (`data.curriculum.difficulty`), documents come in the curriculum's order
+  instead; with `data.seq_len_warmup.start`, the first batches' segments are cut short.
   `data.prefetch` batches are prepared ahead in a background thread. The sequence of batches
   depends only on the config, the tokenizer and the process index and count.
   """
   batch_size = local_batch_size(config, process_count)
-  docs = _shard(load_source(config).train, "train", process_index, process_count)
-  if config.data.shuffle:
-    docs = docs.shuffle(seed=config.seed)
+  prepared = prepare(config, tokenizer)
+  records = load_source(config).train
+  if prepared.scores_N is None:
+    docs = _shard(Subset(records, prepared.train_N), "train", process_index, process_count)
+    if config.data.shuffle:
+      docs = docs.shuffle(seed=config.seed)
+  else:
+    order = curriculum_order(prepared.scores_N, prepared.train_tokens_N, config)
+    ordered = Subset(records, prepared.train_N[order])
+    docs = _shard(ordered, "train", process_index, process_count)
   row_seed = config.seed if config.data.shuffle else None
   batches = _batches(docs.repeat(), config, tokenizer, batch_size, row_seed)
+  if config.data.seq_len_warmup.start:
+    batches = SeqLenWarmup(batches, config)
   prefetched = grain.experimental.ThreadPrefetchIterDataset(
       batches, prefetch_buffer_size=config.data.prefetch
   )
@@ -127,7 +143,8 @@ def make_eval_batches(
   If the split is too small to fill them, it is repeated (and a warning says so).
   """
   batch_size = local_batch_size(config, process_count)
-  docs = _shard(load_source(config).validation, "validation", process_index, process_count)
+  records = Subset(load_source(config).validation, prepare(config, tokenizer).validation_M)
+  docs = _shard(records, "validation", process_index, process_count)
   batches = _take(
       _batches(docs, config, tokenizer, batch_size, EVAL_ROW_SEED), config.eval_batches
   )

@@ -1,13 +1,19 @@
-"""Corpora by `data.name`: each prepares its dataset once and returns random-access splits."""
+"""Corpora by `data.name`: each prepares its dataset once and returns random-access splits.
+
+`stdlib` and `text` are built here through TFDS builders; any other name is a TFDS dataset
+(`lm1b`, `c4/en`, ...) read from `data.tfds_data_dir`, where it must be prepared as ArrayRecord.
+"""
 
 import dataclasses
+import hashlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ml_collections
+import tensorflow_datasets as tfds
 
-from data import storage
+from data import storage, text_corpus
 from data.stdlib_corpus import StdlibCorpus, default_root, make_config
 
 Records = Sequence[Mapping[str, Any]]
@@ -15,7 +21,7 @@ Records = Sequence[Mapping[str, Any]]
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-  """A prepared corpus: splits of records with a UTF-8 `text` field (bytes), read on demand."""
+  """A prepared corpus: splits of records with a `text` field (bytes or str), read on demand."""
 
   train: Records
   validation: Records
@@ -38,14 +44,68 @@ def _stdlib(config: ml_collections.ConfigDict, data_dir: str) -> Source:
   return Source(train=splits["train"], validation=splits["validation"], cache_dir=builder.data_dir)
 
 
+def _text(config: ml_collections.ConfigDict, data_dir: str) -> Source:
+  """The files `data.text_glob` names, built once into ArrayRecord by TFDS."""
+  if not config.data.text_glob:
+    raise ValueError("data.name='text' needs data.text_glob: a folder or a glob of text files")
+  builder_config = text_corpus.make_config(config.data.text_glob, config.data.validation_percent)
+  make = lambda: text_corpus.TextCorpus(
+      config=builder_config, data_dir=data_dir, file_format="array_record"
+  )
+  builder = make()
+  if not builder.is_prepared():
+    with storage.locked(data_dir):
+      builder.download_and_prepare()
+    builder = make()
+  splits = builder.as_data_source()
+  return Source(train=splits["train"], validation=splits["validation"], cache_dir=builder.data_dir)
+
+
+def _tfds(config: ml_collections.ConfigDict, data_dir: str) -> Source:
+  """A TFDS dataset by name, already prepared as ArrayRecord under `data.tfds_data_dir`."""
+  name, tfds_dir = config.data.name, config.data.tfds_data_dir or None
+  how = (
+      f"prepare it with `tfds build {name} --data_dir={tfds_dir or '~/tensorflow_datasets'} "
+      "--file_format=array_record` (on a machine with TensorFlow), then set data.tfds_data_dir"
+  )
+  if tfds_dir and not os.path.isdir(os.path.expanduser(tfds_dir)):
+    raise FileNotFoundError(f"data.tfds_data_dir={tfds_dir!r} does not exist; {how}")
+  try:
+    splits = list(tfds.builder(name, data_dir=tfds_dir).info.splits.keys())
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(
+        f"data.name={name!r} is unknown; valid choices: {', '.join(sorted(SOURCES))} or a TFDS "
+        f"dataset (lm1b, c4/en, ...) prepared in data.tfds_data_dir={tfds_dir or ''!r}; {how}"
+    ) from e
+  validation = "test" if "test" in splits and "validation" not in splits else "validation"
+  try:
+    read = lambda split: tfds.data_source(name, split=split, data_dir=tfds_dir, download=False)
+    train, valid = read("train"), read(validation)
+  except (NotImplementedError, AssertionError, FileNotFoundError) as e:
+    raise FileNotFoundError(
+        f"data.name={name!r} is not prepared as ArrayRecord in data.tfds_data_dir="
+        f"{tfds_dir or ''!r}; {how}"
+    ) from e
+  key = hashlib.sha1(f"{name}\0{tfds_dir}".encode()).hexdigest()[:10]
+  cache_dir = os.path.join(data_dir, "tfds", f"{name.replace('/', '_')}-{key}")
+  return Source(train=train, validation=valid, cache_dir=cache_dir)
+
+
 SOURCES: dict[str, Callable[[ml_collections.ConfigDict, str], Source]] = {
     "stdlib": _stdlib,
+    "text": _text,
 }
 
 
 def load_source(config: ml_collections.ConfigDict) -> Source:
-  """The corpus named by `data.name`, prepared under the data dir on first use."""
+  """The corpus named by `data.name` (a built-in one, else TFDS), prepared on first use."""
   name = config.data.name
-  if name not in SOURCES:
-    raise ValueError(f"data.name={name!r} is unknown; valid choices: {', '.join(sorted(SOURCES))}")
-  return SOURCES[name](config, storage.data_dir(config))
+  if not name:
+    raise ValueError(f"data.name is empty; valid choices: {', '.join(sorted(SOURCES))} or TFDS")
+  return SOURCES.get(name, _tfds)(config, storage.data_dir(config))
+
+
+def document_bytes(record: Mapping[str, Any]) -> bytes:
+  """A record's text as bytes (TFDS gives bytes; its mocks give str)."""
+  text = record["text"]
+  return text.encode("utf-8") if isinstance(text, str) else bytes(text)

@@ -17,7 +17,7 @@ from absl import logging
 from tqdm import tqdm
 
 from data import storage
-from data.sources import Records, load_source
+from data.sources import Records, document_bytes, load_source
 
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 # Text the sentencepiece tokenizer trains on, at most: the first documents of the train split
@@ -128,8 +128,9 @@ def _training_lines(records: Records, max_bytes: int) -> Iterator[str]:
   for record in tqdm(records, desc="Reading tokenizer training text", unit="doc"):
     if seen >= max_bytes:
       return
-    seen += len(record["text"])
-    yield from record["text"].decode("utf-8").split("\n")
+    text = document_bytes(record)
+    seen += len(text)
+    yield from text.decode("utf-8", errors="replace").split("\n")
 
 
 def _sentencepiece(config: ml_collections.ConfigDict) -> Tokenizer:

@@ -30,6 +30,57 @@ def _positive(config: ml_collections.ConfigDict, *fields: str) -> None:
       raise ConfigError(f"{field}={value!r} is invalid; it must be a positive integer")
 
 
+def _check_variants(config: ml_collections.ConfigDict) -> None:
+  """Sizes of the attention variant, position encoding and MoE in use."""
+  m = config.model
+  if m.position == "learned":
+    _positive(config, "model.max_positions")
+    if m.max_positions < config.seq_len:
+      raise ConfigError(
+          f"model.max_positions={m.max_positions} is shorter than seq_len={config.seq_len}; "
+          f"use at least {config.seq_len}"
+      )
+  if m.position == "relative":
+    _positive(config, "model.relative_buckets", "model.relative_max_distance")
+    if m.relative_max_distance <= m.relative_buckets // 2:
+      raise ConfigError(
+          f"model.relative_max_distance={m.relative_max_distance} must exceed "
+          f"model.relative_buckets // 2 = {m.relative_buckets // 2}"
+      )
+  if m.attention == "sliding":
+    _positive(config, "model.window")
+  if m.attention == "mla":
+    _positive(
+        config, "model.mla.kv_latent_dim", "model.mla.q_latent_dim", "model.mla.rope_dim",
+        "model.mla.qk_head_dim", "model.mla.v_head_dim",
+    )
+    if m.position == "rope" and m.mla.rope_dim % 2:
+      raise ConfigError(f"model.mla.rope_dim={m.mla.rope_dim} must be even for rope")
+  if m.attention == "nsa":
+    _positive(
+        config, "model.nsa.block_size", "model.nsa.stride", "model.nsa.select_size",
+        "model.nsa.top_n", "model.nsa.window",
+    )
+    if m.nsa.block_size > config.seq_len:
+      raise ConfigError(
+          f"model.nsa.block_size={m.nsa.block_size} is longer than seq_len={config.seq_len}; "
+          "use at most seq_len"
+      )
+  moe = m.moe
+  if not isinstance(moe.num_experts, int) or moe.num_experts < 0:
+    raise ConfigError(f"model.moe.num_experts={moe.num_experts!r} is invalid; 0 (dense) or more")
+  if moe.num_experts:
+    if not isinstance(moe.top_k, int) or not 1 <= moe.top_k <= moe.num_experts:
+      raise ConfigError(
+          f"model.moe.top_k={moe.top_k!r} is invalid; valid choices: 1..{moe.num_experts}"
+      )
+    if moe.capacity_factor <= 0 or moe.aux_loss_weight < 0:
+      raise ConfigError(
+          f"model.moe.capacity_factor={moe.capacity_factor} must be > 0 and "
+          f"model.moe.aux_loss_weight={moe.aux_loss_weight} >= 0"
+      )
+
+
 def resolve(config: ml_collections.ConfigDict, num_devices: int, process_count: int = 1):
   """Validates `config` in place and fills derived values (kv heads for mha/mqa).
 
@@ -66,16 +117,18 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int, process_count: 
   head_dim = m.head_dim if m.head_dim > 0 else m.d_model // m.num_heads
   if m.position == "rope" and head_dim % 2:
     raise ConfigError(f"model.head_dim={head_dim} must be even for model.position='rope'")
+  _check_variants(config)
 
   try:
     sizes = mesh_shape(config.mesh, num_devices)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  dp = sizes["data"] * sizes["fsdp"]
+  dp = sizes["data"] * sizes["fsdp"] * sizes["expert"]
   if config.batch_size % (dp * config.grad_accum_steps):
     raise ConfigError(
         f"batch_size={config.batch_size} is not divisible by data-parallel size {dp} "
-        f"(mesh.data={sizes['data']} x mesh.fsdp={sizes['fsdp']}) x "
+        f"(mesh.data={sizes['data']} x mesh.fsdp={sizes['fsdp']} x "
+        f"mesh.expert={sizes['expert']}) x "
         f"grad_accum_steps={config.grad_accum_steps}; use a multiple of "
         f"{dp * config.grad_accum_steps}"
     )

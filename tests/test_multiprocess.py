@@ -35,7 +35,7 @@ def test_two_process_run_trains_and_writes_one_summary(tmp_path, tiny_corpus):
     assert proc.returncode == 0, err[-3000:]
   summary = json.loads((workdir / "summary.json").read_text())
   assert summary["process_count"] == 2 and summary["devices"] == 2
-  assert summary["mesh"] == {"data": 2, "fsdp": 1, "tensor": 1}
+  assert summary["mesh"] == {"data": 2, "fsdp": 1, "tensor": 1, "expert": 1}
   assert summary["status"] == "completed" and summary["steps"] == 10
   # Full rows of batch 4 x 32 tokens: both processes' tokens are counted.
   assert summary["tokens_seen"] == 10 * 4 * 32

@@ -83,6 +83,8 @@ def test_run_writes_the_workdir_contract(finished_run):
   assert summary["tokens_to_target"] == first["tokens_seen"]
 
   assert (finished_run / "config.json").exists()
+  report = json.loads((finished_run / "data_report.json").read_text())
+  assert report["splits"]["train"]["documents"] > 0 and report["filters"] == []
   assert list((finished_run / "tensorboard").glob("events.out.tfevents.*"))
   assert sorted(p.name for p in (finished_run / "checkpoints").iterdir() if p.name.isdigit()) == [
       "20", "40"

@@ -17,7 +17,7 @@ def grouped_attention(
   """Softmax attention where N query heads share K key/value heads (N % K == 0).
 
   Scores and softmax are computed in float32. Rows whose mask is all False (padding) output 0.
-  Returns [B, T, N, H].
+  `bias_1NTS` may have a leading 1 or B. Values may have their own head dim V: returns [B, T, N, V].
   """
   b, t, n, h = q_BTNH.shape
   k = k_BSKH.shape[2]
@@ -32,4 +32,4 @@ def grouped_attention(
   probs_BKGTS = jax.nn.softmax(scores_BKGTS, axis=-1)
   probs_BKGTS = jnp.where(mask_B11TS, probs_BKGTS, 0.0).astype(v_BSKH.dtype)
   out_BTKGH = jnp.einsum("bkgts,bskh->btkgh", probs_BKGTS, v_BSKH)
-  return out_BTKGH.reshape(b, t, n, h)
+  return out_BTKGH.reshape(b, t, n, v_BSKH.shape[-1])

@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
+from efficiency.attention.cache import CacheEntry
 from efficiency.attention.dot_product import grouped_attention
 from efficiency.attention.masks import causal_segment_mask
 from efficiency.model.layers import Projection
@@ -15,8 +16,21 @@ def head_dim(cfg: ml_collections.ConfigDict) -> int:
   return cfg.head_dim if cfg.head_dim > 0 else cfg.d_model // cfg.num_heads
 
 
+def projection_kwargs(cfg: ml_collections.ConfigDict, use_bias: bool = False) -> dict:
+  """Init, dtypes and bias flag shared by every attention projection."""
+  return dict(
+      init_std=cfg.init_std,
+      dtype=jnp.dtype(cfg.dtype),
+      param_dtype=jnp.dtype(cfg.param_dtype),
+      use_bias=use_bias,
+  )
+
+
 class GroupedQueryAttention(nn.Module):
-  """Multi-head attention whose query heads share `num_kv_heads` key/value heads."""
+  """Multi-head attention whose query heads share `num_kv_heads` key/value heads.
+
+  Subclasses change how the projected heads attend by overriding `attend`.
+  """
 
   config: ml_collections.FrozenConfigDict
 
@@ -26,12 +40,7 @@ class GroupedQueryAttention(nn.Module):
   ) -> jnp.ndarray:
     cfg = self.config
     d, n, k, h = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, head_dim(cfg)
-    kw = dict(
-        init_std=cfg.init_std,
-        dtype=jnp.dtype(cfg.dtype),
-        param_dtype=jnp.dtype(cfg.param_dtype),
-        use_bias=cfg.qkv_bias,
-    )
+    kw = projection_kwargs(cfg, cfg.qkv_bias)
     q_BTNH = Projection(
         "btd,dnh->btnh", (d, n, h), ("embed", "heads", "head_dim"),
         bias_axes=("heads", "head_dim"), name="query", **kw,
@@ -48,13 +57,27 @@ class GroupedQueryAttention(nn.Module):
     q_BTNH = nn.with_logical_constraint(
         q_BTNH, ("activation_batch", "activation_length", "activation_heads", "head_dim")
     )
-
-    mask_B1TS = causal_segment_mask(segment_ids_BT, segment_ids_BT, positions_BT, positions_BT)
-    out_BTNH = grouped_attention(q_BTNH, k_BTKH, v_BTKH, mask_B1TS)
-    kw["use_bias"] = False
+    out_BTNH = self.attend(
+        q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, positions_BT, position.score_bias()
+    )
     return Projection(
-        "btnh,nhd->btd", (n, h, d), ("heads", "head_dim", "embed"), name="out", **kw
+        "btnh,nhd->btd", (n, h, d), ("heads", "head_dim", "embed"), name="out",
+        **projection_kwargs(cfg),
     )(out_BTNH)
+
+  def attend(
+      self,
+      q_BTNH: jnp.ndarray,
+      k_BTKH: jnp.ndarray,
+      v_BTKH: jnp.ndarray,
+      segment_ids_BT: jnp.ndarray,
+      positions_BT: jnp.ndarray,
+      bias: nn.Module | None,
+  ) -> jnp.ndarray:
+    """Full causal attention within each document."""
+    mask_B1TS = causal_segment_mask(segment_ids_BT, segment_ids_BT, positions_BT, positions_BT)
+    bias_BNTS = None if bias is None else bias(positions_BT, positions_BT)
+    return grouped_attention(q_BTNH, k_BTKH, v_BTKH, mask_B1TS, bias_BNTS)
 
   @staticmethod
   def matmul_params(cfg: ml_collections.ConfigDict) -> int:
@@ -70,3 +93,9 @@ class GroupedQueryAttention(nn.Module):
     the causal mask halves it to 6 T N H.
     """
     return 6 * seq_len * cfg.num_heads * head_dim(cfg)
+
+  @staticmethod
+  def kv_cache_spec(cfg: ml_collections.ConfigDict) -> dict[str, CacheEntry]:
+    """Keys and values of every KV head (RoPE already applied to the keys)."""
+    shape = (cfg.num_kv_heads, head_dim(cfg))
+    return {"key": CacheEntry(shape, cfg.dtype), "value": CacheEntry(shape, cfg.dtype)}

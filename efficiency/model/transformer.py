@@ -7,6 +7,7 @@ import ml_collections
 
 from efficiency.attention import get_attention
 from efficiency.model.layers import Embed, Projection, RMSNorm, SwiGLU
+from efficiency.model.moe import MoE
 from efficiency.position import get_position
 
 REMAT_POLICIES = {
@@ -17,7 +18,8 @@ REMAT_POLICIES = {
 
 
 class Block(nn.Module):
-  """x + attn(norm(x)), then x + mlp(norm(x))."""
+  """x + attn(norm(x)), then x + mlp(norm(x)); the MLP is a mixture of experts when
+  model.moe.num_experts > 0."""
 
   config: ml_collections.FrozenConfigDict
 
@@ -35,12 +37,19 @@ class Block(nn.Module):
         h_BTD, segment_ids_BT, positions_BT
     )
     h_BTD = RMSNorm(cfg.norm_eps, name="mlp_norm", **dtypes)(x_BTD)
-    x_BTD = x_BTD + SwiGLU(cfg.d_model, cfg.d_ff, cfg.init_std, name="mlp", **dtypes)(h_BTD)
+    if cfg.moe.num_experts:
+      x_BTD = x_BTD + MoE(cfg, name="moe")(h_BTD, segment_ids_BT)
+    else:
+      x_BTD = x_BTD + SwiGLU(cfg.d_model, cfg.d_ff, cfg.init_std, name="mlp", **dtypes)(h_BTD)
     return x_BTD, None
 
 
 class Transformer(nn.Module):
-  """The language model. Returns float32 logits [B, T, V]."""
+  """The language model. Returns float32 logits [B, T, V].
+
+  MoE layers sow their load-balancing loss and dropped-choice count into the `moe` collection
+  (apply with `mutable=["moe"]` to read them; one entry per layer).
+  """
 
   config: ml_collections.FrozenConfigDict
 
@@ -63,7 +72,7 @@ class Transformer(nn.Module):
     if cfg.scan_layers:
       x_BTD, _ = nn.scan(
           block,
-          variable_axes={"params": 0},
+          variable_axes={"params": 0, "moe": 0},
           split_rngs={"params": True},
           in_axes=(nn.broadcast, nn.broadcast),
           length=cfg.num_layers,

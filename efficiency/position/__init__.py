@@ -1,11 +1,19 @@
 """Registry of position encodings, keyed by the name `model.position` uses."""
 
+from efficiency.position.alibi import Alibi
 from efficiency.position.base import PositionEncoding
+from efficiency.position.learned import Learned
+from efficiency.position.relative import Relative
 from efficiency.position.rope import RoPE
+from efficiency.position.sinusoidal import Sinusoidal
 
 POSITIONS: dict[str, type[PositionEncoding]] = {
     "none": PositionEncoding,
     "rope": RoPE,
+    "sinusoidal": Sinusoidal,
+    "learned": Learned,
+    "relative": Relative,
+    "alibi": Alibi,
 }
 
 

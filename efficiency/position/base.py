@@ -6,9 +6,11 @@ import ml_collections
 
 
 class PositionEncoding:
-  """Hooks a position encoding can use: an input embedding, and a rotation of queries/keys.
+  """Hooks a position encoding can use: an input embedding, a rotation of queries/keys, and an
+  additive attention-score bias.
 
-  Subclasses override what they need; the defaults leave the model position-free.
+  Subclasses override what they need; the defaults leave the model position-free. Positions come
+  from the batch and restart at every packed document, so every hook sees in-document positions.
   """
 
   def __init__(self, model_config: ml_collections.ConfigDict):
@@ -22,3 +24,12 @@ class PositionEncoding:
     """Rotates query or key heads by their positions; identity by default."""
     del positions_BT
     return x_BTNH
+
+  def score_bias(self) -> nn.Module | None:
+    """A module mapping (q_positions [..., T], k_positions [..., S]) -> float32 bias
+    [..., num_heads, T, S] added to the attention scores; None for none.
+
+    Leading dimensions are free, so blocked and gathered attention can ask for the bias of just
+    the query/key pairs they score. Create it inside the attention module's compact call.
+    """
+    return None

@@ -10,8 +10,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from efficiency.sharding.rules import LOGICAL_AXIS_RULES
 
-MESH_AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")
+MESH_AXES = ("data", "fsdp", "tensor", "expert")
+BATCH_AXES = ("data", "fsdp", "expert")
 
 
 def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]:
@@ -19,7 +19,7 @@ def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> dict
 
   Raises ValueError naming the mesh and the device count when they do not match.
   """
-  sizes = {axis: int(mesh_config[axis]) for axis in MESH_AXES}
+  sizes = {axis: int(mesh_config.get(axis, 1)) for axis in MESH_AXES}
   fill = [a for a, s in sizes.items() if s == -1]
   bad = [a for a, s in sizes.items() if s == 0 or s < -1]
   if bad or len(fill) > 1:
@@ -43,7 +43,7 @@ def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> dict
 
 
 def make_mesh(mesh_config: ml_collections.ConfigDict, devices=None) -> Mesh:
-  """A Mesh with axes (data, fsdp, tensor) over all (or the given) devices."""
+  """A Mesh with axes (data, fsdp, tensor, expert) over all (or the given) devices."""
   devices = jax.devices() if devices is None else devices
   sizes = mesh_shape(mesh_config, len(devices))
   shape = tuple(sizes[a] for a in MESH_AXES)
@@ -75,14 +75,14 @@ def logical_shardings(abstract_tree, mesh: Mesh):
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Rows split over data x fsdp, sequence replicated."""
+  """Rows split over data x fsdp x expert, sequence replicated."""
   return NamedSharding(mesh, PartitionSpec(BATCH_AXES, None))
 
 
 def data_parallel_size(mesh_config: ml_collections.ConfigDict, num_devices: int) -> int:
-  """How many ways the batch is split: data x fsdp."""
+  """How many ways the batch is split: data x fsdp x expert."""
   sizes = mesh_shape(mesh_config, num_devices)
-  return sizes["data"] * sizes["fsdp"]
+  return math.prod(sizes[a] for a in BATCH_AXES)
 
 
 def to_global(local_batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:

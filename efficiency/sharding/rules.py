@@ -1,7 +1,9 @@
 """The one table mapping logical axis names to mesh axes.
 
 Parameters: FSDP shards the `embed` dimension over `fsdp`; tensor parallelism shards heads, MLP
-hidden and vocab over `tensor`. Activations: the batch is split over `data` x `fsdp`.
+hidden and vocab over `tensor`; expert parallelism shards MoE experts over `expert`.
+Activations: the batch is split over `data` x `fsdp` x `expert`, and inside an MoE layer the
+dispatched tokens over `expert` by expert (XLA inserts the all-to-all).
 A dimension that the mesh axis size does not divide is left replicated (see `param_shardings`).
 """
 
@@ -12,12 +14,16 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
     ("mlp", "tensor"),
+    ("expert", "expert"),
+    ("latent", None),
     ("head_dim", None),
     ("norm", None),
     ("layers", None),
     # activations
-    ("activation_batch", ("data", "fsdp")),
+    ("activation_batch", ("data", "fsdp", "expert")),
     ("activation_length", None),
     ("activation_embed", None),
     ("activation_heads", "tensor"),
+    ("activation_expert", "expert"),
+    ("activation_batch_no_expert", ("data", "fsdp")),
 )

@@ -15,7 +15,9 @@ from absl import logging
 from tqdm import tqdm
 
 from data.pipeline import make_eval_batches, make_train_iterator
+from data.prepared import prepare
 from data.tokenizer import get_tokenizer
+from efficiency.attention import kv_cache_bytes_per_token
 from efficiency.config import ConfigError
 from efficiency.metrics.memory import peak_memory_bytes
 from efficiency.metrics.peak import peak_flops_total
@@ -148,6 +150,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   writer = MetricWriter(workdir, enabled=is_main)
   if is_main:
     write_json_atomic(workdir / "config.json", config.to_dict())
+    write_json_atomic(workdir / "data_report.json", prepare(config, tokenizer).report)
   mesh = make_mesh(config.mesh)
   with mesh, nn.logical_axis_rules(LOGICAL_AXIS_RULES):
     training = Training(config, mesh)
@@ -188,6 +191,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         "mfu": None,
         "data_wait_fraction": None,
         "flops_per_token": flops_token,
+        "kv_cache_bytes_per_token": kv_cache_bytes_per_token(config.model),
         "peak_flops": peak_flops,
         "peak_flops_source": peak_source,
         "peak_memory_bytes": None,

@@ -11,17 +11,37 @@ Batch = dict[str, jax.Array]
 
 
 def summed_loss(params, batch: Batch, model: nn.Module, rng: jax.Array):
-  """Sum of token cross-entropies (nats) over real targets, and the number of real targets."""
-  logits_BTV = model.apply(
+  """The objective summed over real targets, and its parts: `loss_sum` (token cross-entropies,
+  nats), `weight_sum` (real targets) and, for MoE models, `moe_aux_loss_sum` (the load-balancing
+  loss averaged over layers, times weight_sum) and `moe_dropped` (routing choices dropped over
+  capacity, all layers). The objective adds aux_loss_weight * moe_aux_loss_sum to loss_sum."""
+  logits_BTV, aux = model.apply(
       {"params": params},
       batch["inputs"],
       batch["segment_ids"],
       batch["positions"],
       rngs={"dropout": rng},
+      mutable=["moe"],
   )
   losses_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, batch["targets"])
   weights_BT = batch["weights"].astype(jnp.float32)
-  return jnp.sum(losses_BT * weights_BT), jnp.sum(weights_BT)
+  stats = {"loss_sum": jnp.sum(losses_BT * weights_BT), "weight_sum": jnp.sum(weights_BT)}
+  objective = stats["loss_sum"]
+  if "moe" in aux:
+    aux_loss = jnp.mean(_sown(aux["moe"], "aux_loss"))
+    stats["moe_aux_loss_sum"] = aux_loss * stats["weight_sum"]
+    stats["moe_dropped"] = jnp.sum(_sown(aux["moe"], "dropped"))
+    objective += model.config.moe.aux_loss_weight * stats["moe_aux_loss_sum"]
+  return objective, stats
+
+
+def _sown(collection, name: str) -> jax.Array:
+  """Every value sown under `name` in a collection, concatenated (one per layer)."""
+  leaves = jax.tree_util.tree_flatten_with_path(collection)[0]
+  return jnp.concatenate([
+      jnp.ravel(leaf) for path, leaf in leaves
+      if any(getattr(key, "key", None) == name for key in path)
+  ])
 
 
 def _micro_batches(batch: Batch, n: int) -> Batch:
@@ -43,39 +63,44 @@ def train_step(
   grad_fn = jax.value_and_grad(summed_loss, has_aux=True)
 
   if grad_accum_steps == 1:
-    (loss_sum, weight_sum), grads = grad_fn(state.params, batch, model, step_rng)
+    (_, stats), grads = grad_fn(state.params, batch, model, step_rng)
   else:
 
     def accumulate(carry, micro):
-      loss_acc, weight_acc, grads_acc, i = carry
-      (loss, weight), grads = grad_fn(
-          state.params, micro, model, jax.random.fold_in(step_rng, i)
-      )
+      stats_acc, grads_acc, i = carry
+      (_, stats), grads = grad_fn(state.params, micro, model, jax.random.fold_in(step_rng, i))
       grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
-      return (loss_acc + loss, weight_acc + weight, grads_acc, i + 1), None
+      return (jax.tree.map(jnp.add, stats_acc, stats), grads_acc, i + 1), None
 
+    micro_batches = _micro_batches(batch, grad_accum_steps)
+    first = jax.tree.map(lambda x: x[0], micro_batches)
+    stats_shape = jax.eval_shape(lambda: grad_fn(state.params, first, model, step_rng)[0][1])
     zeros = jax.tree.map(jnp.zeros_like, state.params)
-    init = (jnp.zeros(()), jnp.zeros(()), zeros, jnp.zeros((), jnp.int32))
-    (loss_sum, weight_sum, grads, _), _ = jax.lax.scan(
-        accumulate, init, _micro_batches(batch, grad_accum_steps)
-    )
+    init = (jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), stats_shape), zeros,
+            jnp.zeros((), jnp.int32))
+    (stats, grads, _), _ = jax.lax.scan(accumulate, init, micro_batches)
 
+  weight_sum = stats["weight_sum"]
   denom = jnp.maximum(weight_sum, 1.0)
   grads = jax.tree.map(lambda g: g / denom, grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {
-      "loss": loss_sum / denom,
+      "loss": stats["loss_sum"] / denom,
       "grad_norm": optax.global_norm(grads),
       "lr": schedule(state.step),
       "tokens": weight_sum,
   }
+  if "moe_aux_loss_sum" in stats:
+    metrics["moe_aux_loss"] = stats["moe_aux_loss_sum"] / denom
+    metrics["moe_dropped"] = stats["moe_dropped"]
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
   return new_state, metrics
 
 
 def eval_step(params, batch: Batch, *, model: nn.Module, token_bytes: jax.Array):
   """Summed loss, real target count and their UTF-8 byte count, for loss and bits per byte."""
-  loss_sum, weight_sum = summed_loss(params, batch, model, jax.random.PRNGKey(0))
+  _, stats = summed_loss(params, batch, model, jax.random.PRNGKey(0))
+  loss_sum, weight_sum = stats["loss_sum"], stats["weight_sum"]
   byte_sum = jnp.sum(token_bytes[batch["targets"]] * batch["weights"])
   return {"loss_sum": loss_sum, "weight_sum": weight_sum, "byte_sum": byte_sum}

@@ -10,8 +10,10 @@ from tests.data.conftest import data_config
 
 
 def test_unknown_data_name(config):
-  config.data.name = "c4"
-  with pytest.raises(ValueError, match=r"^data.name='c4' is unknown; valid choices: stdlib$"):
+  config.data.name = "no_such_corpus"
+  with pytest.raises(
+      ValueError, match=r"^data.name='no_such_corpus' is unknown; valid choices: stdlib, text or "
+  ):
     sources.load_source(config)
 
 
@@ -70,3 +72,20 @@ def test_more_processes_than_documents(config):
   tokenizer = tokenizer_lib.get_tokenizer(config)
   with pytest.raises(ValueError, match=r"the validation split has \d+ documents, too few"):
     pipeline.make_eval_batches(config, tokenizer, process_index=31, process_count=32)
+
+
+def test_filter_chain_that_drops_everything(config):
+  config.data.filters = "length"
+  config.data.filter.min_tokens = 10**9
+  tokenizer = tokenizer_lib.get_tokenizer(config)
+  with pytest.raises(ValueError, match=r"data.filters='length' drops every document"):
+    pipeline.make_train_iterator(config, tokenizer, process_index=0, process_count=1)
+
+
+def test_text_source_needs_a_glob(config):
+  config.data.name = "text"
+  with pytest.raises(ValueError, match=r"data.name='text' needs data.text_glob"):
+    sources.load_source(config)
+  config.data.text_glob = "/nonexistent/*.txt"
+  with pytest.raises(FileNotFoundError, match=r"data.text_glob='/nonexistent/\*.txt' matches no"):
+    sources.load_source(config)

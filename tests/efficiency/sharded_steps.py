@@ -1,7 +1,7 @@
 """Runs a few train steps of a tiny model on a given mesh and prints the losses as JSON.
 
 Run in a subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=N set beforehand:
-  python -m tests.efficiency.sharded_steps DATA FSDP TENSOR
+  python -m tests.efficiency.sharded_steps DATA FSDP TENSOR [EXPERT NUM_EXPERTS]
 """
 
 import json
@@ -20,12 +20,13 @@ from tests.conftest import random_packed_batch, tiny_model_config
 STEPS = 4
 
 
-def main(data: int, fsdp: int, tensor: int) -> None:
+def main(data: int, fsdp: int, tensor: int, expert: int = 1, num_experts: int = 0) -> None:
   config = get_config()
   config.model = tiny_model_config(num_heads=4, num_kv_heads=2, d_model=32, d_ff=64)
   config.update(batch_size=8, seq_len=16, steps=STEPS)
   config.optimizer.update(warmup_steps=1, lr=1e-2)
-  config.mesh.update(data=data, fsdp=fsdp, tensor=tensor)
+  config.model.moe.num_experts = num_experts
+  config.mesh.update(data=data, fsdp=fsdp, tensor=tensor, expert=expert)
   rng = np.random.default_rng(0)
   mesh = make_mesh(config.mesh)
   losses, shardings = [], {}
@@ -42,14 +43,15 @@ def main(data: int, fsdp: int, tensor: int) -> None:
       }
       state, metrics = training.train_step(state, to_global(batch, training.rows_sharding))
       losses.append(float(metrics["loss"]))
-    kernel = state.params["layers"]["mlp"]["gate"]["kernel"]
+    mlp = "moe" if num_experts else "mlp"
+    kernel = state.params["layers"][mlp]["gate"]["kernel"]
     shardings["mlp_gate"] = list(kernel.sharding.spec)
     shardings["mlp_gate_shards"] = len(kernel.addressable_shards)
     shardings["adam_mu_gate"] = list(
-        state.opt_state[1][0].mu["layers"]["mlp"]["gate"]["kernel"].sharding.spec
+        state.opt_state[1][0].mu["layers"][mlp]["gate"]["kernel"].sharding.spec
     )
   print(json.dumps({"losses": losses, "devices": jax.device_count(), **shardings}))
 
 
 if __name__ == "__main__":
-  main(*(int(a) for a in sys.argv[1:4]))
+  main(*(int(a) for a in sys.argv[1:]))

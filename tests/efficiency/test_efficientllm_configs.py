@@ -61,3 +61,24 @@ def test_half_billion_shape_runs_one_step():
   assert int(state.step) == 1
   assert abs(metrics["loss"] - np.log(config.model.vocab_size)) < 1.0
   assert np.isfinite(metrics["grad_norm"]) and metrics["grad_norm"] > 0
+
+
+@pytest.mark.parametrize(
+    "arg, low, high",
+    [("1.5b-mqa", 1.4e9, 1.6e9), ("1.5b-mla", 1.4e9, 1.7e9), ("1.5b-nsa", 1.5e9, 1.7e9),
+     ("1.5b-moe", 9e9, 1e10), ("0.5b-relative", 0.45e9, 0.55e9)],
+)
+def test_study_variants_build_at_their_shapes(arg, low, high):
+  """Variant configs resolve and build (shapes only); MoE holds 8 experts' weights."""
+  config = efficientllm.get_config(arg)
+  config.update(batch_size=2, seq_len=128)
+  config.mesh.update(data=-1, fsdp=1, tensor=1)
+  config = resolve(config, num_devices=jax.device_count())
+  with make_mesh(config.mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
+    count = Training(config, make_mesh(config.mesh)).param_count()
+  assert low < count < high, f"{arg}: {count:,} params"
+
+
+def test_unknown_variant_is_one_line():
+  with pytest.raises(ValueError, match="variant 'flash' is unknown; valid choices: "):
+    efficientllm.get_config("0.5b-flash")

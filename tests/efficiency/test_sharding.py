@@ -7,15 +7,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 RTOL = 1e-4  # float32; sharded reductions sum in a different order
 
 
-def run_steps(devices: int, data: int, fsdp: int, tensor: int) -> dict:
+def run_steps(devices: int, *mesh_and_experts: int) -> dict:
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
   proc = subprocess.run(
-      [sys.executable, "-m", "tests.efficiency.sharded_steps", str(data), str(fsdp), str(tensor)],
+      [sys.executable, "-m", "tests.efficiency.sharded_steps", *map(str, mesh_and_experts)],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -31,4 +32,14 @@ def test_sharded_losses_equal_single_device():
   # Parameters and optimizer state really are split: FSDP over embed, tensor over mlp.
   assert sharded["mlp_gate"] == [None, "fsdp", "tensor"]
   assert sharded["adam_mu_gate"] == sharded["mlp_gate"]
+  assert sharded["mlp_gate_shards"] == 8
+
+
+@pytest.mark.slow  # two more 8-device subprocesses; run with `scripts/test.sh -m slow`
+def test_expert_parallel_moe_equals_single_device():
+  """4 experts split over expert=2 (with data=2, tensor=2): same losses as one device."""
+  single = run_steps(1, 1, 1, 1, 1, 4)
+  sharded = run_steps(8, 2, 1, 2, 2, 4)
+  np.testing.assert_allclose(sharded["losses"], single["losses"], rtol=RTOL)
+  assert sharded["mlp_gate"] == [None, "expert", "fsdp", "tensor"]  # layers, expert, embed, mlp
   assert sharded["mlp_gate_shards"] == 8

@@ -1,0 +1,1 @@
+"""Curriculum learning: difficulty scores, pacing functions and the document order they give."""

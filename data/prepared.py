@@ -1,0 +1,212 @@
+"""Prepared data: bad documents dropped, filters applied, difficulty scored; cached and reported.
+
+`prepare(config, tokenizer)` reads both splits once, tokenizes them and computes:
+- the train documents that survive bad-data checks (empty, invalid UTF-8, longer than
+  `data.max_doc_bytes`) and the `data.filters` chain, with their token counts;
+- their curriculum difficulty scores (if `data.curriculum.difficulty` is not "none");
+- the validation documents that survive the bad-data checks (validation is never filtered, so
+  eval losses compare across filter setups);
+- the data report (see `data.prepare`).
+The result is cached under the corpus's cache dir, keyed by everything it depends on, so
+`python -m data.prepare` and `train.py` share one computation and train on the same data.
+"""
+
+import collections
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from data import filters, storage
+from data.curriculum import difficulty, pacing
+from data.sources import Records, Source, document_bytes, load_source
+from data.tokenizer import Tokenizer
+
+VERSION = 1  # bump when what is cached changes
+
+
+class Subset(Sequence):
+  """The records of `records` at `indices`, in that order, read on demand."""
+
+  def __init__(self, records: Records, indices: np.ndarray):
+    self._records = records
+    self._indices = np.asarray(indices, np.int64)
+
+  def __len__(self) -> int:
+    return len(self._indices)
+
+  def __getitem__(self, i: int) -> Mapping[str, Any]:
+    return self._records[int(self._indices[i])]
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+  """Kept record indices per split, train token counts and scores, and the report."""
+
+  train_N: np.ndarray  # int64 record indices of kept train documents
+  train_tokens_N: np.ndarray  # int64 tokens of each (without BOS/EOS)
+  scores_N: np.ndarray | None  # float64 difficulty of each, or None without a curriculum
+  validation_M: np.ndarray  # int64 record indices of kept validation documents
+  report: dict
+
+
+def _reference_step(workdir: str) -> int | None:
+  """The newest checkpoint step of a reference workdir (part of the cache key)."""
+  path = os.path.join(workdir, "checkpoints")
+  steps = [int(d) for d in os.listdir(path) if d.isdigit()] if os.path.isdir(path) else []
+  return max(steps, default=None)
+
+
+def cache_key(config: ml_collections.ConfigDict) -> str:
+  """A hash of every setting the prepared data depends on."""
+  d, c = config.data, config.data.curriculum
+  chain = filters.parse_chain(d.filters)
+  uses_reference = "perplexity" in chain or c.difficulty == "reference_loss"
+  key = {
+      "version": VERSION,
+      "tokenizer": d.tokenizer,
+      "vocab_size": config.model.vocab_size,
+      "max_doc_bytes": d.max_doc_bytes,
+      "filters": chain,
+      "filter": d.filter.to_dict(),
+      "difficulty": c.difficulty,
+      "field": c.field if c.difficulty == "field" else "",
+      "reference": [d.reference_workdir, _reference_step(d.reference_workdir)]
+      if uses_reference and d.reference_workdir
+      else None,
+  }
+  return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _read(
+    records: Records, split: str, tokenizer: Tokenizer, max_bytes: int, progress: bool
+) -> tuple[list[int], list[str], list[np.ndarray], dict]:
+  """Decoded, tokenized documents of a split, skipping (and counting) bad ones."""
+  bad = collections.Counter()
+  indices, texts, tokens = [], [], []
+  for i in tqdm(range(len(records)), desc=f"Reading {split}", unit="doc", disable=not progress):
+    raw = document_bytes(records[i])
+    if len(raw) > max_bytes:
+      bad["too_long"] += 1
+      continue
+    try:
+      text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+      bad["invalid_utf8"] += 1
+      continue
+    if not text.strip():
+      bad["empty"] += 1
+      continue
+    indices.append(i)
+    texts.append(text)
+    tokens.append(tokenizer.encode(text))
+  counts = {k: bad[k] for k in ("empty", "invalid_utf8", "too_long")}
+  return indices, texts, tokens, counts
+
+
+def _split_totals(texts: list[str], tokens_N: np.ndarray) -> dict:
+  return {
+      "documents": len(texts),
+      "tokens": int(tokens_N.sum()),
+      "bytes": sum(len(t.encode("utf-8")) for t in texts),
+  }
+
+
+def packing_report(tokens_N: np.ndarray, seq_len: int) -> dict:
+  """Rows, padding and efficiency of packing one epoch (each document adds BOS/EOS once)."""
+  positions = int((tokens_N + 1).sum())
+  rows = math.ceil(positions / seq_len)
+  return {
+      "seq_len": seq_len,
+      "rows_per_epoch": rows,
+      "padding_positions": rows * seq_len - positions,
+      "efficiency": positions / (rows * seq_len),
+  }
+
+
+def _distribution(scores: np.ndarray) -> dict:
+  q = np.percentile(scores, [0, 10, 50, 90, 100])
+  return {
+      "mean": float(scores.mean()), "min": float(q[0]), "p10": float(q[1]),
+      "p50": float(q[2]), "p90": float(q[3]), "max": float(q[4]),
+  }
+
+
+def _compute(
+    config: ml_collections.ConfigDict, tokenizer: Tokenizer, source: Source, progress: bool
+) -> Prepared:
+  d = config.data
+  chain = filters.parse_chain(d.filters)
+  read = lambda split, records: _read(records, split, tokenizer, d.max_doc_bytes, progress)
+  train_idx, texts, tokens, train_bad = read("train", source.train)
+  valid_idx, valid_texts, valid_tokens, valid_bad = read("validation", source.validation)
+  if not train_idx or not valid_idx:
+    empty = "train" if not train_idx else "validation"
+    raise ValueError(f"the {empty} split has no usable documents (all empty, invalid or too long)")
+  docs = filters.Documents(texts, tokens, np.array(train_idx, np.int64), source.train, config)
+  before = docs.num_tokens()
+  docs, filter_stats = filters.apply_chain(docs, chain)
+  tokens_N = docs.num_tokens()
+  scores_N = None
+  if d.curriculum.difficulty != "none":
+    scores_N = np.asarray(difficulty.DIFFICULTIES[d.curriculum.difficulty](docs), np.float64)
+  valid_tokens_M = np.array([len(t) for t in valid_tokens], np.int64)
+  report = {
+      "source": d.name,
+      "tokenizer": {"name": d.tokenizer, "vocab_size": tokenizer.vocab_size},
+      "bad_documents": {"train": train_bad, "validation": valid_bad},
+      "filters": filter_stats,
+      "splits": {
+          "train_before_filters": _split_totals(texts, before),
+          "train": _split_totals(docs.texts, tokens_N),
+          "validation": _split_totals(valid_texts, valid_tokens_M),
+      },
+      "curriculum": None
+      if scores_N is None
+      else {"difficulty": d.curriculum.difficulty, "scores": _distribution(scores_N)},
+  }
+  train = report["splits"]["train"]
+  report["bytes_per_token"] = train["bytes"] / max(train["tokens"], 1)
+  report["packing"] = packing_report(tokens_N, config.seq_len)
+  return Prepared(docs.indices, tokens_N, scores_N, np.array(valid_idx, np.int64), report)
+
+
+def prepare(
+    config: ml_collections.ConfigDict, tokenizer: Tokenizer, progress: bool = False
+) -> Prepared:
+  """The prepared data of `config`, computed once (under a lock) and then read from the cache."""
+  difficulty.check(config.data.curriculum.difficulty)
+  if config.data.curriculum.difficulty != "none":
+    pacing.check(config.data.curriculum)
+  source = load_source(config)
+  directory = os.path.join(source.cache_dir, "prepared", cache_key(config))
+  path = os.path.join(directory, "prepared.npz")
+  if not os.path.exists(path):
+    with storage.locked(directory):
+      if not os.path.exists(path):
+        prepared = _compute(config, tokenizer, source, progress)
+        arrays = dataclasses.asdict(prepared)
+        report = arrays.pop("report")
+        if arrays["scores_N"] is None:
+          arrays.pop("scores_N")
+        with open(os.path.join(directory, "report.json"), "w") as f:
+          json.dump(report, f, indent=2)
+        np.savez(path + ".tmp.npz", **arrays)
+        os.replace(path + ".tmp.npz", path)
+  with np.load(path) as arrays, open(os.path.join(directory, "report.json")) as f:
+    report = json.load(f)
+    report["packing"] = packing_report(arrays["train_tokens_N"], config.seq_len)
+    return Prepared(
+        train_N=arrays["train_N"],
+        train_tokens_N=arrays["train_tokens_N"],
+        scores_N=arrays["scores_N"] if "scores_N" in arrays else None,
+        validation_M=arrays["validation_M"],
+        report=report,
+    )
