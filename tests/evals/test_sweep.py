@@ -1,8 +1,10 @@
 """Sweeps: grid expansion, point names, failures isolated, finished points skipped, results."""
 
 import csv
+import runpy
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +70,21 @@ def test_dry_run_prints_one_command_per_point(sweep_file, tmp_path):
   assert len(lines) == 3
   assert all("train.py" in line and "--config.model.num_kv_heads=" in line for line in lines)
   assert not list(tmp_path.iterdir())
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "configs" / "sweeps").glob("*.py")), ids=lambda p: p.stem
+)
+def test_shipped_sweeps_name_real_config_fields(path):
+  sweep = sweep_lib.load_sweep_file(str(path))
+  base_path, _, arg = sweep["base"].partition(":")
+  config = runpy.run_path(str(ROOT / base_path))["get_config"](arg or None)
+  for point in sweep_lib.expand(sweep):
+    for field_name in point.overrides:
+      node = config
+      for part in field_name.split("."):
+        assert part in node, f"{path.name}: point {point.name} sets unknown field {field_name}"
+        node = node[part]
