@@ -26,6 +26,23 @@ def projection_kwargs(cfg: ml_collections.ConfigDict, use_bias: bool = False) ->
   )
 
 
+def query_projection(cfg: ml_collections.ConfigDict) -> Projection:
+  """x_BTD -> q_BTNH, with the QKV bias if configured; called inside a parent's compact method."""
+  return Projection(
+      "btd,dnh->btnh", (cfg.d_model, cfg.num_heads, head_dim(cfg)), ("embed", "heads", "head_dim"),
+      bias_axes=("heads", "head_dim"), name="query", **projection_kwargs(cfg, cfg.qkv_bias),
+  )
+
+
+def kv_projection(cfg: ml_collections.ConfigDict, name: str) -> Projection:
+  """x_BTD -> [B, T, K, H] key or value heads, with the QKV bias if configured."""
+  return Projection(
+      "btd,dkh->btkh", (cfg.d_model, cfg.num_kv_heads, head_dim(cfg)),
+      ("embed", "kv_heads", "head_dim"), bias_axes=("kv_heads", "head_dim"), name=name,
+      **projection_kwargs(cfg, cfg.qkv_bias),
+  )
+
+
 class GroupedQueryAttention(nn.Module):
   """Multi-head attention whose query heads share `num_kv_heads` key/value heads.
 
@@ -39,17 +56,9 @@ class GroupedQueryAttention(nn.Module):
       self, x_BTD: jnp.ndarray, segment_ids_BT: jnp.ndarray, positions_BT: jnp.ndarray
   ) -> jnp.ndarray:
     cfg = self.config
-    d, n, k, h = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, head_dim(cfg)
-    kw = projection_kwargs(cfg, cfg.qkv_bias)
-    q_BTNH = Projection(
-        "btd,dnh->btnh", (d, n, h), ("embed", "heads", "head_dim"),
-        bias_axes=("heads", "head_dim"), name="query", **kw,
-    )(x_BTD)
-    kv = lambda name: Projection(
-        "btd,dkh->btkh", (d, k, h), ("embed", "kv_heads", "head_dim"),
-        bias_axes=("kv_heads", "head_dim"), name=name, **kw,
-    )(x_BTD)
-    k_BTKH, v_BTKH = kv("key"), kv("value")
+    d, n, h = cfg.d_model, cfg.num_heads, head_dim(cfg)
+    q_BTNH = query_projection(cfg)(x_BTD)
+    k_BTKH, v_BTKH = kv_projection(cfg, "key")(x_BTD), kv_projection(cfg, "value")(x_BTD)
 
     position = get_position(cfg.position)(cfg)
     q_BTNH = position.rotate(q_BTNH, positions_BT)

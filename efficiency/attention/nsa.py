@@ -28,7 +28,7 @@ import numpy as np
 
 from efficiency.attention.cache import CacheEntry
 from efficiency.attention.dot_product import NEG_INF
-from efficiency.attention.gqa import head_dim, projection_kwargs
+from efficiency.attention.gqa import head_dim, kv_projection, projection_kwargs, query_projection
 from efficiency.attention.windowed import windowed_attention
 from efficiency.model.layers import Projection
 from efficiency.position import get_position
@@ -84,16 +84,9 @@ class NativeSparseAttention(nn.Module):
       self, x_BTD: jnp.ndarray, segment_ids_BT: jnp.ndarray, positions_BT: jnp.ndarray
   ) -> jnp.ndarray:
     cfg = self.config
-    d, n, k, h = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, head_dim(cfg)
-    kw = projection_kwargs(cfg, cfg.qkv_bias)
-    q_BTNH = Projection(
-        "btd,dnh->btnh", (d, n, h), ("embed", "heads", "head_dim"),
-        bias_axes=("heads", "head_dim"), name="query", **kw,
-    )(x_BTD)
-    kv = lambda name: Projection(
-        "btd,dkh->btkh", (d, k, h), ("embed", "kv_heads", "head_dim"),
-        bias_axes=("kv_heads", "head_dim"), name=name, **kw,
-    )(x_BTD)
+    d, n, h = cfg.d_model, cfg.num_heads, head_dim(cfg)
+    q_BTNH = query_projection(cfg)(x_BTD)
+    kv = lambda name: kv_projection(cfg, name)(x_BTD)
     position = get_position(cfg.position)(cfg)
     bias = position.score_bias()
     q_BTNH = position.rotate(q_BTNH, positions_BT)
