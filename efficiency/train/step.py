@@ -20,7 +20,7 @@ def summed_loss(params, batch: Batch, model: nn.Module, rng: jax.Array):
       batch["inputs"],
       batch["segment_ids"],
       batch["positions"],
-      rngs={"dropout": rng},
+      rngs=_rngs(rng),
       mutable=["moe"],
   )
   losses_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, batch["targets"])
@@ -33,6 +33,12 @@ def summed_loss(params, batch: Batch, model: nn.Module, rng: jax.Array):
     stats["moe_dropped"] = jnp.sum(_sown(aux["moe"], "dropped"))
     objective += model.config.moe.aux_loss_weight * stats["moe_aux_loss_sum"]
   return objective, stats
+
+
+def _rngs(rng: jax.Array) -> dict[str, jax.Array]:
+  """The RNG streams a forward pass may use: dropout, and stochastic rounding for quantization."""
+  dropout_rng, quant_rng = jax.random.split(rng)
+  return {"dropout": dropout_rng, "quant": quant_rng}
 
 
 def _sown(collection, name: str) -> jax.Array:
