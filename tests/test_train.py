@@ -141,3 +141,24 @@ def test_bad_corpus_root_is_one_line_error(tmp_path):
   )
   assert proc.returncode != 0 and "Traceback" not in proc.stderr
   assert "data.corpus_root" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_load_trained_restores_final_params(finished_run, tmp_path):
+  from efficiency.config import ConfigError
+  from efficiency.train.restore import load_trained
+
+  trained = load_trained(finished_run)
+  assert trained.step == 40
+  expected = final_params(finished_run)
+  jax.tree.map(np.testing.assert_array_equal, trained.params, expected)
+  tokens = np.arange(12, dtype=np.int32).reshape(1, 12) % trained.config.model.vocab_size
+  logits = trained.model.apply({"params": trained.params}, tokens, np.ones_like(tokens),
+                               np.arange(12)[None])
+  assert logits.shape == (1, 12, trained.config.model.vocab_size)
+  with pytest.raises(ConfigError, match="has no config.json"):
+    load_trained(tmp_path)
+  (tmp_path / "config.json").write_text((finished_run / "config.json").read_text())
+  with pytest.raises(ConfigError, match="has no checkpoint"):
+    load_trained(tmp_path)
+  with pytest.raises(ConfigError, match="step=7 is not saved"):
+    load_trained(finished_run, step=7)
