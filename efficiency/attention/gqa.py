@@ -17,12 +17,13 @@ def head_dim(cfg: ml_collections.ConfigDict) -> int:
 
 
 def projection_kwargs(cfg: ml_collections.ConfigDict, use_bias: bool = False) -> dict:
-  """Init, dtypes and bias flag shared by every attention projection."""
+  """Init, dtypes, bias flag and quantization shared by every attention projection."""
   return dict(
       init_std=cfg.init_std,
       dtype=jnp.dtype(cfg.dtype),
       param_dtype=jnp.dtype(cfg.param_dtype),
       use_bias=use_bias,
+      quant=cfg.get("quant"),
   )
 
 
