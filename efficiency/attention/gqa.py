@@ -87,7 +87,9 @@ class GroupedQueryAttention(nn.Module):
     """Full causal attention within each document."""
     mask_B1TS = causal_segment_mask(segment_ids_BT, segment_ids_BT, positions_BT, positions_BT)
     bias_BNTS = None if bias is None else bias(positions_BT, positions_BT)
-    return grouped_attention(q_BTNH, k_BTKH, v_BTKH, mask_B1TS, bias_BNTS)
+    return grouped_attention(
+        q_BTNH, k_BTKH, v_BTKH, mask_B1TS, bias_BNTS, quant=self.config.get("quant")
+    )
 
   @staticmethod
   def matmul_params(cfg: ml_collections.ConfigDict) -> int:

@@ -3,7 +3,9 @@
 A layer is named by its module path joined with "/" (for example `layers/attn/query`,
 `layers/mlp/down`, `embed` for the tied logits). It is quantized when `quant.mode` (training)
 or `quant.serve` (a converted model) is set, no `quant.exclude` glob matches its name, and, for
-the logits projection, `quant.logits` is true.
+the logits projection, `quant.logits` is true. The attention score and value products (two
+activations) are quantized when `quant.attention` is true, in the forward pass with the mode's
+numerics; their gradients stay float (straight through).
 
 `quant.serve` says how a converted model stores quantized weights: `int8` as AQT-frozen int8
 values and scales in the params tree (`.../aqt/...`), `int4` as packed nibbles with scales
@@ -17,6 +19,8 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
+from aqt.jax.v2 import aqt_dot_general
+from aqt.jax.v2 import config as aqt_config
 from aqt.jax.v2.flax import aqt_flax
 
 from efficiency.quant import QUANT_MODES
@@ -79,3 +83,13 @@ def make_einsum(
     )
   prng_name = "quant" if module.has_rng("quant") else None
   return aqt_flax.AqtEinsum(cfg, prng_name=prng_name, name="aqt")
+
+
+def attention_einsum(quant: ml_collections.ConfigDict | None) -> Einsum:
+  """The einsum of the attention score and value products: float unless `quant.attention`."""
+  if quant is None or quant.mode == "none" or not quant.get("attention", False):
+    return jnp.einsum
+  cfg = QUANT_MODES[quant.mode]()
+  float_grads = aqt_config.default_unquantized_config()
+  cfg.dlhs, cfg.drhs = float_grads.dlhs, float_grads.drhs
+  return lambda eqn, lhs, rhs: aqt_dot_general.einsum(eqn, lhs, rhs, dg=cfg)

@@ -62,3 +62,22 @@ def test_int4_quantize_error_at_most_half_a_step(group_size):
 def test_int4_group_size_must_divide():
   with pytest.raises(ValueError, match="group_size=24"):
     pack.quantize_int4(jnp.ones((64, 8)), "btd,df->btf", 24)
+
+
+def test_attention_products_float_by_default_quantized_when_asked():
+  from efficiency.attention.dot_product import grouped_attention
+
+  keys = jax.random.split(jax.random.PRNGKey(0), 3)
+  q = jax.random.normal(keys[0], (2, 16, 4, 32))
+  k, v = (jax.random.normal(key, (2, 16, 2, 32)) for key in keys[1:])
+  mask = jnp.tril(jnp.ones((16, 16), bool))[None, None].repeat(2, 0)
+  ref = grouped_attention(q, k, v, mask)
+  q8 = get_config().quant
+  q8.mode = "int8"
+  np.testing.assert_array_equal(grouped_attention(q, k, v, mask, quant=q8), ref)
+  q8.attention = True
+  out = grouped_attention(q, k, v, mask, quant=q8)
+  err = float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref))
+  assert 1e-5 < err < BOUNDS["int8"], err
+  grad = jax.grad(lambda q: grouped_attention(q, k, v, mask, quant=q8).sum())(q)
+  assert bool(jnp.all(jnp.isfinite(grad))) and float(jnp.abs(grad).max()) > 0
