@@ -179,3 +179,19 @@ def test_export_rejects_bad_bits_and_dtype():
     export.convert(trained, 3)
   with pytest.raises(ConfigError, match="dtype='int8' is invalid"):
     export.convert(trained, 8, "int8")
+
+
+@pytest.mark.parametrize("variant", [dict(attention="mla"), dict(moe_experts=2)])
+def test_variants_quantize_every_projection(variant):
+  """MLA (with its attention products quantized too) and MoE expert matmuls under int8."""
+  def cfg(**quant):
+    base = quant_model_config(**quant)
+    c = ml_collections.ConfigDict(base.to_dict())
+    c.attention = variant.get("attention", "gqa")
+    c.moe.num_experts = variant.get("moe_experts", 0)
+    return ml_collections.FrozenConfigDict(c)
+  params = init_params(cfg())
+  ref = logits(cfg(), params)
+  out = logits(cfg(mode="int8", attention=True), params)
+  rel = float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref))
+  assert 1e-5 < rel < 0.1, rel  # ~1% per int8 matmul; MLA chains 3 per path plus attention
