@@ -67,7 +67,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mesh.expert = 1  # shards the experts of model.moe; also splits the batch
 
   c.quant = ml_collections.ConfigDict()
-  c.quant.mode = "none"
+  c.quant.mode = "none"  # none | int8 | int8_fwd | int4 | fp8: AQT in every projection
+  c.quant.exclude = ""  # comma-separated globs over layer names kept in float: "*/mlp/*,*/out"
+  c.quant.logits = False  # also quantize the logits projection (tied: Embed.attend)
+  c.quant.attention = False  # also quantize attention score/value products (gqa, mla; forward)
+  c.quant.serve = "none"  # set by evals.quantize: none | int8 | int4 (weights of a converted model)
+  c.quant.group_size = 0  # serve=int4: rows per scale along the contracted dims; 0 = per channel
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adamw"

@@ -1,11 +1,13 @@
 """Config resolution and validation: one clear line per bad value, before anything compiles."""
 
+import jax
 import ml_collections
 
 from efficiency.attention import ATTENTION, resolve_kv_heads
 from efficiency.model.transformer import REMAT_POLICIES
 from efficiency.position import POSITIONS
-from efficiency.quant import QUANT_MODES
+from efficiency.quant import MODE_BACKENDS, QUANT_MODES
+from efficiency.quant.einsum import SERVE_MODES
 from efficiency.sharding.mesh import mesh_shape
 from efficiency.train.optimizer import SCHEDULES
 
@@ -81,6 +83,24 @@ def _check_variants(config: ml_collections.ConfigDict) -> None:
       )
 
 
+def _check_quant(config: ml_collections.ConfigDict, backend: str) -> None:
+  """quant.* values; copies them into model.quant, where the layers read them."""
+  q = config.quant
+  _choice("quant.mode", q.mode, QUANT_MODES)
+  _choice("quant.serve", q.get("serve", "none"), SERVE_MODES)
+  supported = MODE_BACKENDS.get(q.mode)
+  if supported and backend not in supported:
+    raise ConfigError(
+        f"quant.mode={q.mode!r} is not supported by aqtp on backend {backend!r}; "
+        f"supported backends: {list(supported)}"
+    )
+  if not isinstance(q.get("exclude", ""), str):
+    raise ConfigError(f"quant.exclude={q.exclude!r} is invalid; use comma-separated globs")
+  if not isinstance(q.get("group_size", 0), int) or q.get("group_size", 0) < 0:
+    raise ConfigError(f"quant.group_size={q.group_size!r} is invalid; 0 (per channel) or more")
+  config.model.quant = ml_collections.ConfigDict(q.to_dict())
+
+
 def resolve(config: ml_collections.ConfigDict, num_devices: int, process_count: int = 1):
   """Validates `config` in place and fills derived values (kv heads for mha/mqa).
 
@@ -92,7 +112,7 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int, process_count: 
   _choice("model.remat", m.remat, REMAT_POLICIES)
   _choice("model.dtype", m.dtype, DTYPES)
   _choice("model.param_dtype", m.param_dtype, DTYPES)
-  _choice("quant.mode", config.quant.mode, QUANT_MODES)
+  _check_quant(config, jax.default_backend())
   _choice("optimizer.schedule", config.optimizer.schedule, SCHEDULES)
   _positive(
       config, "steps", "batch_size", "seq_len", "grad_accum_steps", "eval_every", "eval_batches",

@@ -2,6 +2,9 @@
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+
+from efficiency.quant.einsum import attention_einsum
 
 NEG_INF = -1e30
 
@@ -13,23 +16,26 @@ def grouped_attention(
     mask_B1TS: jnp.ndarray,
     bias_1NTS: jnp.ndarray | None = None,
     scale: float | None = None,
+    quant: ml_collections.ConfigDict | None = None,
 ) -> jnp.ndarray:
   """Softmax attention where N query heads share K key/value heads (N % K == 0).
 
   Scores and softmax are computed in float32. Rows whose mask is all False (padding) output 0.
   `bias_1NTS` may have a leading 1 or B. Values may have their own head dim V: returns [B, T, N, V].
+  Both products run in float unless `quant.attention` is set (see efficiency.quant.einsum).
   """
+  einsum = attention_einsum(quant)
   b, t, n, h = q_BTNH.shape
   k = k_BSKH.shape[2]
   g = n // k
   scale = h**-0.5 if scale is None else scale
   q_BTKGH = q_BTNH.reshape(b, t, k, g, h)
-  scores_BKGTS = jnp.einsum("btkgh,bskh->bkgts", q_BTKGH, k_BSKH).astype(jnp.float32) * scale
+  scores_BKGTS = einsum("btkgh,bskh->bkgts", q_BTKGH, k_BSKH).astype(jnp.float32) * scale
   if bias_1NTS is not None:
     scores_BKGTS += bias_1NTS.reshape(bias_1NTS.shape[0], k, g, *bias_1NTS.shape[2:])
   mask_B11TS = mask_B1TS[:, :, None]
   scores_BKGTS = jnp.where(mask_B11TS, scores_BKGTS, NEG_INF)
   probs_BKGTS = jax.nn.softmax(scores_BKGTS, axis=-1)
   probs_BKGTS = jnp.where(mask_B11TS, probs_BKGTS, 0.0).astype(v_BSKH.dtype)
-  out_BTKGH = jnp.einsum("bkgts,bskh->btkgh", probs_BKGTS, v_BSKH)
+  out_BTKGH = einsum("bkgts,bskh->btkgh", probs_BKGTS, v_BSKH)
   return out_BTKGH.reshape(b, t, n, v_BSKH.shape[-1])

@@ -17,12 +17,13 @@ def head_dim(cfg: ml_collections.ConfigDict) -> int:
 
 
 def projection_kwargs(cfg: ml_collections.ConfigDict, use_bias: bool = False) -> dict:
-  """Init, dtypes and bias flag shared by every attention projection."""
+  """Init, dtypes, bias flag and quantization shared by every attention projection."""
   return dict(
       init_std=cfg.init_std,
       dtype=jnp.dtype(cfg.dtype),
       param_dtype=jnp.dtype(cfg.param_dtype),
       use_bias=use_bias,
+      quant=cfg.get("quant"),
   )
 
 
@@ -86,7 +87,9 @@ class GroupedQueryAttention(nn.Module):
     """Full causal attention within each document."""
     mask_B1TS = causal_segment_mask(segment_ids_BT, segment_ids_BT, positions_BT, positions_BT)
     bias_BNTS = None if bias is None else bias(positions_BT, positions_BT)
-    return grouped_attention(q_BTNH, k_BTKH, v_BTKH, mask_B1TS, bias_BNTS)
+    return grouped_attention(
+        q_BTNH, k_BTKH, v_BTKH, mask_B1TS, bias_BNTS, quant=self.config.get("quant")
+    )
 
   @staticmethod
   def matmul_params(cfg: ml_collections.ConfigDict) -> int:

@@ -93,7 +93,9 @@ class MultiHeadLatentAttention(nn.Module):
         q_BTNH, ("activation_batch", "activation_length", "activation_heads", "head_dim")
     )
     mask_B1TS, bias_BNTS = self._mask_and_bias(segment_ids_BT, positions_BT)
-    out_BTNV = grouped_attention(q_BTNH, k_BTNH, v_BTNV, mask_B1TS, bias_BNTS, self._scale())
+    out_BTNV = grouped_attention(
+        q_BTNH, k_BTNH, v_BTNV, mask_B1TS, bias_BNTS, self._scale(), self.config.get("quant")
+    )
     return self.out(out_BTNV)
 
   def absorbed(

@@ -5,14 +5,21 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
+
+from efficiency.quant.einsum import make_einsum, weight_storage
+from efficiency.quant.pack import dequantize_int4, matrix_shape, num_groups, quantize_int4
 
 Dtype = jnp.dtype
+Quant = ml_collections.FrozenConfigDict | None
 
 
 class Projection(nn.Module):
   """An einsum against a kernel of explicit shape and logical axis names, with optional bias.
 
-  `spec` is an einsum equation "inputs,kernel->outputs", for example "btd,dnh->btnh".
+  `spec` is an einsum equation "inputs,kernel->outputs", for example "btd,dnh->btnh". `quant`
+  (the `quant` config) makes it an AQT einsum, or reads int8 / int4 weights of a converted model
+  (see efficiency.quant.einsum).
   """
 
   spec: str
@@ -23,18 +30,28 @@ class Projection(nn.Module):
   bias_axes: Sequence[str] = ()
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  quant: Quant = None
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    kernel = self.param(
-        "kernel",
-        nn.with_logical_partitioning(
-            nn.initializers.normal(self.init_std), tuple(self.kernel_axes)
-        ),
-        tuple(self.kernel_shape),
-        self.param_dtype,
-    )
-    y = jnp.einsum(self.spec, x.astype(self.dtype), kernel.astype(self.dtype))
+    storage = weight_storage(self.quant, self.path)
+    if storage == "int4":
+      kernel = self._int4_kernel()
+    elif storage == "int4_convert":
+      kernel = self._convert_int4()
+    elif storage == "int8":  # AQT reads the frozen int8 kernel from params .../aqt/...
+      kernel = jnp.zeros(self.kernel_shape, self.dtype)
+    else:
+      kernel = self.param(
+          "kernel",
+          nn.with_logical_partitioning(
+              nn.initializers.normal(self.init_std), tuple(self.kernel_axes)
+          ),
+          tuple(self.kernel_shape),
+          self.param_dtype,
+      )
+    einsum = make_einsum(self, self.quant)
+    y = einsum(self.spec, x.astype(self.dtype), kernel.astype(self.dtype))
     if self.use_bias:
       n_out = len(self.bias_axes)
       bias = self.param(
@@ -45,6 +62,24 @@ class Projection(nn.Module):
       )
       y = y + bias.astype(self.dtype)
     return y
+
+  def _convert_int4(self) -> jnp.ndarray:
+    """Packs the float kernel into `kernel_int4` / `kernel_scale` (apply with params mutable);
+    returns the kernel as the int4 model will see it."""
+    kernel = self.get_variable("params", "kernel")
+    kernel = kernel.value if isinstance(kernel, nn.Partitioned) else kernel
+    packed, scale = quantize_int4(kernel, self.spec, self.quant.group_size)
+    self.put_variable("params", "kernel_int4", packed)
+    self.put_variable("params", "kernel_scale", scale.astype(self.param_dtype))
+    return self._int4_kernel()
+
+  def _int4_kernel(self) -> jnp.ndarray:
+    """The kernel dequantized from packed int4 values `kernel_int4` and `kernel_scale`."""
+    k, m = matrix_shape(self.spec, tuple(self.kernel_shape))
+    groups = num_groups(k, self.quant.group_size)
+    packed = self.param("kernel_int4", nn.initializers.zeros, (k // 2, m), jnp.uint8)
+    scale = self.param("kernel_scale", nn.initializers.ones, (groups, m), self.param_dtype)
+    return dequantize_int4(packed, scale, self.spec, tuple(self.kernel_shape), self.dtype)
 
 
 class RMSNorm(nn.Module):
@@ -68,13 +103,15 @@ class RMSNorm(nn.Module):
 
 
 class Embed(nn.Module):
-  """Token embedding table [vocab, d_model]; `attend` gives the tied logits projection."""
+  """Token embedding table [vocab, d_model]; `attend` gives the tied logits projection, in
+  float unless `quant.logits` is set (the table itself always stays in float)."""
 
   vocab_size: int
   d_model: int
   init_std: float
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  quant: Quant = None
 
   def setup(self):
     self.embedding = self.param(
@@ -87,8 +124,10 @@ class Embed(nn.Module):
   def __call__(self, tokens_BT: jnp.ndarray) -> jnp.ndarray:
     return jnp.take(self.embedding, tokens_BT, axis=0).astype(self.dtype)
 
+  @nn.compact
   def attend(self, x_BTD: jnp.ndarray) -> jnp.ndarray:
-    return jnp.einsum("btd,vd->btv", x_BTD, self.embedding.astype(self.dtype))
+    einsum = make_einsum(self, self.quant, logits=True)
+    return einsum("btd,vd->btv", x_BTD, self.embedding.astype(self.dtype))
 
 
 class SwiGLU(nn.Module):
@@ -99,10 +138,13 @@ class SwiGLU(nn.Module):
   init_std: float
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  quant: Quant = None
 
   @nn.compact
   def __call__(self, x_BTD: jnp.ndarray) -> jnp.ndarray:
-    kw = dict(init_std=self.init_std, dtype=self.dtype, param_dtype=self.param_dtype)
+    kw = dict(
+        init_std=self.init_std, dtype=self.dtype, param_dtype=self.param_dtype, quant=self.quant
+    )
     up = lambda name: Projection(
         "btd,df->btf", (self.d_model, self.d_ff), ("embed", "mlp"), name=name, **kw
     )

@@ -72,7 +72,8 @@ class MoE(nn.Module):
     cfg = self.config
     d, f, e = cfg.d_model, cfg.d_ff, cfg.moe.num_experts
     kw = dict(
-        init_std=cfg.init_std, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype)
+        init_std=cfg.init_std, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
+        quant=cfg.get("quant"),
     )
     logits_BTE = Projection("btd,de->bte", (d, e), ("embed", None), name="router", **kw)(x_BTD)
     probs_BTE = jax.nn.softmax(logits_BTE.astype(jnp.float32), axis=-1)

@@ -40,7 +40,9 @@ class Block(nn.Module):
     if cfg.moe.num_experts:
       x_BTD = x_BTD + MoE(cfg, name="moe")(h_BTD, segment_ids_BT)
     else:
-      x_BTD = x_BTD + SwiGLU(cfg.d_model, cfg.d_ff, cfg.init_std, name="mlp", **dtypes)(h_BTD)
+      x_BTD = x_BTD + SwiGLU(
+          cfg.d_model, cfg.d_ff, cfg.init_std, name="mlp", quant=cfg.get("quant"), **dtypes
+      )(h_BTD)
     return x_BTD, None
 
 
@@ -59,7 +61,9 @@ class Transformer(nn.Module):
   ) -> jnp.ndarray:
     cfg = self.config
     dtypes = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
-    embed = Embed(cfg.vocab_size, cfg.d_model, cfg.init_std, name="embed", **dtypes)
+    embed = Embed(
+        cfg.vocab_size, cfg.d_model, cfg.init_std, name="embed", quant=cfg.get("quant"), **dtypes
+    )
     x_BTD = embed(tokens_BT)
     position_embedding = get_position(cfg.position)(cfg).input_embedding()
     if position_embedding is not None:
@@ -73,7 +77,7 @@ class Transformer(nn.Module):
       x_BTD, _ = nn.scan(
           block,
           variable_axes={"params": 0, "moe": 0},
-          split_rngs={"params": True},
+          split_rngs={"params": True, "quant": True},
           in_axes=(nn.broadcast, nn.broadcast),
           length=cfg.num_layers,
           metadata_params={nn.PARTITION_NAME: "layers"},
@@ -88,7 +92,7 @@ class Transformer(nn.Module):
     else:
       logits_BTV = Projection(
           "btd,dv->btv", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
-          init_std=cfg.init_std, name="unembed", **dtypes,
+          init_std=cfg.init_std, name="unembed", quant=cfg.get("quant"), **dtypes,
       )(x_BTD)
     logits_BTV = nn.with_logical_constraint(
         logits_BTV, ("activation_batch", "activation_length", "vocab")
