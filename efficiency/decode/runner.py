@@ -1,0 +1,58 @@
+"""One model's cached forward pass: writes T new tokens at each row's pointer and returns their
+next-token logits. Prefill (the prompt) and decode steps (1 token, or a draft to verify) are the
+same function; each distinct T compiles once."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from efficiency.decode.cache import init_cache
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=3)
+def cached_forward(
+    model: nn.Module, params: dict, tokens_BT: jnp.ndarray, cache: dict, start_B: jnp.ndarray
+) -> tuple[jnp.ndarray, dict]:
+  """Logits [B, T, V] of tokens_BT placed at positions start_B[b] + t, and the updated cache."""
+  t = tokens_BT.shape[1]
+  positions_BT = start_B[:, None] + jnp.arange(t, dtype=jnp.int32)[None]
+  segment_ids_BT = jnp.ones_like(tokens_BT)
+  return model.apply({"params": params}, tokens_BT, segment_ids_BT, positions_BT, cache=cache)
+
+
+def bucket(length: int) -> int:
+  """Pads a feed to few distinct lengths (fewer compilations): exact up to 8, then multiples
+  of 32."""
+  return length if length <= 8 else -(-length // 32) * 32
+
+
+class Runner:
+  """A model, its parameters and one cache of `max_len` slots for `batch` rows.
+
+  `model` is any `Transformer` (a quantized one decodes through the same path); `params` its
+  parameters.
+  """
+
+  def __init__(self, model: nn.Module, params: dict, batch: int, max_len: int):
+    self.model, self.params, self.max_len = model, params, max_len
+    self.cache = init_cache(model.config, batch, max_len)
+
+  def feed(self, tokens_BT: np.ndarray, start_B: np.ndarray) -> np.ndarray:
+    """Writes tokens_BT at slots start_B[b].. and returns their logits [B, T, V] (float32).
+
+    The feed is padded to `bucket(T)` tokens; the padding lands past the pointer and stays
+    masked until overwritten.
+    """
+    b, t = tokens_BT.shape
+    padded = bucket(t)
+    if int(np.max(start_B)) + padded > self.max_len:
+      raise ValueError(f"cache of {self.max_len} slots cannot hold {int(np.max(start_B)) + t}")
+    tokens = np.zeros((b, padded), np.int32)
+    tokens[:, :t] = tokens_BT
+    logits_BTV, self.cache = cached_forward(
+        self.model, self.params, jnp.asarray(tokens), self.cache, jnp.asarray(start_B, jnp.int32)
+    )
+    return np.asarray(logits_BTV[:, :t])
