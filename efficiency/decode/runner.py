@@ -12,8 +12,7 @@ import numpy as np
 from efficiency.decode.cache import init_cache
 
 
-@functools.partial(jax.jit, static_argnums=0, donate_argnums=3)
-def cached_forward(
+def _cached_forward(
     model: nn.Module, params: dict, tokens_BT: jnp.ndarray, cache: dict, start_B: jnp.ndarray
 ) -> tuple[jnp.ndarray, dict]:
   """Logits [B, T, V] of tokens_BT placed at positions start_B[b] + t, and the updated cache."""
@@ -21,6 +20,13 @@ def cached_forward(
   positions_BT = start_B[:, None] + jnp.arange(t, dtype=jnp.int32)[None]
   segment_ids_BT = jnp.ones_like(tokens_BT)
   return model.apply({"params": params}, tokens_BT, segment_ids_BT, positions_BT, cache=cache)
+
+
+@functools.cache
+def compiled_forward(model: nn.Module):
+  """The jitted cached forward pass of `model` (one per model, shared by its runners; the cache
+  argument is donated)."""
+  return jax.jit(functools.partial(_cached_forward, model), donate_argnums=2)
 
 
 def bucket(length: int) -> int:
@@ -39,6 +45,7 @@ class Runner:
   def __init__(self, model: nn.Module, params: dict, batch: int, max_len: int):
     self.model, self.params, self.max_len = model, params, max_len
     self.cache = init_cache(model.config, batch, max_len)
+    self._forward = compiled_forward(model)
 
   def feed(self, tokens_BT: np.ndarray, start_B: np.ndarray) -> np.ndarray:
     """Writes tokens_BT at slots start_B[b].. and returns their logits [B, T, V] (float32).
@@ -52,7 +59,7 @@ class Runner:
       raise ValueError(f"cache of {self.max_len} slots cannot hold {int(np.max(start_B)) + t}")
     tokens = np.zeros((b, padded), np.int32)
     tokens[:, :t] = tokens_BT
-    logits_BTV, self.cache = cached_forward(
-        self.model, self.params, jnp.asarray(tokens), self.cache, jnp.asarray(start_B, jnp.int32)
+    logits_BTV, self.cache = self._forward(
+        self.params, tokens, self.cache, np.asarray(start_B, np.int32)
     )
-    return np.asarray(logits_BTV[:, :t])
+    return np.asarray(logits_BTV)[:, :t]

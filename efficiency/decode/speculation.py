@@ -52,6 +52,13 @@ def accept_or_resample(
   return False, sample(residual(r_V, q_V), rng)
 
 
+def common_prefix(a: list[int], b: list[int]) -> int:
+  """Length of the longest common prefix."""
+  n = min(len(a), len(b))
+  diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+  return int(diff[0]) if len(diff) else n
+
+
 class Participant:
   """One model in a decoding session: its runner (batch 1), how many tokens of the sequence its
   cache holds (`fed`), and its logits for each position it has scored."""
@@ -59,10 +66,6 @@ class Participant:
   def __init__(self, model: nn.Module, params: dict, max_len: int):
     self.runner = Runner(model, params, batch=1, max_len=max_len)
     self.vocab_size = model.config.vocab_size
-    self.reset()
-
-  def reset(self) -> None:
-    """Empties the sequence (old cache entries stay, masked, until overwritten)."""
     self.fed, self.logits, self.calls = 0, {}, 0
 
   def catch_up(self, seq: list[int]) -> None:
@@ -120,6 +123,7 @@ class Engine:
     self.members = [Participant(m, p, max_len) for m, p in members]
     self.draft = None if draft is None else Participant(*draft, max_len)
     self.draft_sampling = draft_sampling
+    self.seq: list[int] = []
     vocabs = [p.vocab_size for p in self.participants]
     if len(set(vocabs)) > 1:
       raise ConfigError(
@@ -200,12 +204,13 @@ class Engine:
     if len(prompt) == 0:
       raise ConfigError("the prompt needs at least one token")
     self.rng, self.max_new_tokens, self.eos_id = rng, max_new_tokens, eos_id
-    self.seq, self.prompt_len, self.committed = [int(t) for t in prompt], len(prompt), len(prompt)
+    previous, self.seq = self.seq, [int(t) for t in prompt]
+    self.prompt_len = self.committed = len(prompt)
     self.proposals: dict[int, np.ndarray] = {}
     self.stats = Stats()
     start = time.perf_counter()
     for p in self.participants:
-      p.reset()
+      p.rollback(common_prefix(previous[: p.fed], self.seq))  # reuses a cached prompt prefix
       p.catch_up(self.seq)
       p.calls = 0
     decode_start = time.perf_counter()
