@@ -80,6 +80,7 @@ def compare(
 ) -> dict:
   """Decodes every prompt with every method in turn (prompt 0 twice: the first pass warms up
   and is not counted); returns per-method totals and ratios over `standard`."""
+  engine.warmup(max(map(len, prompts)), gamma)
   totals = {name: {"tokens": 0, "decode_s": 0.0, "verified": 0, "accepted": 0, "calls": 0}
             for name in methods}
   outputs = {name: [] for name in methods}

@@ -30,9 +30,8 @@ def compiled_forward(model: nn.Module):
 
 
 def bucket(length: int) -> int:
-  """Pads a feed to few distinct lengths (fewer compilations): exact up to 8, then multiples
-  of 32."""
-  return length if length <= 8 else -(-length // 32) * 32
+  """Pads a feed to a power of two, so few shapes compile (see `Runner.warmup`)."""
+  return 1 << (length - 1).bit_length()
 
 
 class Runner:
@@ -43,7 +42,7 @@ class Runner:
   """
 
   def __init__(self, model: nn.Module, params: dict, batch: int, max_len: int):
-    self.model, self.params, self.max_len = model, params, max_len
+    self.model, self.params, self.batch, self.max_len = model, params, batch, max_len
     self.cache = init_cache(model.config, batch, max_len)
     self._forward = compiled_forward(model)
 
@@ -63,3 +62,10 @@ class Runner:
         self.params, tokens, self.cache, np.asarray(start_B, np.int32)
     )
     return np.asarray(logits_BTV)[:, :t]
+
+  def warmup(self, max_tokens: int) -> None:
+    """Compiles every feed length up to `max_tokens` (so no compilation lands in a timing)."""
+    length = 1
+    while length <= bucket(max_tokens):
+      self.feed(np.zeros((self.batch, length), np.int32), np.zeros(self.batch, np.int32))
+      length *= 2

@@ -135,6 +135,13 @@ class Engine:
   def participants(self) -> list[Participant]:
     return self.members + ([self.draft] if self.draft else [])
 
+  def warmup(self, prompt_len: int, gamma: int) -> None:
+    """Compiles every feed length a decode with these sizes can use (prefill and drafts)."""
+    for p in self.participants:
+      p.runner.warmup(max(prompt_len, gamma + 2))
+      p.fed, p.logits = 0, {}
+    self.seq = []
+
   def _propose(self, p: Participant) -> None:
     """p drafts one token at the end of the sequence from its own distribution."""
     p.catch_up(self.seq)

@@ -27,7 +27,7 @@ CASES = [
 
 def make_model(attention: str, position: str, **overrides):
   cfg = tiny_model_config(attention=attention, position=position, window=4, **overrides)
-  cfg.nsa.update(block_size=4, stride=2, select_size=4, top_n=2, window=4)
+  cfg.nsa.update(block_size=4, stride=2, select_size=4, top_n=3, window=4)
   model = Transformer(ml_collections.FrozenConfigDict(cfg))
   tokens = jnp.ones((1, 8), jnp.int32)
   params = nn.unbox(model.init(jax.random.key(0), tokens, tokens, tokens)["params"])
