@@ -4,7 +4,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
-from efficiency.attention.cache import CacheEntry
+from efficiency.attention.cache import CacheEntry, cached_attention, write
 from efficiency.attention.dot_product import grouped_attention
 from efficiency.attention.masks import causal_segment_mask
 from efficiency.model.layers import Projection
@@ -47,15 +47,21 @@ def kv_projection(cfg: ml_collections.ConfigDict, name: str) -> Projection:
 class GroupedQueryAttention(nn.Module):
   """Multi-head attention whose query heads share `num_kv_heads` key/value heads.
 
-  Subclasses change how the projected heads attend by overriding `attend`.
+  Subclasses change how the projected heads attend by overriding `attend` (training) and
+  `attend_cached` (decoding). With a `cache` ({"key", "value"}: [B, S, K, H]) the new tokens'
+  keys and values are written at their positions and the call returns (y_BTD, new cache).
   """
 
   config: ml_collections.FrozenConfigDict
 
   @nn.compact
   def __call__(
-      self, x_BTD: jnp.ndarray, segment_ids_BT: jnp.ndarray, positions_BT: jnp.ndarray
-  ) -> jnp.ndarray:
+      self,
+      x_BTD: jnp.ndarray,
+      segment_ids_BT: jnp.ndarray,
+      positions_BT: jnp.ndarray,
+      cache: dict[str, jnp.ndarray] | None = None,
+  ) -> jnp.ndarray | tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
     cfg = self.config
     d, n, h = cfg.d_model, cfg.num_heads, head_dim(cfg)
     q_BTNH = query_projection(cfg)(x_BTD)
@@ -67,13 +73,22 @@ class GroupedQueryAttention(nn.Module):
     q_BTNH = nn.with_logical_constraint(
         q_BTNH, ("activation_batch", "activation_length", "activation_heads", "head_dim")
     )
-    out_BTNH = self.attend(
-        q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, positions_BT, position.score_bias()
-    )
-    return Projection(
+    if cache is None:
+      out_BTNH = self.attend(
+          q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, positions_BT, position.score_bias()
+      )
+    else:
+      start_B = positions_BT[:, 0]
+      cache = {"key": write(cache["key"], k_BTKH, start_B),
+               "value": write(cache["value"], v_BTKH, start_B)}
+      out_BTNH = self.attend_cached(
+          q_BTNH, cache["key"], cache["value"], positions_BT, position.score_bias()
+      )
+    y_BTD = Projection(
         "btnh,nhd->btd", (n, h, d), ("heads", "head_dim", "embed"), name="out",
         **projection_kwargs(cfg),
     )(out_BTNH)
+    return y_BTD if cache is None else (y_BTD, cache)
 
   def attend(
       self,
@@ -90,6 +105,17 @@ class GroupedQueryAttention(nn.Module):
     return grouped_attention(
         q_BTNH, k_BTKH, v_BTKH, mask_B1TS, bias_BNTS, quant=self.config.get("quant")
     )
+
+  def attend_cached(
+      self,
+      q_BTNH: jnp.ndarray,
+      k_BSKH: jnp.ndarray,
+      v_BSKH: jnp.ndarray,
+      positions_BT: jnp.ndarray,
+      bias: nn.Module | None,
+  ) -> jnp.ndarray:
+    """New queries attend to every cached key up to their own position."""
+    return cached_attention(q_BTNH, k_BSKH, v_BSKH, positions_BT, bias)
 
   @staticmethod
   def matmul_params(cfg: ml_collections.ConfigDict) -> int:

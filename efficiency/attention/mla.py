@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
-from efficiency.attention.cache import CacheEntry
+from efficiency.attention.cache import CacheEntry, cached_attention, write
 from efficiency.attention.dot_product import grouped_attention
 from efficiency.attention.gqa import projection_kwargs
 from efficiency.attention.masks import causal_segment_mask
@@ -79,9 +79,18 @@ class MultiHeadLatentAttention(nn.Module):
     return (self.config.mla.qk_head_dim + self.config.mla.rope_dim) ** -0.5
 
   def __call__(
-      self, x_BTD: jnp.ndarray, segment_ids_BT: jnp.ndarray, positions_BT: jnp.ndarray
-  ) -> jnp.ndarray:
-    """Training form: up-project per-head keys and values, then multi-head attention."""
+      self,
+      x_BTD: jnp.ndarray,
+      segment_ids_BT: jnp.ndarray,
+      positions_BT: jnp.ndarray,
+      cache: dict[str, jnp.ndarray] | None = None,
+  ) -> jnp.ndarray | tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+    """Training form: up-project per-head keys and values, then multi-head attention.
+
+    With a `cache` ({"c_kv": [B, S, C], "k_rope": [B, S, r]}) it decodes instead (`decode`).
+    """
+    if cache is not None:
+      return self.decode(x_BTD, positions_BT, cache)
     q_nope_BTNH, q_rope_BTNR, c_kv_BTC, k_rope_BTR = self._queries_and_cache(x_BTD, positions_BT)
     n = self.config.num_heads
     q_BTNH = jnp.concatenate([q_nope_BTNH, q_rope_BTNR], axis=-1)
@@ -115,6 +124,27 @@ class MultiHeadLatentAttention(nn.Module):
         q_BTNH, k_BT1H, c_kv_BTC[:, :, None], mask_B1TS, bias_BNTS, self._scale()
     )
     return self.out(jnp.einsum("btnc,cnv->btnv", latent_BTNC, w_uv_CNV))
+
+  def decode(
+      self, x_BTD: jnp.ndarray, positions_BT: jnp.ndarray, cache: dict[str, jnp.ndarray]
+  ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+    """The absorbed form over the cache: writes the new tokens' latents at their positions, then
+    the queries attend to every cached latent up to their own position."""
+    q_nope_BTNH, q_rope_BTNR, c_kv_BTC, k_rope_BTR = self._queries_and_cache(x_BTD, positions_BT)
+    start_B = positions_BT[:, 0]
+    cache = {"c_kv": write(cache["c_kv"], c_kv_BTC, start_B),
+             "k_rope": write(cache["k_rope"], k_rope_BTR, start_B)}
+    c_kv_BSC = cache["c_kv"].astype(c_kv_BTC.dtype)
+    w_uk_CNH = self.k_up.variables["params"]["kernel"].astype(q_nope_BTNH.dtype)
+    w_uv_CNV = self.v_up.variables["params"]["kernel"].astype(c_kv_BTC.dtype)
+    q_latent_BTNC = jnp.einsum("btnh,cnh->btnc", q_nope_BTNH, w_uk_CNH)
+    q_BTNH = jnp.concatenate([q_latent_BTNC, q_rope_BTNR], axis=-1)
+    k_rope_BSR = cache["k_rope"].astype(c_kv_BTC.dtype)
+    k_BS1H = jnp.concatenate([c_kv_BSC, k_rope_BSR], axis=-1)[:, :, None]
+    latent_BTNC = cached_attention(
+        q_BTNH, k_BS1H, c_kv_BSC[:, :, None], positions_BT, self.bias, scale=self._scale()
+    )
+    return self.out(jnp.einsum("btnc,cnv->btnv", latent_BTNC, w_uv_CNV)), cache
 
   @staticmethod
   def matmul_params(cfg: ml_collections.ConfigDict) -> int:

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from efficiency.attention.cache import CacheEntry
+from efficiency.attention.cache import CacheEntry, cached_attention, write
 from efficiency.attention.dot_product import NEG_INF
 from efficiency.attention.gqa import head_dim, kv_projection, projection_kwargs, query_projection
 from efficiency.attention.windowed import windowed_attention
@@ -81,8 +81,14 @@ class NativeSparseAttention(nn.Module):
 
   @nn.compact
   def __call__(
-      self, x_BTD: jnp.ndarray, segment_ids_BT: jnp.ndarray, positions_BT: jnp.ndarray
-  ) -> jnp.ndarray:
+      self,
+      x_BTD: jnp.ndarray,
+      segment_ids_BT: jnp.ndarray,
+      positions_BT: jnp.ndarray,
+      cache: dict[str, jnp.ndarray] | None = None,
+  ) -> jnp.ndarray | tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+    """With a `cache` (the entries of `kv_cache_spec`) it decodes (`attend_cached`) and returns
+    (y_BTD, new cache)."""
     cfg = self.config
     d, n, h = cfg.d_model, cfg.num_heads, head_dim(cfg)
     q_BTNH = query_projection(cfg)(x_BTD)
@@ -93,17 +99,22 @@ class NativeSparseAttention(nn.Module):
     keys = {b: position.rotate(kv(f"{b}_key"), positions_BT) for b in BRANCHES}
     values = {b: kv(f"{b}_value") for b in BRANCHES}
 
-    cmp_BTNH, importance_BKTM = self.compressed(
-        q_BTNH, keys["compressed"], values["compressed"], segment_ids_BT, positions_BT, bias
-    )
-    sel_BTNH = self.selected(
-        q_BTNH, keys["selected"], values["selected"], segment_ids_BT, positions_BT, bias,
-        importance_BKTM,
-    )
-    win_BTNH = windowed_attention(
-        q_BTNH, keys["window"], values["window"], segment_ids_BT, positions_BT, cfg.nsa.window,
-        bias,
-    )
+    if cache is None:
+      cmp_BTNH, importance_BKTM = self.compressed(
+          q_BTNH, keys["compressed"], values["compressed"], segment_ids_BT, positions_BT, bias
+      )
+      sel_BTNH = self.selected(
+          q_BTNH, keys["selected"], values["selected"], segment_ids_BT, positions_BT, bias,
+          importance_BKTM,
+      )
+      win_BTNH = windowed_attention(
+          q_BTNH, keys["window"], values["window"], segment_ids_BT, positions_BT, cfg.nsa.window,
+          bias,
+      )
+    else:
+      cache, (cmp_BTNH, sel_BTNH, win_BTNH) = self.attend_cached(
+          q_BTNH, keys, values, positions_BT, bias, cache
+      )
     hidden = Projection(
         "btd,df->btf", (d, self.gate_hidden(cfg)), ("embed", "mlp"), name="gate_hidden",
         **projection_kwargs(cfg),
@@ -114,10 +125,11 @@ class NativeSparseAttention(nn.Module):
     )(nn.silu(hidden)).astype(jnp.float32))
     branches_BTNHG = jnp.stack([cmp_BTNH, sel_BTNH, win_BTNH], axis=-1).astype(jnp.float32)
     out_BTNH = jnp.einsum("btnhg,btng->btnh", branches_BTNHG, gates_BTNG).astype(q_BTNH.dtype)
-    return Projection(
+    y_BTD = Projection(
         "btnh,nhd->btd", (n, h, d), ("heads", "head_dim", "embed"), name="out",
         **projection_kwargs(cfg),
     )(out_BTNH)
+    return y_BTD if cache is None else (y_BTD, cache)
 
   @staticmethod
   def gate_hidden(cfg: ml_collections.ConfigDict) -> int:
@@ -126,17 +138,23 @@ class NativeSparseAttention(nn.Module):
 
   def compress(self, x_BTKH: jnp.ndarray, name: str) -> jnp.ndarray:
     """Blocks of l tokens every d tokens -> one vector per block and KV head: [B, M, K, H]."""
-    cfg, nsa = self.config, self.config.nsa
-    b, t, k, h = x_BTKH.shape
+    nsa = self.config.nsa
+    t = x_BTKH.shape[1]
     m = num_compressed_blocks(t, nsa.block_size, nsa.stride)
     index_ML = np.arange(m)[:, None] * nsa.stride + np.arange(nsa.block_size)[None]
+    return self.compress_blocks(x_BTKH[:, index_ML], name)
+
+  def compress_blocks(self, blocks_BMLKH: jnp.ndarray, name: str) -> jnp.ndarray:
+    """Blocks [B, M, l, K, H] of raw keys or values -> [B, M, K, H]."""
+    cfg, nsa = self.config, self.config.nsa
+    b, m, _, k, h = blocks_BMLKH.shape
     block_pos_LH = self.param(
         f"{name}_block_position",
         nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), (None, "head_dim")),
         (nsa.block_size, h),
         jnp.dtype(cfg.param_dtype),
     )
-    blocks_BMLKH = x_BTKH[:, index_ML] + block_pos_LH[:, None].astype(x_BTKH.dtype)
+    blocks_BMLKH = blocks_BMLKH + block_pos_LH[:, None].astype(blocks_BMLKH.dtype)
     flat_BMKF = blocks_BMLKH.transpose(0, 1, 3, 2, 4).reshape(b, m, k, nsa.block_size * h)
     kw = projection_kwargs(cfg)
     hidden_BMKH = nn.silu(Projection(
@@ -222,6 +240,87 @@ class NativeSparseAttention(nn.Module):
     probs_BKGTS = masked_softmax(scores_BKGTS, mask_BKTS[:, :, None])
     out_BTKGH = jnp.einsum("bkgts,bktsh->btkgh", probs_BKGTS.astype(v_BKTSH.dtype), v_BKTSH)
     return out_BTKGH.reshape(b, t, n, h)
+
+  def attend_cached(self, q_BTNH, keys, values, positions_BT, bias, cache):
+    """The three branches for new queries over the cache (slot = position, one document per row).
+
+    Raw keys/values of every branch are written at the new positions; each compression block
+    whose last token is new is compressed from the raw cache into its `compressed_*` slot (one
+    per stride). A query sees compressed blocks that end at or before it, the tokens of its
+    top-n selection blocks up to itself, and its last `window` tokens. Returns (cache, outputs).
+    """
+    nsa = self.config.nsa
+    b, t, n, h = q_BTNH.shape
+    k = keys["selected"].shape[2]
+    start_B = positions_BT[:, 0]
+    cache = dict(cache)
+    for branch, suffix in (("compressed", "_raw"), ("selected", ""), ("window", "")):
+      for kind, new_BTKH in (("key", keys[branch]), ("value", values[branch])):
+        name = f"{branch}_{kind}{suffix}"
+        cache[name] = write(cache[name], new_BTKH, start_B)
+    s, m = cache["selected_key"].shape[1], cache["compressed_key"].shape[1]
+
+    # Blocks completed by this step: m * stride + l - 1 in [start, start + t).
+    c = t // nsa.stride + 2
+    first_B = jnp.maximum(-((nsa.block_size - 1 - start_B) // nsa.stride), 0)
+    block_BC = first_B[:, None] + jnp.arange(c)
+    end_BC = block_BC * nsa.stride + nsa.block_size - 1
+    slot_BC = jnp.where((end_BC < start_B[:, None] + t) & (block_BC < m), block_BC, m)
+    index_BX = jnp.minimum(
+        (block_BC[..., None] * nsa.stride + np.arange(nsa.block_size)).reshape(b, -1), s - 1
+    )
+    for kind in ("key", "value"):
+      raw_BXKH = jnp.take_along_axis(cache[f"compressed_{kind}_raw"], index_BX[..., None, None], 1)
+      blocks_BCKH = self.compress_blocks(raw_BXKH.reshape(b, c, nsa.block_size, k, h), kind)
+      name = f"compressed_{kind}"
+      cache[name] = cache[name].at[jnp.arange(b)[:, None], slot_BC].set(
+          blocks_BCKH.astype(cache[name].dtype), mode="drop"
+      )
+
+    # Compressed branch.
+    end_M = np.arange(m) * nsa.stride + nsa.block_size - 1
+    mask_BTM = end_M[None, None, :] <= positions_BT[:, :, None]
+    q_BTKGH = q_BTNH.reshape(b, t, k, n // k, h)
+    kc_BMKH, vc_BMKH = cache["compressed_key"], cache["compressed_value"]
+    scores_BKGTM = jnp.einsum("btkgh,bmkh->bkgtm", q_BTKGH, kc_BMKH).astype(jnp.float32)
+    scores_BKGTM *= h**-0.5
+    if bias is not None:
+      end_BM = jnp.broadcast_to(jnp.asarray(end_M, positions_BT.dtype), (b, m))
+      scores_BKGTM += bias(positions_BT, end_BM).reshape(b, k, n // k, t, m)
+    probs_BKGTM = masked_softmax(scores_BKGTM, mask_BTM[:, None, None])
+    cmp_BTKGH = jnp.einsum("bkgtm,bmkh->btkgh", probs_BKGTM.astype(vc_BMKH.dtype), vc_BMKH)
+
+    # Selected branch: the group's top-n selection blocks by compressed attention mass.
+    ls = nsa.select_size
+    j = -(-s // ls)
+    top_n = min(nsa.top_n, j)
+    first_J = np.arange(j) * ls
+    overlap_MJ = (np.arange(m)[:, None] * nsa.stride < first_J[None] + ls) & (
+        first_J[None] < np.arange(m)[:, None] * nsa.stride + nsa.block_size
+    )
+    importance_BKTJ = probs_BKGTM.sum(axis=2) @ overlap_MJ.astype(jnp.float32)
+    pos_BT1 = positions_BT[:, :, None]
+    forced_BTJ = (np.arange(j) == pos_BT1 // ls) | (np.arange(j) == 0)
+    importance_BKTJ = jnp.where(forced_BTJ[:, None], jnp.inf, importance_BKTJ)
+    importance_BKTJ = jnp.where((first_J <= pos_BT1)[:, None], importance_BKTJ, -jnp.inf)
+    _, chosen_BKTn = jax.lax.top_k(importance_BKTJ, top_n)
+    key_index_BKTS = (chosen_BKTn[..., None] * ls + np.arange(ls)).reshape(b, k, t, top_n * ls)
+    pad = j * ls - s
+    k_BKTSH = gather_tokens(cache["selected_key"], key_index_BKTS, pad)
+    v_BKTSH = gather_tokens(cache["selected_value"], key_index_BKTS, pad)
+    mask_BKTS = key_index_BKTS <= positions_BT[:, None, :, None]
+    scores_BKGTS = jnp.einsum("btkgh,bktsh->bkgts", q_BTKGH, k_BKTSH).astype(jnp.float32)
+    scores_BKGTS *= h**-0.5
+    if bias is not None:
+      q_pos_BKT1 = jnp.broadcast_to(positions_BT[:, None, :, None], (b, k, t, 1))
+      scores_BKGTS += group_heads(bias(q_pos_BKT1, key_index_BKTS), k)
+    probs_BKGTS = masked_softmax(scores_BKGTS, mask_BKTS[:, :, None])
+    sel_BTKGH = jnp.einsum("bkgts,bktsh->btkgh", probs_BKGTS.astype(v_BKTSH.dtype), v_BKTSH)
+
+    win_BTNH = cached_attention(
+        q_BTNH, cache["window_key"], cache["window_value"], positions_BT, bias, nsa.window
+    )
+    return cache, (cmp_BTKGH.reshape(b, t, n, h), sel_BTKGH.reshape(b, t, n, h), win_BTNH)
 
   @staticmethod
   def matmul_params(cfg: ml_collections.ConfigDict) -> int:

@@ -4,7 +4,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
-from efficiency.attention.cache import CacheEntry
+from efficiency.attention.cache import CacheEntry, cached_attention
 from efficiency.attention.gqa import GroupedQueryAttention, head_dim
 from efficiency.attention.windowed import windowed_attention
 
@@ -24,6 +24,17 @@ class SlidingWindowAttention(GroupedQueryAttention):
     return windowed_attention(
         q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, positions_BT, self.config.window, bias
     )
+
+  def attend_cached(
+      self,
+      q_BTNH: jnp.ndarray,
+      k_BSKH: jnp.ndarray,
+      v_BSKH: jnp.ndarray,
+      positions_BT: jnp.ndarray,
+      bias: nn.Module | None,
+  ) -> jnp.ndarray:
+    """New queries attend to the cached keys of their last `window` positions."""
+    return cached_attention(q_BTNH, k_BSKH, v_BSKH, positions_BT, bias, self.config.window)
 
   @staticmethod
   def score_flops_per_token(cfg: ml_collections.ConfigDict, seq_len: int) -> int:

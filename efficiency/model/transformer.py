@@ -19,23 +19,30 @@ REMAT_POLICIES = {
 
 class Block(nn.Module):
   """x + attn(norm(x)), then x + mlp(norm(x)); the MLP is a mixture of experts when
-  model.moe.num_experts > 0."""
+  model.moe.num_experts > 0. With this layer's KV `cache` it also returns the updated cache."""
 
   config: ml_collections.FrozenConfigDict
 
   @nn.compact
   def __call__(
-      self, x_BTD: jnp.ndarray, segment_ids_BT: jnp.ndarray, positions_BT: jnp.ndarray
-  ) -> tuple[jnp.ndarray, None]:
+      self,
+      x_BTD: jnp.ndarray,
+      segment_ids_BT: jnp.ndarray,
+      positions_BT: jnp.ndarray,
+      cache: dict | None = None,
+  ) -> tuple[jnp.ndarray, dict | None]:
     cfg = self.config
     dtypes = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
     x_BTD = nn.with_logical_constraint(
         x_BTD, ("activation_batch", "activation_length", "activation_embed")
     )
     h_BTD = RMSNorm(cfg.norm_eps, name="attn_norm", **dtypes)(x_BTD)
-    x_BTD = x_BTD + get_attention(cfg.attention)(cfg, name="attn")(
-        h_BTD, segment_ids_BT, positions_BT
-    )
+    attention = get_attention(cfg.attention)(cfg, name="attn")
+    if cache is None:
+      x_BTD = x_BTD + attention(h_BTD, segment_ids_BT, positions_BT)
+    else:
+      y_BTD, cache = attention(h_BTD, segment_ids_BT, positions_BT, cache)
+      x_BTD = x_BTD + y_BTD
     h_BTD = RMSNorm(cfg.norm_eps, name="mlp_norm", **dtypes)(x_BTD)
     if cfg.moe.num_experts:
       x_BTD = x_BTD + MoE(cfg, name="moe")(h_BTD, segment_ids_BT)
@@ -43,7 +50,7 @@ class Block(nn.Module):
       x_BTD = x_BTD + SwiGLU(
           cfg.d_model, cfg.d_ff, cfg.init_std, name="mlp", quant=cfg.get("quant"), **dtypes
       )(h_BTD)
-    return x_BTD, None
+    return x_BTD, cache
 
 
 class Transformer(nn.Module):
@@ -51,14 +58,23 @@ class Transformer(nn.Module):
 
   MoE layers sow their load-balancing loss and dropped-choice count into the `moe` collection
   (apply with `mutable=["moe"]` to read them; one entry per layer).
+
+  Decoding passes a KV `cache` (`efficiency.decode.cache.init_cache`: each layer's entries
+  [B, S, ...], stacked on a leading layer axis when `scan_layers`) and the new tokens' positions
+  (slot = position, so positions_BT[:, 0] is each row's write pointer); the call then returns
+  (logits, new cache).
   """
 
   config: ml_collections.FrozenConfigDict
 
   @nn.compact
   def __call__(
-      self, tokens_BT: jnp.ndarray, segment_ids_BT: jnp.ndarray, positions_BT: jnp.ndarray
-  ) -> jnp.ndarray:
+      self,
+      tokens_BT: jnp.ndarray,
+      segment_ids_BT: jnp.ndarray,
+      positions_BT: jnp.ndarray,
+      cache: dict | None = None,
+  ) -> jnp.ndarray | tuple[jnp.ndarray, dict]:
     cfg = self.config
     dtypes = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
     embed = Embed(
@@ -73,18 +89,25 @@ class Transformer(nn.Module):
     policy = REMAT_POLICIES[cfg.remat]
     if cfg.remat != "none":
       block = nn.remat(Block, policy=policy, prevent_cse=not cfg.scan_layers)
+    args = (segment_ids_BT, positions_BT) + (() if cache is None else (cache,))
     if cfg.scan_layers:
-      x_BTD, _ = nn.scan(
+      x_BTD, cache = nn.scan(
           block,
           variable_axes={"params": 0, "moe": 0},
           split_rngs={"params": True, "quant": True},
-          in_axes=(nn.broadcast, nn.broadcast),
+          in_axes=(nn.broadcast, nn.broadcast) + (() if cache is None else (0,)),
           length=cfg.num_layers,
           metadata_params={nn.PARTITION_NAME: "layers"},
-      )(cfg, name="layers")(x_BTD, segment_ids_BT, positions_BT)
-    else:
+      )(cfg, name="layers")(x_BTD, *args)
+    elif cache is None:
       for i in range(cfg.num_layers):
-        x_BTD, _ = block(cfg, name=f"layers_{i}")(x_BTD, segment_ids_BT, positions_BT)
+        x_BTD, _ = block(cfg, name=f"layers_{i}")(x_BTD, *args)
+    else:
+      new_cache = {}
+      for i in range(cfg.num_layers):
+        name = f"layers_{i}"
+        x_BTD, new_cache[name] = block(cfg, name=name)(x_BTD, *args[:2], cache[name])
+      cache = new_cache
 
     x_BTD = RMSNorm(cfg.norm_eps, name="final_norm", **dtypes)(x_BTD)
     if cfg.tie_embeddings:
@@ -97,4 +120,5 @@ class Transformer(nn.Module):
     logits_BTV = nn.with_logical_constraint(
         logits_BTV, ("activation_batch", "activation_length", "vocab")
     )
-    return logits_BTV.astype(jnp.float32)
+    logits_BTV = logits_BTV.astype(jnp.float32)
+    return logits_BTV if cache is None else (logits_BTV, cache)
