@@ -7,6 +7,8 @@ of it, so `query` matches `layers/attn/query`, `attn/*` every attention projecti
 
 import dataclasses
 import fnmatch
+import functools
+import json
 import math
 from collections.abc import Sequence
 
@@ -90,7 +92,13 @@ def layout_of(spec: str, shape: Sequence[int], names: Sequence[str | None]) -> K
 
 def abstract_model(model_config: ml_collections.ConfigDict):
   """The model, its boxed abstract params and every Projection's einsum spec by module path."""
-  model = Transformer(ml_collections.FrozenConfigDict(model_config))
+  model, boxed, specs = _abstract_model(json.dumps(model_config.to_dict(), sort_keys=True))
+  return model, boxed, dict(specs)
+
+
+@functools.lru_cache(maxsize=16)
+def _abstract_model(model_json: str):
+  model = Transformer(ml_collections.FrozenConfigDict(json.loads(model_json)))
   specs: dict[tuple[str, ...], str] = {}
 
   def record(next_fun, args, kwargs, context):
