@@ -1,6 +1,7 @@
 """Corpora by `data.name`: each prepares its dataset once and returns random-access splits.
 
-`stdlib` and `text` are built here through TFDS builders; any other name is a TFDS dataset
+`stdlib`, `stdlib_tests` (its held-out test suite, for fine-tuning) and `text` are built here
+through TFDS builders; any other name is a TFDS dataset
 (`lm1b`, `c4/en`, ...) read from `data.tfds_data_dir`, where it must be prepared as ArrayRecord.
 """
 
@@ -42,6 +43,14 @@ def _stdlib(config: ml_collections.ConfigDict, data_dir: str) -> Source:
     builder = StdlibCorpus(config=builder_config, data_dir=data_dir, file_format="array_record")
   splits = builder.as_data_source()
   return Source(train=splits["train"], validation=splits["validation"], cache_dir=builder.data_dir)
+
+
+def _stdlib_tests(config: ml_collections.ConfigDict, data_dir: str) -> Source:
+  """The standard library's test suite (`test/` under `data.corpus_root`): files the `stdlib`
+  corpus skips, so a model pretrained on `stdlib` can be fine-tuned on unseen code."""
+  tests = ml_collections.ConfigDict(config.to_dict())
+  tests.data.corpus_root = os.path.join(config.data.corpus_root or default_root(), "test")
+  return _stdlib(tests, data_dir)
 
 
 def _text(config: ml_collections.ConfigDict, data_dir: str) -> Source:
@@ -93,6 +102,7 @@ def _tfds(config: ml_collections.ConfigDict, data_dir: str) -> Source:
 
 SOURCES: dict[str, Callable[[ml_collections.ConfigDict, str], Source]] = {
     "stdlib": _stdlib,
+    "stdlib_tests": _stdlib_tests,
     "text": _text,
 }
 

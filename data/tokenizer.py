@@ -4,6 +4,7 @@ Both reserve ids 0 (padding), 1 (BOS) and 2 (EOS).
 """
 
 import io
+import json
 import os
 import re
 import time
@@ -177,10 +178,21 @@ TOKENIZERS: dict[str, Callable[[ml_collections.ConfigDict], Tokenizer]] = {
 
 
 def get_tokenizer(config: ml_collections.ConfigDict) -> Tokenizer:
-  """The tokenizer named by `data.tokenizer`."""
+  """The tokenizer named by `data.tokenizer`, or the one of the workdir `data.tokenizer_from`."""
+  if config.data.get("tokenizer_from"):
+    return get_tokenizer(_workdir_config(config.data.tokenizer_from))
   name = config.data.tokenizer
   if name not in TOKENIZERS:
     raise ValueError(
         f"data.tokenizer={name!r} is unknown; valid choices: {', '.join(sorted(TOKENIZERS))}"
     )
   return TOKENIZERS[name](config)
+
+
+def _workdir_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a train.py workdir was run with."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"data.tokenizer_from={workdir!r} has no config.json")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))

@@ -1,5 +1,8 @@
 """Config resolution and validation: one clear line per bad value, before anything compiles."""
 
+import json
+from pathlib import Path
+
 import jax
 import ml_collections
 
@@ -99,13 +102,49 @@ def _check_quant(config: ml_collections.ConfigDict, backend: str) -> None:
   if not isinstance(q.get("group_size", 0), int) or q.get("group_size", 0) < 0:
     raise ConfigError(f"quant.group_size={q.group_size!r} is invalid; 0 (per channel) or more")
   config.model.quant = ml_collections.ConfigDict(q.to_dict())
+def _take_pretrained(config: ml_collections.ConfigDict) -> None:
+  """With `init_from`, the model (and by default the tokenizer) are the pretrained run's."""
+  workdir = config.get("init_from", "")
+  if not workdir:
+    return
+  path = Path(workdir) / "config.json"
+  if not path.is_file():
+    raise ConfigError(f"init_from={workdir!r} has no config.json; give a finished train.py workdir")
+  config.model = ml_collections.ConfigDict(json.loads(path.read_text())["model"])
+  if not config.data.get("tokenizer_from"):
+    config.data.tokenizer_from = workdir
+
+
+def _check_peft(config: ml_collections.ConfigDict) -> None:
+  """The PEFT method, its sizes and its target patterns (which must each match a layer)."""
+  from efficiency.peft import BASE_QUANT, PEFT_METHODS, make_method  # imports this module
+
+  if "peft" not in config:
+    return
+  p = config.peft
+  _choice("peft.method", p.method, PEFT_METHODS)
+  _choice("peft.base_quant", p.base_quant, BASE_QUANT)
+  if p.method not in ("full", "freeze"):
+    _positive(config, "peft.rank")
+    if p.alpha <= 0 or p.lora_plus_ratio <= 0:
+      raise ConfigError(
+          f"peft.alpha={p.alpha} and peft.lora_plus_ratio={p.lora_plus_ratio} must be > 0"
+      )
+  elif p.base_quant != "none":
+    raise ConfigError(
+        f"peft.base_quant={p.base_quant!r} needs an adapter method (peft.method={p.method!r} "
+        f"trains base weights); valid choices: {sorted(set(PEFT_METHODS) - {'full', 'freeze'})}"
+    )
+  make_method(config)  # raises on target patterns that match nothing
 
 
 def resolve(config: ml_collections.ConfigDict, num_devices: int, process_count: int = 1):
-  """Validates `config` in place and fills derived values (kv heads for mha/mqa).
+  """Validates `config` in place and fills derived values (kv heads for mha/mqa; the model of
+  `init_from`).
 
   Raises ConfigError with a one-line message for the first bad value found.
   """
+  _take_pretrained(config)
   m = config.model
   _choice("model.attention", m.attention, ATTENTION)
   _choice("model.position", m.position, POSITIONS)
@@ -138,6 +177,7 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int, process_count: 
   if m.position == "rope" and head_dim % 2:
     raise ConfigError(f"model.head_dim={head_dim} must be even for model.position='rope'")
   _check_variants(config)
+  _check_peft(config)
 
   try:
     sizes = mesh_shape(config.mesh, num_devices)

@@ -23,9 +23,11 @@ from efficiency.metrics.memory import peak_memory_bytes
 from efficiency.metrics.peak import peak_flops_total
 from efficiency.metrics.writer import MetricWriter, write_json_atomic
 from efficiency.model.flops import flops_per_token
+from efficiency.peft import peft_config
 from efficiency.sharding.mesh import make_mesh, to_global
 from efficiency.sharding.rules import LOGICAL_AXIS_RULES
 from efficiency.train import checkpoint
+from efficiency.train.restore import load_params
 from efficiency.train.setup import Training, lower_and_compile
 
 
@@ -102,11 +104,11 @@ class Throughput:
     return self.flops_per_token * steps * self.positions_per_step / seconds / self.peak_flops
 
 
-def evaluate(eval_fn, params, eval_batches) -> dict[str, float]:
+def evaluate(eval_fn, state, eval_batches) -> dict[str, float]:
   """Mean eval loss (nats/token) and bits per UTF-8 byte over the fixed validation batches."""
   totals = None
   for batch in eval_batches:
-    out = eval_fn(params, batch)
+    out = eval_fn(state, batch)
     totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
   totals = jax.device_get(totals)
   return {
@@ -151,13 +153,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   if is_main:
     write_json_atomic(workdir / "config.json", config.to_dict())
     write_json_atomic(workdir / "data_report.json", prepare(config, tokenizer).report)
+  init_from = config.get("init_from", "")
   mesh = make_mesh(config.mesh)
   with mesh, nn.logical_axis_rules(LOGICAL_AXIS_RULES):
     training = Training(config, mesh)
     manager = checkpoint.make_manager(workdir, config.keep_checkpoints)
     restored = checkpoint.restore_latest(manager, training.abstract_state, train_iter)
     if restored is None:
-      state, progress = training.init(config.seed), {"tokens_seen": 0, "tokens_to_target": None}
+      base = load_params(init_from) if init_from else None
+      state = training.init(config.seed, base)
+      progress = {"tokens_seen": 0, "tokens_to_target": None}
     else:
       state, progress = restored
       logging.info("Resumed from step %d in %s", int(state.step), workdir)
@@ -196,6 +201,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         "peak_flops_source": peak_source,
         "peak_memory_bytes": None,
         "param_count": training.param_count(),
+        "trainable_param_count": training.trainable_param_count(),
+        "optimizer_state_bytes": training.optimizer_state_bytes(),
+        "peft_method": peft_config(config).method,
+        "init_from": init_from or None,
         "mesh": dict(mesh.shape),
         "devices": jax.device_count(),
         "device_kind": jax.devices()[0].device_kind,
@@ -206,7 +215,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     }
 
     def run_eval(step: int) -> None:
-      result = evaluate(eval_fn, state.params, eval_batches)
+      result = evaluate(eval_fn, state, eval_batches)
       progress.update(final_eval_loss=result["eval_loss"], final_eval_bpb=result["eval_bpb"])
       if progress["tokens_to_target"] is None and result["eval_loss"] <= config.target_loss:
         progress["tokens_to_target"] = progress["tokens_seen"]

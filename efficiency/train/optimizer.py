@@ -30,11 +30,11 @@ SCHEDULES: dict[str, Callable[[ml_collections.ConfigDict, int], optax.Schedule]]
     "constant": _warmup_constant,
 }
 
-NO_DECAY_NAMES = ("scale", "bias")
+NO_DECAY_NAMES = ("scale", "bias", "magnitude")  # magnitude: DoRA's per-channel norms
 
 
 def weight_decay_mask(params):
-  """True for weights that decay: everything but norm scales and biases."""
+  """True for weights that decay: everything but norm scales, biases and DoRA magnitudes."""
 
   def decays(path, _) -> bool:
     names = {getattr(k, "key", None) for k in path}
@@ -52,10 +52,21 @@ def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Sch
   return SCHEDULES[cfg.schedule](cfg, total_steps)
 
 
+def scale_by_tree(multipliers: Callable) -> optax.GradientTransformation:
+  """Multiplies each update by its leaf of `multipliers(updates)`: per-parameter learning rates."""
+
+  def update(updates, params=None):
+    del params
+    return jax.tree.map(lambda u, m: u * m, updates, multipliers(updates))
+
+  return optax.stateless(update)
+
+
 def make_optimizer(
-    cfg: ml_collections.ConfigDict, total_steps: int
+    cfg: ml_collections.ConfigDict, total_steps: int, lr_multipliers: Callable | None = None
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Clip by global norm, then AdamW with decoupled, masked weight decay."""
+  """Clip by global norm, then AdamW with decoupled, masked weight decay; then, if given, scale
+  each update by `lr_multipliers(params)` (LoRA+ speeds up its B matrices this way)."""
   schedule = make_schedule(cfg, total_steps)
   tx = optax.chain(
       optax.clip_by_global_norm(cfg.grad_clip),
@@ -67,5 +78,6 @@ def make_optimizer(
           weight_decay=cfg.weight_decay,
           mask=weight_decay_mask,
       ),
+      *([scale_by_tree(lr_multipliers)] if lr_multipliers is not None else []),
   )
   return tx, schedule

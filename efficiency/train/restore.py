@@ -36,7 +36,10 @@ def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
 
 
 def load_trained(workdir: str | Path, step: int | None = None) -> TrainedModel:
-  """Restores the parameters of `workdir`'s newest (or given) checkpoint on a one-axis mesh."""
+  """Restores the parameters of `workdir`'s newest (or given) checkpoint on a one-axis mesh.
+
+  For a PEFT run they are the effective parameters: adapters merged into the frozen base.
+  """
   workdir = Path(workdir)
   config = load_config(workdir)
   config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, "expert": 1})
@@ -55,7 +58,12 @@ def load_trained(workdir: str | Path, step: int | None = None) -> TrainedModel:
     restored = manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(training.abstract_state))
     )
+    params = jax.device_get(training.effective_params(restored["state"]))
   manager.close()
-  params = jax.device_get(restored["state"].params)
   model = Transformer(ml_collections.FrozenConfigDict(config.model))
   return TrainedModel(config=config, model=model, params=params, step=step, workdir=workdir)
+
+
+def load_params(workdir: str | Path) -> dict:
+  """The newest parameters of a trained workdir (the base a fine-tuning run starts from)."""
+  return load_trained(workdir).params

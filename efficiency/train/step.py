@@ -1,5 +1,7 @@
 """Loss, the jit-able train step (with gradient accumulation) and the eval step."""
 
+from collections.abc import Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -63,10 +65,20 @@ def train_step(
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     grad_accum_steps: int = 1,
+    combine: Callable | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer update on the mean token loss of `batch`, accumulated over micro-batches."""
+  """One optimizer update on the mean token loss of `batch`, accumulated over micro-batches.
+
+  With `combine` (a PEFT method's), gradients flow to `state.params` (the trainable tree) through
+  `combine(state.params, state.frozen)`; the frozen tree passes through the step unchanged.
+  """
   rng, step_rng = jax.random.split(state.rng)
-  grad_fn = jax.value_and_grad(summed_loss, has_aux=True)
+  if combine is None:
+    loss_fn = summed_loss
+  else:
+    frozen = getattr(state, "frozen", None)
+    loss_fn = lambda p, b, m, r: summed_loss(combine(p, frozen), b, m, r)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   if grad_accum_steps == 1:
     (_, stats), grads = grad_fn(state.params, batch, model, step_rng)
