@@ -1,4 +1,5 @@
-"""Reading runs back from their workdir files (summary.json, metrics.jsonl), for tables and plots.
+"""Reading runs back from their workdir files (summary.json, metrics.jsonl, config.json,
+efficiency.json, quant_report*.json), for tables and plots.
 
 Only the workdir contract files are read, so anything here works on runs from any machine.
 """
@@ -16,6 +17,22 @@ class Run:
   workdir: Path
   summary: dict = field(default_factory=dict)
   records: list[dict] = field(default_factory=list)
+  config: dict = field(default_factory=dict)
+  efficiency: dict = field(default_factory=dict)
+  quant_reports: list[dict] = field(default_factory=list)
+
+  @property
+  def technique(self) -> str:
+    """The study dimension this run varies: fine-tuning, quantization or architecture."""
+    if self.config.get("init_from") and "peft" in self.config:
+      return "fine-tuning"
+    if self.config.get("quant", {}).get("mode", "none") != "none":
+      return "quantization"
+    return "architecture"
+
+  def metric(self, name: str):
+    """A study metric's value from efficiency.json (None when not measured)."""
+    return self.efficiency.get("metrics", {}).get(name, {}).get("value")
 
   @property
   def train_records(self) -> list[dict]:
@@ -29,8 +46,8 @@ class Run:
 def load_run(workdir: str | Path, name: str | None = None) -> Run:
   """Loads one workdir; missing files give an empty summary or no records."""
   workdir = Path(workdir)
-  summary_path, metrics_path = workdir / "summary.json", workdir / "metrics.jsonl"
-  summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+  read = lambda name: json.loads((workdir / name).read_text()) if (workdir / name).exists() else {}
+  metrics_path = workdir / "metrics.jsonl"
   records = []
   if metrics_path.exists():
     by_key = {}  # a resumed run may log a step twice; the last record wins
@@ -39,7 +56,9 @@ def load_run(workdir: str | Path, name: str | None = None) -> Run:
         record = json.loads(line)
         by_key[(record["step"], "eval_loss" in record)] = record
     records = sorted(by_key.values(), key=lambda r: (r["step"], "eval_loss" in r))
-  return Run(name or workdir.name, workdir, summary, records)
+  reports = [json.loads(p.read_text()) for p in sorted(workdir.glob("quant_report*.json"))]
+  return Run(name or workdir.name, workdir, read("summary.json"), records, read("config.json"),
+             read("efficiency.json"), reports)
 
 
 def load_sweep(root: str | Path) -> list[Run]:
