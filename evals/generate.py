@@ -2,11 +2,13 @@
 
   python -m evals.generate --workdir=DIR --prompt=TEXT [--prompt=TEXT ...]
       [--max_new_tokens=64 --temperature=1 --top_k=0 --top_p=1 --seed=0 --batch=8]
-      [--draft=DIR2 --gamma=5]
+      [--draft=DIR2 --gamma=5] [--quant=8|4]
 
 Prompts are decoded in batches of --batch rows (right-padded; each row at its own positions) and
 stop at EOS. With --draft, each prompt is decoded on its own: the draft model proposes --gamma
 tokens and the target verifies them in one pass; the output distribution is the target's.
+With --quant, the target is converted to int8 (AQT serving) or packed int4 weights first and
+decodes through the same path.
 """
 
 import sys
@@ -32,6 +34,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Prompts decoded together.")
 _DRAFT = flags.DEFINE_string("draft", None, "A draft model's workdir: speculative decoding.")
 _GAMMA = flags.DEFINE_integer("gamma", 5, "Draft tokens per verification (with --draft).")
+_QUANT = flags.DEFINE_enum("quant", "none", ["none", "8", "4"], "Weight bits of the target.")
 flags.mark_flag_as_required("workdir")
 
 
@@ -40,7 +43,8 @@ def run() -> None:
     raise ConfigError("give at least one --prompt")
   if _BATCH.value < 1:
     raise ConfigError(f"batch={_BATCH.value} must be >= 1")
-  model, params, config = load_model(_WORKDIR.value)
+  quant_bits = None if _QUANT.value == "none" else int(_QUANT.value)
+  model, params, config = load_model(_WORKDIR.value, quant_bits)
   tokenizer = get_tokenizer(config)
   sampling = Sampling(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value)
   prompts = [tokenizer.encode(p) for p in _PROMPT.value]

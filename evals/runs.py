@@ -30,9 +30,9 @@ class Run:
       return "quantization"
     return "architecture"
 
-  def metric(self, name: str):
-    """A study metric's value from efficiency.json (None when not measured)."""
-    return self.efficiency.get("metrics", {}).get(name, {}).get("value")
+  def metric(self, name: str, mode: str = "train"):
+    """A study metric's value from efficiency.json's `mode` section (None when not measured)."""
+    return self.efficiency.get(mode, {}).get("metrics", {}).get(name, {}).get("value")
 
   @property
   def train_records(self) -> list[dict]:

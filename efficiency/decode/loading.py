@@ -4,12 +4,19 @@ import flax.linen as nn
 import ml_collections
 
 from efficiency.config import ConfigError
+from efficiency.quant import export
 from efficiency.train.restore import load_trained
 
 
-def load_model(workdir: str) -> tuple[nn.Module, dict, ml_collections.ConfigDict]:
-  """(model, params, config) of a workdir's newest checkpoint (ConfigError if it has none)."""
-  trained = load_trained(workdir)
+def load_model(
+    workdir: str, quant_bits: int | None = None
+) -> tuple[nn.Module, dict, ml_collections.ConfigDict]:
+  """(model, params, config) of a workdir's newest checkpoint (ConfigError if it has none),
+  converted to int8 or packed int4 weights when `quant_bits` is 8 or 4."""
+  if quant_bits:
+    trained = export.load_quantized(workdir, quant_bits)
+  else:
+    trained = load_trained(workdir)
   return trained.model, trained.params, trained.config
 
 

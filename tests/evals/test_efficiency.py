@@ -13,7 +13,7 @@ def test_train_mode_writes_every_metric_with_how(sweep_root):
       capture_output=True, text=True, timeout=180,
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
-  report = json.loads((workdir / "efficiency.json").read_text())
+  report = json.loads((workdir / "efficiency.json").read_text())["train"]
   metrics = report["metrics"]
   assert set(metrics) == {"AMU", "PCU", "AL", "TT", "AEC", "MCR"}
   assert all(m["how"] for m in metrics.values())
@@ -35,5 +35,38 @@ def test_unknown_mode_is_a_clear_error(sweep_root):
   )
   assert proc.returncode != 0
   assert proc.stderr.strip().splitlines()[-1] == (
-      "error: --mode='serve' is invalid; valid choices: ['train']"
+      "error: --mode='serve' is invalid; valid choices: ['train', 'infer']"
+  )
+
+
+def test_infer_mode_measures_kv_cache_generation_and_keeps_train_section(sweep_root):
+  workdir = sweep_root / "num_kv_heads-1"
+  for mode in ("train", "infer"):
+    proc = subprocess.run(
+        [sys.executable, "-m", "evals.efficiency", f"--workdir={workdir}", f"--mode={mode}",
+         "--steps=3", "--interval=0.01", "--batch=2", "--prompt_len=8", "--new_tokens=5"],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+  sections = json.loads((workdir / "efficiency.json").read_text())
+  assert set(sections) == {"train", "infer"}
+  report = sections["infer"]
+  metrics = report["metrics"]
+  assert set(metrics) == {"AMU", "PCU", "AL", "IT", "AEC", "MCR"}
+  assert all(m["how"] for m in metrics.values())
+  # IT = generated tokens / seconds; every request generates 2 rows x 5 tokens (no EOS stop).
+  expected_it = 2 * 5 / metrics["AL"]["value"]
+  assert abs(metrics["IT"]["value"] - expected_it) / expected_it < 1e-6
+  assert metrics["AMU"]["value"] > 1e6
+
+
+def test_infer_mode_rejects_bad_sizes(sweep_root):
+  proc = subprocess.run(
+      [sys.executable, "-m", "evals.efficiency", f"--workdir={sweep_root / 'num_kv_heads-1'}",
+       "--mode=infer", "--new_tokens=0"],
+      capture_output=True, text=True, timeout=120,
+  )
+  assert proc.returncode != 0
+  assert proc.stderr.strip().splitlines()[-1] == (
+      "error: batch=1, prompt_len=64 and new_tokens=0 must all be >= 1"
   )
