@@ -127,7 +127,7 @@ CASES = {
     "cd-naive": (cd_case, "naive", 2, 1),
     "cd-alternate": (cd_case, "alternate", 1, 1),
 }
-SLOW_CASES = ("we-naive", "cd-alternate")
+SLOW_CASES = ("we-naive", "we3-alternate", "cd-alternate")
 
 
 @pytest.mark.parametrize(
