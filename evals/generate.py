@@ -40,6 +40,8 @@ def run() -> None:
     raise ConfigError("give at least one --prompt")
   if _BATCH.value < 1:
     raise ConfigError(f"batch={_BATCH.value} must be >= 1")
+  if _GAMMA.value < 1:
+    raise ConfigError(f"gamma={_GAMMA.value} must be >= 1")
   model, params, config = load_model(_WORKDIR.value)
   tokenizer = get_tokenizer(config)
   sampling = Sampling(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value)
