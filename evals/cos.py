@@ -140,6 +140,8 @@ def table(report: dict) -> str:
 def run() -> None:
   if len(_MODELS.value) < 2:
     raise ConfigError(f"models={_MODELS.value}: collaborative decoding needs 2 or more")
+  if _GAMMA.value < 1:
+    raise ConfigError(f"gamma={_GAMMA.value} must be >= 1")
   loaded = [load_model(d) for d in _MODELS.value]
   configs = [c for _, _, c in loaded]
   check_same_tokenizer(configs, _MODELS.value)

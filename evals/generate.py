@@ -43,6 +43,8 @@ def run() -> None:
     raise ConfigError("give at least one --prompt")
   if _BATCH.value < 1:
     raise ConfigError(f"batch={_BATCH.value} must be >= 1")
+  if _GAMMA.value < 1:
+    raise ConfigError(f"gamma={_GAMMA.value} must be >= 1")
   quant_bits = None if _QUANT.value == "none" else int(_QUANT.value)
   model, params, config = load_model(_WORKDIR.value, quant_bits)
   tokenizer = get_tokenizer(config)

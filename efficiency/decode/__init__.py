@@ -8,4 +8,5 @@ decoding of several models (weighted ensemble, contrastive) and its speculative 
 - `collaborative`: the target distribution r of several models' logits.
 - `speculation`: acceptance and residual math, and the engine behind speculative decoding,
   standard collaborative decoding and CoS (naive and alternate proposers).
+- `loading`: the one function that loads a workdir's model for decoding.
 """

@@ -17,8 +17,8 @@ ATOL = 1e-4  # float32 logits of size ~1; cached and full passes reduce in diffe
 
 SLOW = pytest.mark.slow
 CASES = [
-    ("gqa", "rope"), ("mha", "sinusoidal"), ("mqa", "learned"), ("gqa", "relative"),
-    ("mla", "rope"), ("sliding", "alibi"), ("nsa", "rope"),
+    ("gqa", "rope"), ("gqa", "relative"), ("mla", "rope"), ("sliding", "alibi"), ("nsa", "rope"),
+    pytest.param("mha", "sinusoidal", marks=SLOW), pytest.param("mqa", "learned", marks=SLOW),
     pytest.param("gqa", "none", marks=SLOW), pytest.param("gqa", "alibi", marks=SLOW),
     pytest.param("mla", "alibi", marks=SLOW), pytest.param("sliding", "relative", marks=SLOW),
     pytest.param("nsa", "alibi", marks=SLOW),

@@ -14,6 +14,7 @@ from scipy import stats
 from efficiency.config import ConfigError
 from efficiency.decode.collaborative import Contrastive, Single, WeightedEnsemble
 from efficiency.decode.generate import generate
+from efficiency.decode.loading import check_same_tokenizer
 from efficiency.decode.sampling import Sampling
 from efficiency.decode.speculation import Engine, accept_or_resample, residual
 from efficiency.model.transformer import Transformer
@@ -127,7 +128,7 @@ CASES = {
     "cd-naive": (cd_case, "naive", 2, 1),
     "cd-alternate": (cd_case, "alternate", 1, 1),
 }
-SLOW_CASES = ("we-naive", "cd-alternate")
+SLOW_CASES = ("we-naive", "we3-alternate", "cd-alternate")
 
 
 @pytest.mark.parametrize(
@@ -206,3 +207,10 @@ def test_clear_errors():
     engine.decode(PROMPT, 4, np.random.default_rng(0), "parallel")
   with pytest.raises(ConfigError, match="top_p"):
     Sampling(top_p=0.0)
+  config = ml_collections.ConfigDict({"data": {"tokenizer": "sentencepiece", "name": "stdlib"},
+                                      "model": {"vocab_size": 4096}})
+  other = ml_collections.ConfigDict(config.to_dict())
+  other.model.vocab_size = 2048
+  check_same_tokenizer([config, config], ["a", "b"])
+  with pytest.raises(ConfigError, match="vocab_size=2048"):
+    check_same_tokenizer([config, other], ["a", "b"])

@@ -1,0 +1,45 @@
+"""evals.generate and evals.cos on the tiny sweep's trained workdirs (same tokenizer)."""
+
+import json
+import subprocess
+import sys
+
+
+def run(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def test_greedy_generation_and_speculative_agree(sweep_root):
+  target, draft = sweep_root / "num_kv_heads-2", sweep_root / "num_kv_heads-1"
+  common = ["--prompt=def main(", "--prompt=import os\nx = 1", "--max_new_tokens=6",
+            "--temperature=0"]
+  plain = run("evals.generate", f"--workdir={target}", "--batch=2", *common)
+  assert plain.returncode == 0, plain.stderr[-3000:]
+  assert plain.stdout.count("---") == 2 and plain.stdout.startswith("def main(")
+  spec = run("evals.generate", f"--workdir={target}", f"--draft={draft}", "--gamma=3", *common)
+  assert spec.returncode == 0, spec.stderr[-3000:]
+  assert spec.stdout == plain.stdout
+  assert "acceptance" in spec.stderr
+
+
+def test_cos_writes_report(sweep_root, tmp_path):
+  models = f"{sweep_root / 'num_kv_heads-2'},{sweep_root / 'num_kv_heads-1'}"
+  out = tmp_path / "cos_report.json"
+  proc = run("evals.cos", f"--models={models}", "--method=we", "--num_prompts=1",
+             "--prompt_tokens=8", "--max_new_tokens=4", "--gamma=2", f"--output={out}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = json.loads(out.read_text())
+  assert report["same_tokens_as_standard"] == {"standard": True, "naive": True, "cos": True}
+  assert report["settings"]["weights"] == [0.5, 0.5]
+  assert "speedup (CoS over standard)" in proc.stdout
+
+
+def test_clear_errors(sweep_root):
+  proc = run("evals.generate", f"--workdir={sweep_root}", "--prompt=x", timeout=60)
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines()[-1].startswith(f"error: workdir='{sweep_root}' has no")
+  models = f"{sweep_root / 'num_kv_heads-2'},{sweep_root / 'num_kv_heads-1'}"
+  proc = run("evals.cos", f"--models={models}", "--weights=0.9,0.2", timeout=60)
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last == "error: weights=[0.9, 0.2] must be >= 0 and sum to 1"
