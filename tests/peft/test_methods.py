@@ -1,5 +1,7 @@
 """Each method at initialisation, and the adapter algebra against plain-matrix references."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -17,15 +19,22 @@ from tests.peft.common import tiny_peft_config
 ADAPTERS = ("lora", "lora_plus", "rslora", "dora", "pissa")
 
 
-def _setup(method: str, **peft):
-  config = tiny_peft_config(method, **peft)
+@functools.cache
+def _base():
+  """The tiny model's boxed init params and a jitted forward pass, built once for all tests."""
+  config = tiny_peft_config("full")
   model = Transformer(ml_collections.FrozenConfigDict(config.model))
   tokens = jnp.asarray(np.random.default_rng(0).integers(1, 97, (2, 12)), jnp.int32)
   segments, positions = jnp.ones_like(tokens), jnp.broadcast_to(jnp.arange(12), tokens.shape)
   boxed = jax.jit(model.init)(jax.random.PRNGKey(0), tokens, segments, positions)["params"]
-  method_obj, _ = make_method(config)
-  trainable, frozen = jax.jit(method_obj.split)(boxed, jax.random.PRNGKey(1))
   apply = jax.jit(lambda p: model.apply({"params": p}, tokens, segments, positions))
+  return boxed, apply
+
+
+def _setup(method: str, **peft):
+  boxed, apply = _base()
+  method_obj, _ = make_method(tiny_peft_config(method, **peft))
+  trainable, frozen = jax.jit(method_obj.split)(boxed, jax.random.PRNGKey(1))
   return method_obj, nn.meta.unbox(boxed), nn.meta.unbox(trainable), nn.meta.unbox(frozen), apply
 
 

@@ -15,7 +15,6 @@ def _flat(tree) -> dict:
 @pytest.mark.parametrize("method,peft", [
     ("lora", {"targets": "mlp/*"}),
     ("dora", {"base_quant": "int8"}),
-    ("pissa", {}),
     ("freeze", {"last_layers": 1}),
 ])
 def test_only_trainable_parameters_change(method, peft):
