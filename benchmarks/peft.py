@@ -35,12 +35,13 @@ def finetune(workdir: Path, method: str, init_from: str, steps: int) -> dict:
          f"--config.init_from={init_from}", f"--config.peft.method={method}",
          f"--config.steps={steps}", f"--config.eval_every={steps // 2}",
          f"--config.checkpoint_every={steps}"])
-  if not (workdir / "efficiency.json").exists():
+  efficiency = workdir / "efficiency.json"
+  if not (efficiency.exists() and "train" in json.loads(efficiency.read_text())):
     run([sys.executable, "-m", "evals.efficiency", f"--workdir={workdir}", "--mode=train",
          f"--steps={ARGS.measure_steps}"])
   return {
       "summary": json.loads(summary.read_text()),
-      "efficiency": json.loads((workdir / "efficiency.json").read_text()),
+      "efficiency": json.loads(efficiency.read_text())["train"],
   }
 
 

@@ -96,7 +96,9 @@ def measure_train(workdir: Path, steps: int, interval_s: float) -> dict:
       state, _ = step_fn(state, to_global(local, training.rows_sharding))
       jax.block_until_ready(state)
       tokens = int(local["weights"].sum()) * jax.process_count()
-      iterations.append(study.Iteration(time.perf_counter() - start, tokens=tokens))
+      iterations.append(study.Iteration(
+          time.perf_counter() - start, tokens=tokens, samples=config.batch_size
+      ))
     samples = sampler.stop()
 
   params = training.param_count()
@@ -128,6 +130,9 @@ def measure_train(workdir: Path, steps: int, interval_s: float) -> dict:
                        "mean wall time per training step, run to completion"),
           "TT": metric(study.tt(iterations, params), "tokens/param/s",
                        "sum(real tokens / params) / sum(step seconds)"),
+          "ST": metric(study.st(iterations, params), "samples/param/s",
+                       f"sum(rows / params) / sum(step seconds); a sample is one "
+                       f"{config.seq_len}-token row, params are the whole model's"),
           "AEC": metric(aec, "W", f"time-average of {sampler.sources['power']}"),
           "MCR": _mcr_metric(workdir),
       },

@@ -15,7 +15,7 @@ def test_train_mode_writes_every_metric_with_how(sweep_root):
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = json.loads((workdir / "efficiency.json").read_text())["train"]
   metrics = report["metrics"]
-  assert set(metrics) == {"AMU", "PCU", "AL", "TT", "AEC", "MCR"}
+  assert set(metrics) == {"AMU", "PCU", "AL", "TT", "ST", "AEC", "MCR"}
   assert all(m["how"] for m in metrics.values())
   assert report["checkpoint"] == "restored" and report["steps"] == 4
   assert metrics["AMU"]["value"] > 1e6  # bytes: a Python process with jax holds far more
@@ -23,6 +23,8 @@ def test_train_mode_writes_every_metric_with_how(sweep_root):
   # TT = tokens per parameter per second; each step has 4 x 32 full rows.
   expected_tt = 4 * 32 / report["param_count"] / metrics["AL"]["value"]
   assert abs(metrics["TT"]["value"] - expected_tt) / expected_tt < 1e-6
+  expected_st = 4 / report["param_count"] / metrics["AL"]["value"]
+  assert abs(metrics["ST"]["value"] - expected_st) / expected_st < 1e-6
   if metrics["AEC"]["value"] is None:
     assert metrics["AEC"]["how"].startswith("time-average of null:")
   assert metrics["MCR"]["value"] is None
