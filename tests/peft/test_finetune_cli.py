@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from efficiency.peft.merge import merge
 from efficiency.train.restore import load_trained
-from evals.merge_adapters import merge
 from tests.conftest import random_packed_batch, tiny_train_flags
 from tests.test_train import final_params, run_train
 
