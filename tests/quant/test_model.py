@@ -118,7 +118,7 @@ def test_converted_int4_matches_fake_quantized_float_model():
   assert float(jnp.max(jnp.abs(out - ref))) > 0  # the attention kernels are int4 as well
 
 
-@pytest.mark.parametrize("mode", ["int8"])  # int4: the full training run in BENCHMARKS
+@pytest.mark.parametrize("mode", ["int8"])  # int4: the full run in results/quantization.md
 def test_gradients_flow_loss_falls(mode):
   cfg = quant_model_config(mode=mode)
   params = init_params(cfg)
