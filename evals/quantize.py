@@ -3,7 +3,8 @@
   python -m evals.quantize --workdir=DIR --bits=8|4 [--dtype=bfloat16] [--group_size=0]
 
 Writes DIR/quant_report.json: weight bytes (against the same model's weights in bf16, the
-study's baseline), eval loss and next-token accuracy before (bf16 weights) and after, MCR
+study's baseline), eval loss and next-token accuracy before (the model as trained, including its
+quant.mode, with bf16 weights) and after, MCR
 (size ratio x accuracy ratio) and greedy decode latency and tokens/s before and after, measured
 side by side in this process. The converted model itself is rebuilt by
 `efficiency.quant.export.load_quantized(DIR, bits, dtype)`; nothing else in DIR changes.

@@ -19,7 +19,8 @@ class Projection(nn.Module):
 
   `spec` is an einsum equation "inputs,kernel->outputs", for example "btd,dnh->btnh". `quant`
   (the `quant` config) makes it an AQT einsum, or reads int8 / int4 weights of a converted model
-  (see efficiency.quant.einsum).
+  (see efficiency.quant.einsum). `logits` marks the (untied) logits projection, which follows
+  `quant.logits` and stays in float by default.
   """
 
   spec: str
@@ -31,10 +32,11 @@ class Projection(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   quant: Quant = None
+  logits: bool = False
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    storage = weight_storage(self.quant, self.path)
+    storage = weight_storage(self.quant, self.path, self.logits)
     if storage == "int4":
       kernel = self._int4_kernel()
     elif storage == "int4_convert":
@@ -50,7 +52,7 @@ class Projection(nn.Module):
           tuple(self.kernel_shape),
           self.param_dtype,
       )
-    einsum = make_einsum(self, self.quant)
+    einsum = make_einsum(self, self.quant, self.logits)
     y = einsum(self.spec, x.astype(self.dtype), kernel.astype(self.dtype))
     if self.use_bias:
       n_out = len(self.bias_axes)

@@ -115,7 +115,8 @@ class Transformer(nn.Module):
     else:
       logits_BTV = Projection(
           "btd,dv->btv", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
-          init_std=cfg.init_std, name="unembed", quant=cfg.get("quant"), **dtypes,
+          init_std=cfg.init_std, name="unembed", quant=cfg.get("quant"), logits=True,
+          **dtypes,
       )(x_BTD)
     logits_BTV = nn.with_logical_constraint(
         logits_BTV, ("activation_batch", "activation_length", "vocab")

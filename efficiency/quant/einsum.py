@@ -51,9 +51,12 @@ def is_quantized(
   return not is_excluded(quant, path)
 
 
-def weight_storage(quant: ml_collections.ConfigDict | None, path: tuple[str, ...]) -> str:
-  """How the projection at `path` keeps its kernel: `float` or a `quant.serve` value."""
-  if not is_quantized(quant, path) or quant.get("serve", "none") == "none":
+def weight_storage(
+    quant: ml_collections.ConfigDict | None, path: tuple[str, ...], logits: bool = False
+) -> str:
+  """How the projection at `path` keeps its kernel: `float` or a `quant.serve` value. The
+  logits projection keeps float weights (it is quantized, if at all, as in training)."""
+  if logits or not is_quantized(quant, path) or quant.get("serve", "none") == "none":
     return "float"
   return quant.serve
 
@@ -68,7 +71,7 @@ def make_einsum(
   """
   if not is_quantized(quant, module.path, logits):
     return jnp.einsum
-  storage = "float" if logits else weight_storage(quant, module.path)
+  storage = weight_storage(quant, module.path, logits)
   if storage in ("int4", "int4_convert"):
     return jnp.einsum
   mode = quant.mode if quant.mode != "none" else "int8"
