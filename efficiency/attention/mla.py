@@ -129,17 +129,30 @@ class MultiHeadLatentAttention(nn.Module):
       self, x_BTD: jnp.ndarray, positions_BT: jnp.ndarray, cache: dict[str, jnp.ndarray]
   ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
     """The absorbed form over the cache: writes the new tokens' latents at their positions, then
-    the queries attend to every cached latent up to their own position."""
+    the queries attend to every cached latent up to their own position. Served quantized models
+    (no float up-projection kernels) up-project the cached latents instead."""
     q_nope_BTNH, q_rope_BTNR, c_kv_BTC, k_rope_BTR = self._queries_and_cache(x_BTD, positions_BT)
     start_B = positions_BT[:, 0]
     cache = {"c_kv": write(cache["c_kv"], c_kv_BTC, start_B),
              "k_rope": write(cache["k_rope"], k_rope_BTR, start_B)}
     c_kv_BSC = cache["c_kv"].astype(c_kv_BTC.dtype)
+    k_rope_BSR = cache["k_rope"].astype(c_kv_BTC.dtype)
+    if "kernel" not in self.k_up.variables.get("params", {}):
+      # A served quantized model holds no float W_uk / W_uv to absorb: up-project the cached
+      # latents through the quantized projections instead (the training form over the cache).
+      n = self.config.num_heads
+      k_rope_BSNR = jnp.broadcast_to(k_rope_BSR[:, :, None], (*k_rope_BSR.shape[:2], n,
+                                                               k_rope_BSR.shape[-1]))
+      k_BSNH = jnp.concatenate([self.k_up(c_kv_BSC), k_rope_BSNR], axis=-1)
+      q_BTNH = jnp.concatenate([q_nope_BTNH, q_rope_BTNR], axis=-1)
+      out_BTNV = cached_attention(
+          q_BTNH, k_BSNH, self.v_up(c_kv_BSC), positions_BT, self.bias, scale=self._scale()
+      )
+      return self.out(out_BTNV), cache
     w_uk_CNH = self.k_up.variables["params"]["kernel"].astype(q_nope_BTNH.dtype)
     w_uv_CNV = self.v_up.variables["params"]["kernel"].astype(c_kv_BTC.dtype)
     q_latent_BTNC = jnp.einsum("btnh,cnh->btnc", q_nope_BTNH, w_uk_CNH)
     q_BTNH = jnp.concatenate([q_latent_BTNC, q_rope_BTNR], axis=-1)
-    k_rope_BSR = cache["k_rope"].astype(c_kv_BTC.dtype)
     k_BS1H = jnp.concatenate([c_kv_BSC, k_rope_BSR], axis=-1)[:, :, None]
     latent_BTNC = cached_attention(
         q_BTNH, k_BS1H, c_kv_BSC[:, :, None], positions_BT, self.bias, scale=self._scale()

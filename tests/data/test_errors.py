@@ -12,7 +12,8 @@ from tests.data.conftest import data_config
 def test_unknown_data_name(config):
   config.data.name = "no_such_corpus"
   with pytest.raises(
-      ValueError, match=r"^data.name='no_such_corpus' is unknown; valid choices: stdlib, stdlib_tests, text or "
+      ValueError,
+      match=r"^data.name='no_such_corpus' is unknown; valid choices: stdlib, stdlib_tests, text ",
   ):
     sources.load_source(config)
 
