@@ -17,7 +17,8 @@ ATOL = 1e-4  # float32 logits of size ~1; cached and full passes reduce in diffe
 
 SLOW = pytest.mark.slow
 CASES = [
-    ("gqa", "rope"), ("gqa", "relative"), ("mla", "rope"), ("sliding", "alibi"), ("nsa", "rope"),
+    ("gqa", "rope"), ("mla", "rope"), ("sliding", "alibi"), ("nsa", "rope"),
+    pytest.param("gqa", "relative", marks=SLOW),
     pytest.param("mha", "sinusoidal", marks=SLOW), pytest.param("mqa", "learned", marks=SLOW),
     pytest.param("gqa", "none", marks=SLOW), pytest.param("gqa", "alibi", marks=SLOW),
     pytest.param("mla", "alibi", marks=SLOW), pytest.param("sliding", "relative", marks=SLOW),
@@ -64,6 +65,7 @@ def test_prefill_and_steps_match_full_forward(attention, position):
     lengths = lengths + step
 
 
+@pytest.mark.slow
 def test_unscanned_layers_decode():
   model, params = make_model("gqa", "rope", scan_layers=False)
   tokens_BT = np.random.default_rng(1).integers(1, 97, size=(1, 9)).astype(np.int32)

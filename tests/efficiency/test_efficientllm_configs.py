@@ -48,6 +48,7 @@ def test_parameter_count_within_5_percent_and_step_compiles(size):
     assert compiled.cost_analysis() is not None
 
 
+@pytest.mark.slow
 def test_half_billion_shape_runs_one_step():
   """0.5B at batch 2 x 32 tokens: one real update, loss near log(vocab) and finite grads."""
   config = reduced_config("0.5b")

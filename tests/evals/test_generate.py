@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def run(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
   return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
@@ -23,6 +25,7 @@ def test_greedy_generation_and_speculative_agree(sweep_root):
   assert "acceptance" in spec.stderr
 
 
+@pytest.mark.slow
 def test_cos_writes_report(sweep_root, tmp_path):
   models = f"{sweep_root / 'num_kv_heads-2'},{sweep_root / 'num_kv_heads-1'}"
   out = tmp_path / "cos_report.json"

@@ -12,7 +12,9 @@ from tests.quant.test_model import _trained
 ATOL = 1e-4  # float32 logits; cached and full passes reduce in different orders
 
 
-@pytest.mark.parametrize("attention,bits", [("gqa", 8), ("mla", 8), ("mla", 4)])
+@pytest.mark.parametrize(
+    "attention,bits", [("gqa", 8), pytest.param("mla", 8, marks=pytest.mark.slow), ("mla", 4)]
+)
 def test_served_model_cached_decode_matches_full_forward(attention, bits):
   cfg = quant_model_config(mode="int8" if bits == 8 else "none")
   cfg = ml_collections.FrozenConfigDict({**cfg.to_dict(), "attention": attention})

@@ -118,7 +118,7 @@ def test_converted_int4_matches_fake_quantized_float_model():
   assert float(jnp.max(jnp.abs(out - ref))) > 0  # the attention kernels are int4 as well
 
 
-@pytest.mark.parametrize("mode", ["int8"])  # int4: the full run in results/quantization.md
+@pytest.mark.parametrize("mode", ["int8"])  # int4: the full run in BENCHMARKS.md
 def test_gradients_flow_loss_falls(mode):
   cfg = quant_model_config(mode=mode)
   params = init_params(cfg)
@@ -197,6 +197,7 @@ def test_variants_quantize_every_projection(variant):
   assert 1e-5 < rel < 0.1, rel  # ~1% per int8 matmul; MLA chains 3 per path plus attention
 
 
+@pytest.mark.slow
 def test_untied_logits_projection_stays_float_by_default():
   def cfg(**quant):
     c = ml_collections.ConfigDict(quant_model_config(**quant).to_dict())
