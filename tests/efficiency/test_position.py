@@ -60,6 +60,8 @@ def test_sinusoidal_and_learned_embeddings_add_by_position(rng):
                                        np.cos(1), np.cos(1e-4 ** (1 / 3)), np.cos(1e-4 ** (2 / 3))],
                              atol=1e-6)
   np.testing.assert_array_equal(y[0, 0], y[0, 2])  # position restarts with the document
+  scaled = SinusoidalEmbedding(scale=0.02).apply({}, x + 1.0, positions)
+  np.testing.assert_allclose(scaled - 1.0, 0.02 * y, atol=1e-6)
   learned = LearnedEmbedding(max_positions=8, init_std=1.0)
   variables = nn.meta.unbox(learned.init(jax.random.PRNGKey(0), x, positions))
   table = variables["params"]["embedding"]
