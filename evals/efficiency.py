@@ -122,9 +122,7 @@ def measure_train(workdir: Path, steps: int, interval_s: float) -> dict:
       "devices": jax.device_count(),
       "device_kind": jax.devices()[0].device_kind,
       "metrics": {
-          "AMU": metric(study.amu(samples), "bytes",
-                        f"time-average of {sampler.sources['memory']}, sampled every "
-                        f"{interval_s}s ({len(samples)} samples)"),
+          "AMU": _amu_metric(samples, sampler, interval_s),
           "PCU": pcu_metric,
           "AL": metric(study.al(iterations), "s",
                        "mean wall time per training step, run to completion"),
@@ -183,9 +181,7 @@ def measure_infer(
       "devices": jax.device_count(),
       "device_kind": jax.devices()[0].device_kind,
       "metrics": {
-          "AMU": metric(study.amu(samples), "bytes",
-                        f"time-average of {sampler.sources['memory']}, sampled every "
-                        f"{interval_s}s ({len(samples)} samples)"),
+          "AMU": _amu_metric(samples, sampler, interval_s),
           "PCU": metric(pcu, "fraction", f"time-average of {sampler.sources['utilization']}"
                         if pcu is not None else "null: no NVML utilization on this device"),
           "AL": metric(study.al(iterations), "s",
@@ -197,6 +193,12 @@ def measure_infer(
           "MCR": _mcr_metric(workdir),
       },
   }
+
+
+def _amu_metric(samples: list[study.Sample], sampler: Sampler, interval_s: float) -> dict:
+  return metric(study.amu(samples), "bytes",
+                f"time-average of {sampler.sources['memory']}, sampled every {interval_s}s "
+                f"({len(samples)} samples)")
 
 
 def _mcr_metric(workdir: Path) -> dict:

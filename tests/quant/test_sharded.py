@@ -15,7 +15,7 @@ RTOL = 2e-3  # a sharded reduction can move a value across an int8 rounding boun
 def run_steps(devices: int, *mesh: int) -> dict:
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
   proc = subprocess.run(
-      [sys.executable, "-m", "tests.quant.sharded_quant_steps", *map(str, mesh)],
+      [sys.executable, "-m", "tests.efficiency.sharded_steps", *map(str, mesh), "--quant=int8"],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -25,6 +25,6 @@ def run_steps(devices: int, *mesh: int) -> dict:
 def test_sharded_int8_training_equals_single_device():
   single = run_steps(1, 1, 1, 1)
   sharded = run_steps(8, 2, 2, 2)
-  assert sharded["devices"] == 8 and sharded["gate_shards"] == 8
+  assert sharded["devices"] == 8 and sharded["mlp_gate_shards"] == 8
   np.testing.assert_allclose(sharded["losses"], single["losses"], rtol=RTOL)
   assert len(set(single["losses"])) == len(single["losses"])  # the steps really update
