@@ -7,45 +7,14 @@ Running it again on the same DIR resumes from the newest checkpoint.
 
 import logging as logging_std
 import os
-import runpy
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
+from efficiency import cli
 
-def _config_file_and_arg(argv: list[str]) -> tuple[str, str | None]:
-  """The --config=FILE[:ARG] given on the command line, or the default."""
-  value = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "")
-  path, _, arg = (value or "configs/default.py").partition(":")
-  return path, arg or None
-
-
-def _early_config_error(argv: list[str]) -> str | None:
-  """A missing config file, or an override naming a field the config lacks, as one line."""
-  path, arg = _config_file_and_arg(argv)
-  if not os.path.isfile(path):
-    return f"error: --config={path}: no such config file"
-  try:
-    config = runpy.run_path(path)["get_config"](arg)
-  except Exception:  # noqa: BLE001  (the flag parser reports problems with the file itself)
-    return None
-  for flag in argv:
-    if not flag.startswith("--config."):
-      continue
-    field = flag[len("--config.") :].split("=", 1)[0]
-    node = config
-    parts = field.split(".")
-    for depth, part in enumerate(parts):
-      if not hasattr(node, "keys") or part not in node:
-        parent = ".".join(parts[:depth]) or "config"
-        valid = sorted(node.keys()) if hasattr(node, "keys") else []
-        return f"error: --config.{field}: {parent} has no field {part!r}; valid fields: {valid}"
-      node = node[part]
-  return None
-
-
-if __name__ == "__main__" and (_error := _early_config_error(sys.argv)):
+if __name__ == "__main__" and (_error := cli.config_flag_error(sys.argv)):
   sys.exit(_error)  # config_flags would fail on it with a traceback while defining the flag
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -91,18 +60,6 @@ class _QuietLibraries(logging_std.Filter):
     return record.levelno >= logging_std.WARNING and not any(b in message for b in self.BENIGN)
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing, with flag errors as one line."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    lines = [line for line in str(e).splitlines() if line.strip()]
-    if len(lines) > 1:  # a config file that raised: its flag, then the exception's own message
-      flag = lines[0].split(": Error whilst")[0]
-      sys.exit(f"error: {flag}: {lines[-1].split(': ', 1)[-1]}")
-    sys.exit(f"error: {lines[0] if lines else e}")
-
-
 def main(argv: list[str]) -> None:
   del argv
   logging.set_verbosity(logging.INFO)
@@ -110,21 +67,12 @@ def main(argv: list[str]) -> None:
   _initialize_distributed()
   import jax
 
-  from efficiency.config import ConfigError, resolve
-
-  config = _CONFIG.value
-  try:
-    with config.unlocked():
-      resolve(config, jax.device_count(), jax.process_count())
-  except ConfigError as e:
-    sys.exit(f"error: {e}")
-
+  from efficiency.config import resolve
   from efficiency.train.loop import train_and_evaluate
 
+  config = resolve(_CONFIG.value, jax.device_count(), jax.process_count())
   try:
     summary = train_and_evaluate(config, _WORKDIR.value)
-  except ConfigError as e:
-    sys.exit(f"error: {e}")
   except KeyboardInterrupt:
     sys.exit(f"interrupted: checkpoint saved in {_WORKDIR.value}; run again to resume")
   if jax.process_index() == 0:
@@ -144,4 +92,4 @@ def _describe(summary: dict) -> str:
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  cli.run(main)

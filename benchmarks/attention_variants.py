@@ -23,18 +23,15 @@ import sys
 import time
 from pathlib import Path
 
-import flax.linen as nn
 import jax
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from configs.default import get_config
+from efficiency.config import resolve
+from efficiency.sharding.mesh import to_global
+from efficiency.train.setup import Training
 
-from configs.default import get_config  # noqa: E402
-from efficiency.config import resolve  # noqa: E402
-from efficiency.sharding.mesh import make_mesh, to_global  # noqa: E402
-from efficiency.sharding.rules import LOGICAL_AXIS_RULES  # noqa: E402
-from efficiency.train.setup import Training  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 ATTENTIONS = ("mha", "mqa", "gqa", "mla", "nsa", "sliding")
 POSITIONS = ("rope", "sinusoidal", "learned", "relative", "alibi", "none")
@@ -102,15 +99,11 @@ class Stepper:
 
   def __init__(self, config):
     config = resolve(config, num_devices=jax.device_count())
-    self.mesh = make_mesh(config.mesh)
-    with self.mesh, nn.logical_axis_rules(LOGICAL_AXIS_RULES):
-      self.training = Training(config, self.mesh)
-      self.state = self.training.init(0)
-      batch = random_batch(np.random.default_rng(0), config)
-      self.batch = to_global(batch, self.training.rows_sharding)
-      self.compiled = self.training.train_step.lower(
-          self.training.abstract_state, self.training.abstract_batch(batch)
-      ).compile()
+    self.training = Training(config)
+    self.state = self.training.init(0)
+    batch = random_batch(np.random.default_rng(0), config)
+    self.batch = to_global(batch, self.training.rows_sharding)
+    self.compiled, _ = self.training.compile(batch)
     self.temp_bytes = self.compiled.memory_analysis().temp_size_in_bytes
     self.step()
 

@@ -14,21 +14,18 @@ window; it is left out, and enough batches are timed to refill the window severa
 import argparse
 import time
 
-import flax.linen as nn
 import jax
 
 from configs import default, efficientllm
-from data.pipeline import make_train_iterator
-from data.tokenizer import get_tokenizer
 from efficiency.config import resolve
-from efficiency.sharding.mesh import make_mesh, to_global
-from efficiency.sharding.rules import LOGICAL_AXIS_RULES
-from efficiency.train.setup import Training, lower_and_compile
+from efficiency.sharding.mesh import to_global
+from efficiency.train.inputs import load_inputs
+from efficiency.train.setup import Training
 
 
 def pipeline_rate(config, batches: int) -> tuple[float, list]:
   """Real tokens/s of the train iterator over `batches` batches (after the first), and them."""
-  iterator = make_train_iterator(config, get_tokenizer(config), process_index=0, process_count=1)
+  iterator = load_inputs(config).train
   kept = [next(iterator)]
   start = time.perf_counter()
   tokens = 0
@@ -43,22 +40,20 @@ def pipeline_rate(config, batches: int) -> tuple[float, list]:
 
 def train_rate(config, batches: list, steps: int) -> float:
   """Real tokens/s of the compiled train step on in-memory batches."""
-  mesh = make_mesh(config.mesh)
-  with mesh, nn.logical_axis_rules(LOGICAL_AXIS_RULES):
-    training = Training(config, mesh)
-    step_fn, _ = lower_and_compile(training, training.abstract_batch(batches[0]))
-    state = training.init(config.seed)
-    global_batches = [to_global(b, training.rows_sharding) for b in batches]
-    state, _ = step_fn(state, global_batches[0])
-    jax.block_until_ready(state)
-    start = time.perf_counter()
-    tokens = 0
-    for i in range(steps):
-      batch = global_batches[1 + i % (len(global_batches) - 1)]
-      state, _ = step_fn(state, batch)
-      tokens += int(batches[1 + i % (len(batches) - 1)]["weights"].sum())
-    jax.block_until_ready(state)
-    return tokens / (time.perf_counter() - start)
+  training = Training(config)
+  step_fn, _ = training.compile(batches[0])
+  state = training.init(config.seed)
+  global_batches = [to_global(b, training.rows_sharding) for b in batches]
+  state, _ = step_fn(state, global_batches[0])
+  jax.block_until_ready(state)
+  start = time.perf_counter()
+  tokens = 0
+  for i in range(steps):
+    batch = global_batches[1 + i % (len(global_batches) - 1)]
+    state, _ = step_fn(state, batch)
+    tokens += int(batches[1 + i % (len(batches) - 1)]["weights"].sum())
+  jax.block_until_ready(state)
+  return tokens / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -67,15 +62,14 @@ def main() -> None:
   parser.add_argument("--big_batches", type=int, default=16)
   parser.add_argument("--train_steps", type=int, default=10)
   args = parser.parse_args()
-  config = default.get_config()
-  resolve(config, jax.device_count())
+  config = resolve(default.get_config(), jax.device_count())
   pipe, batches = pipeline_rate(config, args.batches)
   train = train_rate(config, batches, args.train_steps)
   print(f"default (batch {config.batch_size} x seq {config.seq_len}, "
         f"{config.data.worker_threads} worker threads):")
   print(f"  pipeline {pipe:12,.0f} tokens/s")
   print(f"  training {train:12,.0f} tokens/s   pipeline/training = {pipe / train:.1f}x")
-  big = efficientllm.get_config("0.5b")
+  big = resolve(efficientllm.get_config("0.5b"), jax.device_count())
   pipe, _ = pipeline_rate(big, args.big_batches)
   print(f"0.5b shape (batch {big.batch_size} x seq {big.seq_len}, {big.data.tokenizer} tokens, "
         f"{big.data.worker_threads} worker threads):")

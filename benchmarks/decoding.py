@@ -19,23 +19,20 @@ All numbers are ratios measured side by side in one process.
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from data.tokenizer import get_tokenizer  # noqa: E402
-from efficiency.decode.collaborative import Contrastive, Single, WeightedEnsemble  # noqa: E402
-from efficiency.decode.generate import generate  # noqa: E402
-from efficiency.decode.loading import check_same_tokenizer, load_model  # noqa: E402
-from efficiency.decode.runner import Runner  # noqa: E402
-from efficiency.decode.sampling import Sampling  # noqa: E402
-from efficiency.decode.speculation import Engine  # noqa: E402
-from evals.cos import compare, validation_prompts  # noqa: E402
+from efficiency.serving.collaborative import Contrastive, Single, WeightedEnsemble
+from efficiency.serving.compare import compare
+from efficiency.serving.generate import generate
+from efficiency.serving.loading import check_same_tokenizer, load_model
+from efficiency.serving.prompts import validation_prompts
+from efficiency.serving.runner import Runner
+from efficiency.serving.sampling import Sampling
+from efficiency.serving.speculation import Engine
+from efficiency.train.inputs import tokenizer_of
 
 GAMMAS = (1, 2, 3, 5, 8)
 
@@ -100,9 +97,9 @@ def main() -> None:
   parser.add_argument("--out", default="decoding.json")
   args = parser.parse_args()
   names = [args.default, args.seed1, args.small]
-  default, seed1, small = (load_model(d) for d in names)
+  default, seed1, small = ((m.model, m.params, m.config) for m in map(load_model, names))
   check_same_tokenizer([default[2], seed1[2], small[2]], names)
-  tokenizer = get_tokenizer(default[2])
+  tokenizer = tokenizer_of(default[2])
   prompts = validation_prompts(default[2], tokenizer, args.prompts, args.prompt_tokens)
   max_len = args.prompt_tokens + args.max_new_tokens + max(GAMMAS) + 40
   new, eos = args.max_new_tokens, tokenizer.eos_id

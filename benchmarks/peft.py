@@ -46,41 +46,33 @@ def finetune(workdir: Path, method: str, init_from: str, steps: int) -> dict:
 
 
 def side_by_side(workdirs: dict[str, Path], rounds: int, steps: int) -> dict[str, float]:
-  """Mean step seconds per method, timed in interleaved rounds in this process."""
-  import flax.linen as nn
+  """Mean step seconds per method on one real batch, timed in interleaved rounds in this
+  process (each method from its workdir's newest parameters)."""
   import jax
 
-  from data.pipeline import make_train_iterator
-  from data.tokenizer import get_tokenizer
   from efficiency.config import resolve
-  from efficiency.sharding.mesh import make_mesh, to_global
-  from efficiency.sharding.rules import LOGICAL_AXIS_RULES
-  from efficiency.train import checkpoint
-  from efficiency.train.restore import load_config
-  from efficiency.train.setup import Training, lower_and_compile
+  from efficiency.sharding.mesh import to_global
+  from efficiency.train.inputs import load_inputs
+  from efficiency.train.setup import Training
+  from efficiency.workdir.files import load_config
+  from efficiency.workdir.restore import restore
 
-  steps_fns, states, times = {}, {}, {m: [] for m in workdirs}
-  batch = None
+  steps_fns, states, batches, times = {}, {}, {}, {m: [] for m in workdirs}
+  local = None
   for method, workdir in workdirs.items():
     config = resolve(load_config(workdir), jax.device_count())
-    mesh = make_mesh(config.mesh)
-    with mesh, nn.logical_axis_rules(LOGICAL_AXIS_RULES):
-      training = Training(config, mesh)
-      iterator = make_train_iterator(config, get_tokenizer(config), process_index=0,
-                                     process_count=1)
-      manager = checkpoint.make_manager(workdir, config.keep_checkpoints)
-      states[method] = checkpoint.restore_latest(manager, training.abstract_state, iterator)[0]
-      manager.close()
-      local = next(iterator) if batch is None else batch
-      batch = to_global(local, training.rows_sharding)
-      steps_fns[method], _ = lower_and_compile(training, training.abstract_batch(local))
+    training = Training(config)
+    states[method] = training.init(config.seed, restore(workdir).params)
+    local = next(load_inputs(config).train) if local is None else local
+    batches[method] = to_global(local, training.rows_sharding)
+    steps_fns[method], _ = training.compile(local)
   for _ in range(rounds):
     for method, step_fn in steps_fns.items():
-      states[method], _ = step_fn(states[method], batch)  # warm
+      states[method], _ = step_fn(states[method], batches[method])  # warm
       jax.block_until_ready(states[method])
       start = time.perf_counter()
       for _ in range(steps):
-        states[method], _ = step_fn(states[method], batch)
+        states[method], _ = step_fn(states[method], batches[method])
       jax.block_until_ready(states[method])
       times[method].append((time.perf_counter() - start) / steps)
   return {m: sum(t) / len(t) for m, t in times.items()}

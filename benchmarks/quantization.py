@@ -12,35 +12,30 @@ run at equal tokens, and tokens_to_target, printed as markdown tables.
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import jax.numpy as jnp
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data.pipeline import make_eval_batches  # noqa: E402
-from data.tokenizer import get_tokenizer  # noqa: E402
-from efficiency.quant import export  # noqa: E402
-from efficiency.quant.decode_speed import METHOD, decode_speed  # noqa: E402
-from efficiency.train.restore import load_trained  # noqa: E402
-from evals.quantize import evaluate  # noqa: E402
+from efficiency.serving import export
+from efficiency.serving.quant_report import quality
+from efficiency.serving.timing import METHOD, decode_speed
+from efficiency.train.inputs import load_inputs
+from efficiency.workdir.restore import restore
 
 
 def served_table(
     workdir: str, group_size: int, new_tokens: int, prompt_len: int, rounds: int
 ) -> str:
-  trained = load_trained(workdir)
-  config = trained.config
-  batches = make_eval_batches(config, get_tokenizer(config), process_index=0, process_count=1)
+  trained = restore(workdir)
+  batches = load_inputs(trained.config, train=False).eval_batches
   prompt_BP = jnp.asarray(batches[0]["inputs"][:1, :prompt_len])
   models = {
       "bf16": export.cast_float(trained, "bfloat16"),
       "int8": export.convert(trained, 8, "bfloat16"),
       "int4": export.convert(trained, 4, "bfloat16", group_size),
   }
-  rows = {name: dict(bytes=export.weight_bytes(m.params), **evaluate(m, batches), tokens_per_s=0)
+  rows = {name: dict(bytes=export.weight_bytes(m.params), **quality(m, batches), tokens_per_s=0)
           for name, m in models.items()}
   for _ in tqdm(range(rounds), desc="decode rounds"):  # interleaved: shared-CPU noise hits all
     for name, m in models.items():

@@ -29,11 +29,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.vocab_size = 4096
   c.model.attention = "gqa"
   c.model.position = "rope"
-  c.model.rope_base = 10_000.0
-  c.model.max_positions = 2048  # position=learned: rows of the table
-  c.model.relative_buckets = 32  # position=relative (T5): distance buckets per head
-  c.model.relative_max_distance = 128  # ... log-spaced up to this distance
-  c.model.window = 32  # attention=sliding: each query sees its last `window` tokens
+  c.model.rope = ml_collections.ConfigDict()  # position=rope
+  c.model.rope.base = 10_000.0
+  c.model.learned = ml_collections.ConfigDict()  # position=learned
+  c.model.learned.max_positions = 2048  # rows of the table
+  c.model.relative = ml_collections.ConfigDict()  # position=relative (T5)
+  c.model.relative.buckets = 32  # distance buckets per head
+  c.model.relative.max_distance = 128  # ... log-spaced up to this distance
+  c.model.sliding = ml_collections.ConfigDict()  # attention=sliding
+  c.model.sliding.window = 32  # each query sees its last `window` tokens
   c.model.mla = ml_collections.ConfigDict()  # attention=mla (DeepSeek-V2)
   c.model.mla.kv_latent_dim = 32  # cached latent c_kv (study: d_model / 8)
   c.model.mla.q_latent_dim = 96  # queries' low-rank latent

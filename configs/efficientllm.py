@@ -40,6 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval_batches = 16
   c.log_every = 10
   c.checkpoint_every = 1000
+  c.model.rope.base = 1e6
   c.model.update(
       num_layers=layers,
       d_model=d_model,
@@ -49,7 +50,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       vocab_size=151_936,
       attention="gqa",
       position="rope",
-      rope_base=1e6,
       qkv_bias=True,
       tie_embeddings=True,
       norm_eps=1e-6,

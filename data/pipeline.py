@@ -1,7 +1,8 @@
 """Grain input pipelines: a packed, per-process, checkpointable train iterator and eval batches.
 
 Every batch is this process's share of the global batch: a dict of numpy arrays of shape
-[batch_size // process_count, seq_len] (see `data.packing` for what the features mean):
+[batch_size // process_count, seq_len] (see `data.packing` for what the features mean; the
+config is a resolved one, so the batch splits evenly over processes):
   inputs, targets, segment_ids, positions: int32; weights: float32.
 Each process reads only the documents `i` with `i % process_count == process_index` of the
 prepared document list (`data.prepared`: bad documents and filtered ones dropped; with a
@@ -21,10 +22,11 @@ from absl import logging
 
 from data import packing
 from data.curriculum.order import curriculum_order
-from data.prepared import Subset, prepare
+from data.prepared import Prepared, Subset, prepare
 from data.seq_len_warmup import SeqLenWarmup
 from data.sources import Records, document_bytes, load_source
 from data.tokenizer import Tokenizer
+from efficiency.errors import ConfigError
 
 Batch = dict[str, np.ndarray]
 
@@ -34,10 +36,6 @@ EVAL_ROW_SEED = 0
 
 def local_batch_size(config: ml_collections.ConfigDict, process_count: int) -> int:
   """Rows of the global batch that each process loads."""
-  if config.batch_size % process_count:
-    raise ValueError(
-        f"batch_size={config.batch_size} is not divisible by process_count={process_count}"
-    )
   return config.batch_size // process_count
 
 
@@ -47,7 +45,7 @@ def _shard(
   """This process's documents of a split, as a Grain MapDataset of records."""
   docs = grain.MapDataset.source(records)[process_index::process_count]
   if not len(docs):
-    raise ValueError(
+    raise ConfigError(
         f"the {split} split has {len(records)} documents, too few for process {process_index} "
         f"of process_count={process_count}"
     )
@@ -99,16 +97,18 @@ def make_train_iterator(
     *,
     process_index: int,
     process_count: int,
+    prepared: Prepared | None = None,
 ) -> grain.DatasetIterator:
   """Endless local train batches: documents shuffled with `seed` anew each epoch, then packed.
 
   With a curriculum (`data.curriculum.difficulty`), documents come in the curriculum's order
   instead; with `data.seq_len_warmup.start`, the first batches' segments are cut short.
   `data.prefetch` batches are prepared ahead in a background thread. The sequence of batches
-  depends only on the config, the tokenizer and the process index and count.
+  depends only on the config, the tokenizer and the process index and count. `prepared` is the
+  config's prepared data (read from its cache when not given).
   """
   batch_size = local_batch_size(config, process_count)
-  prepared = prepare(config, tokenizer)
+  prepared = prepare(config, tokenizer) if prepared is None else prepared
   records = load_source(config).train
   if prepared.scores_N is None:
     docs = _shard(Subset(records, prepared.train_N), "train", process_index, process_count)
@@ -134,6 +134,7 @@ def make_eval_batches(
     *,
     process_index: int,
     process_count: int,
+    prepared: Prepared | None = None,
 ) -> list[Batch]:
   """The first `eval_batches` local batches of the validation split's rows.
 
@@ -143,7 +144,8 @@ def make_eval_batches(
   If the split is too small to fill them, it is repeated (and a warning says so).
   """
   batch_size = local_batch_size(config, process_count)
-  records = Subset(load_source(config).validation, prepare(config, tokenizer).validation_M)
+  prepared = prepare(config, tokenizer) if prepared is None else prepared
+  records = Subset(load_source(config).validation, prepared.validation_M)
   docs = _shard(records, "validation", process_index, process_count)
   batches = _take(
       _batches(docs, config, tokenizer, batch_size, EVAL_ROW_SEED), config.eval_batches

@@ -13,12 +13,20 @@ result in the cache and trains on exactly that data. The report holds:
 - curriculum: the difficulty score's distribution (or null).
 """
 
-import json
-import os
 import sys
+from pathlib import Path
 
-from absl import app, flags, logging
+import jax
+from absl import flags, logging
 from ml_collections import config_flags
+
+from efficiency import cli
+from efficiency.config import resolve
+from efficiency.train.inputs import prepared_of, tokenizer_of
+from efficiency.workdir import files
+
+if __name__ == "__main__" and (_error := cli.config_flag_error(sys.argv)):
+  sys.exit(_error)  # config_flags would fail on it with a traceback while defining the flag
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/default.py", "Training config file, optionally with :ARG.", lock_config=True
@@ -30,18 +38,12 @@ flags.mark_flag_as_required("workdir")
 def main(argv: list[str]) -> None:
   del argv
   logging.set_verbosity(logging.WARNING)
-  from data.prepared import prepare
-  from data.tokenizer import get_tokenizer
-
-  config = _CONFIG.value
-  try:
-    report = prepare(config, get_tokenizer(config), progress=True).report
-  except (ValueError, FileNotFoundError, PermissionError) as e:
-    sys.exit(f"error: {e}")
-  os.makedirs(_WORKDIR.value, exist_ok=True)
-  path = os.path.join(_WORKDIR.value, "data_report.json")
-  with open(path, "w") as f:
-    json.dump(report, f, indent=2)
+  config = resolve(_CONFIG.value, jax.device_count(), jax.process_count())
+  report = prepared_of(config, tokenizer_of(config), progress=True).report
+  workdir = Path(_WORKDIR.value)
+  workdir.mkdir(parents=True, exist_ok=True)
+  path = workdir / files.DATA_REPORT
+  files.write_json_atomic(path, report)
   train = report["splits"]["train"]
   print(
       f"prepared: {train['documents']:,} train documents, {train['tokens']:,} tokens, "
@@ -51,4 +53,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

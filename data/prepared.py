@@ -1,6 +1,6 @@
 """Prepared data: bad documents dropped, filters applied, difficulty scored; cached and reported.
 
-`prepare(config, tokenizer)` reads both splits once, tokenizes them and computes:
+`prepare(config, tokenizer, scorer)` reads both splits once, tokenizes them and computes:
 - the train documents that survive bad-data checks (empty, invalid UTF-8, longer than
   `data.max_doc_bytes`) and the `data.filters` chain, with their token counts;
 - their curriculum difficulty scores (if `data.curriculum.difficulty` is not "none");
@@ -8,7 +8,9 @@
   eval losses compare across filter setups);
 - the data report (see `data.prepare`).
 The result is cached under the corpus's cache dir, keyed by everything it depends on, so
-`python -m data.prepare` and `train.py` share one computation and train on the same data.
+`python -m data.prepare` and `train.py` share one computation and train on the same data. The
+perplexity filter and the reference-loss difficulty score documents with the `scorer` the caller
+gives (a reference model; data never loads one).
 """
 
 import collections
@@ -25,9 +27,11 @@ import numpy as np
 from tqdm import tqdm
 
 from data import filters, storage
-from data.curriculum import difficulty, pacing
+from data.curriculum import difficulty
+from data.filters.documents import Scorer
 from data.sources import Records, Source, document_bytes, load_source
 from data.tokenizer import Tokenizer
+from efficiency.errors import ConfigError
 
 VERSION = 1  # bump when what is cached changes
 
@@ -57,18 +61,18 @@ class Prepared:
   report: dict
 
 
-def _reference_step(workdir: str) -> int | None:
-  """The newest checkpoint step of a reference workdir (part of the cache key)."""
-  path = os.path.join(workdir, "checkpoints")
-  steps = [int(d) for d in os.listdir(path) if d.isdigit()] if os.path.isdir(path) else []
-  return max(steps, default=None)
+def uses_reference(config: ml_collections.ConfigDict) -> bool:
+  """Whether preparing `config`'s data scores documents with the reference model."""
+  chain = filters.parse_chain(config.data.filters)
+  return bool(set(chain) & set(filters.REFERENCE_FILTERS)) or (
+      config.data.curriculum.difficulty == "reference_loss"
+  )
 
 
-def cache_key(config: ml_collections.ConfigDict) -> str:
-  """A hash of every setting the prepared data depends on."""
+def cache_key(config: ml_collections.ConfigDict, scorer: Scorer | None = None) -> str:
+  """A hash of every setting the prepared data depends on (the reference model's by its key)."""
   d, c = config.data, config.data.curriculum
   chain = filters.parse_chain(d.filters)
-  uses_reference = "perplexity" in chain or c.difficulty == "reference_loss"
   key = {
       "version": VERSION,
       "tokenizer": d.tokenizer,
@@ -78,9 +82,7 @@ def cache_key(config: ml_collections.ConfigDict) -> str:
       "filter": d.filter.to_dict(),
       "difficulty": c.difficulty,
       "field": c.field if c.difficulty == "field" else "",
-      "reference": [d.reference_workdir, _reference_step(d.reference_workdir)]
-      if uses_reference and d.reference_workdir
-      else None,
+      "reference": scorer.key if uses_reference(config) and scorer is not None else None,
   }
   return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -140,7 +142,11 @@ def _distribution(scores: np.ndarray) -> dict:
 
 
 def _compute(
-    config: ml_collections.ConfigDict, tokenizer: Tokenizer, source: Source, progress: bool
+    config: ml_collections.ConfigDict,
+    tokenizer: Tokenizer,
+    source: Source,
+    scorer: Scorer | None,
+    progress: bool,
 ) -> Prepared:
   d = config.data
   chain = filters.parse_chain(d.filters)
@@ -149,8 +155,12 @@ def _compute(
   valid_idx, valid_texts, valid_tokens, valid_bad = read("validation", source.validation)
   if not train_idx or not valid_idx:
     empty = "train" if not train_idx else "validation"
-    raise ValueError(f"the {empty} split has no usable documents (all empty, invalid or too long)")
-  docs = filters.Documents(texts, tokens, np.array(train_idx, np.int64), source.train, config)
+    raise ConfigError(
+        f"the {empty} split has no usable documents (all empty, invalid or too long)"
+    )
+  docs = filters.Documents(
+      texts, tokens, np.array(train_idx, np.int64), source.train, config, scorer
+  )
   before = docs.num_tokens()
   docs, filter_stats = filters.apply_chain(docs, chain)
   tokens_N = docs.num_tokens()
@@ -179,19 +189,24 @@ def _compute(
 
 
 def prepare(
-    config: ml_collections.ConfigDict, tokenizer: Tokenizer, progress: bool = False
+    config: ml_collections.ConfigDict,
+    tokenizer: Tokenizer,
+    scorer: Scorer | None = None,
+    progress: bool = False,
 ) -> Prepared:
-  """The prepared data of `config`, computed once (under a lock) and then read from the cache."""
-  difficulty.check(config.data.curriculum.difficulty)
-  if config.data.curriculum.difficulty != "none":
-    pacing.check(config.data.curriculum)
+  """The prepared data of `config`, computed once (under a lock) and then read from the cache.
+
+  `scorer` is the reference model, needed when `uses_reference(config)`.
+  """
+  if uses_reference(config) and scorer is None:
+    raise ValueError("preparing data with the perplexity filter or reference_loss needs a scorer")
   source = load_source(config)
-  directory = os.path.join(source.cache_dir, "prepared", cache_key(config))
+  directory = os.path.join(source.cache_dir, "prepared", cache_key(config, scorer))
   path = os.path.join(directory, "prepared.npz")
   if not os.path.exists(path):
     with storage.locked(directory):
       if not os.path.exists(path):
-        prepared = _compute(config, tokenizer, source, progress)
+        prepared = _compute(config, tokenizer, source, scorer, progress)
         arrays = dataclasses.asdict(prepared)
         report = arrays.pop("report")
         if arrays["scores_N"] is None:

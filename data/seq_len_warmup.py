@@ -63,13 +63,6 @@ class SeqLenWarmup(grain.IterDataset):
   """Batches of `parent` with sequence-length warmup applied."""
 
   def __init__(self, parent: grain.IterDataset, config: ml_collections.ConfigDict):
-    w = config.data.seq_len_warmup
-    if not 0 < w.start <= config.seq_len:
-      raise ValueError(
-          f"data.seq_len_warmup.start={w.start} must be 0 (off) or in [1, seq_len={config.seq_len}]"
-      )
-    if w.steps < 1:
-      raise ValueError(f"data.seq_len_warmup.steps={w.steps} must be at least 1")
     super().__init__(parent)
     self._config = config
 

@@ -16,6 +16,7 @@ import tensorflow_datasets as tfds
 
 from data import storage, text_corpus
 from data.stdlib_corpus import StdlibCorpus, default_root, make_config
+from efficiency.errors import ConfigError, MissingPathError
 
 Records = Sequence[Mapping[str, Any]]
 
@@ -33,7 +34,7 @@ def _stdlib(config: ml_collections.ConfigDict, data_dir: str) -> Source:
   """The Python standard library (or `data.corpus_root`), prepared as ArrayRecord by TFDS."""
   root = config.data.corpus_root or default_root()
   if not os.path.isdir(root):
-    raise FileNotFoundError(f"data.corpus_root={root!r} does not exist or is not a directory")
+    raise MissingPathError(f"data.corpus_root={root!r} does not exist or is not a directory")
   builder_config = make_config(root, config.data.validation_percent)
   builder = StdlibCorpus(config=builder_config, data_dir=data_dir, file_format="array_record")
   if not builder.is_prepared():
@@ -55,8 +56,6 @@ def _stdlib_tests(config: ml_collections.ConfigDict, data_dir: str) -> Source:
 
 def _text(config: ml_collections.ConfigDict, data_dir: str) -> Source:
   """The files `data.text_glob` names, built once into ArrayRecord by TFDS."""
-  if not config.data.text_glob:
-    raise ValueError("data.name='text' needs data.text_glob: a folder or a glob of text files")
   builder_config = text_corpus.make_config(config.data.text_glob, config.data.validation_percent)
   make = lambda: text_corpus.TextCorpus(
       config=builder_config, data_dir=data_dir, file_format="array_record"
@@ -78,11 +77,11 @@ def _tfds(config: ml_collections.ConfigDict, data_dir: str) -> Source:
       "--file_format=array_record` (on a machine with TensorFlow), then set data.tfds_data_dir"
   )
   if tfds_dir and not os.path.isdir(os.path.expanduser(tfds_dir)):
-    raise FileNotFoundError(f"data.tfds_data_dir={tfds_dir!r} does not exist; {how}")
+    raise MissingPathError(f"data.tfds_data_dir={tfds_dir!r} does not exist; {how}")
   try:
     splits = list(tfds.builder(name, data_dir=tfds_dir).info.splits.keys())
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(
+    raise ConfigError(
         f"data.name={name!r} is unknown; valid choices: {', '.join(sorted(SOURCES))} or a TFDS "
         f"dataset (lm1b, c4/en, ...) prepared in data.tfds_data_dir={tfds_dir or ''!r}; {how}"
     ) from e
@@ -91,7 +90,7 @@ def _tfds(config: ml_collections.ConfigDict, data_dir: str) -> Source:
     read = lambda split: tfds.data_source(name, split=split, data_dir=tfds_dir, download=False)
     train, valid = read("train"), read(validation)
   except (NotImplementedError, AssertionError, FileNotFoundError) as e:
-    raise FileNotFoundError(
+    raise MissingPathError(
         f"data.name={name!r} is not prepared as ArrayRecord in data.tfds_data_dir="
         f"{tfds_dir or ''!r}; {how}"
     ) from e
@@ -109,10 +108,7 @@ SOURCES: dict[str, Callable[[ml_collections.ConfigDict, str], Source]] = {
 
 def load_source(config: ml_collections.ConfigDict) -> Source:
   """The corpus named by `data.name` (a built-in one, else TFDS), prepared on first use."""
-  name = config.data.name
-  if not name:
-    raise ValueError(f"data.name is empty; valid choices: {', '.join(sorted(SOURCES))} or TFDS")
-  return SOURCES.get(name, _tfds)(config, storage.data_dir(config))
+  return SOURCES.get(config.data.name, _tfds)(config, storage.data_dir(config))
 
 
 def document_bytes(record: Mapping[str, Any]) -> bytes:

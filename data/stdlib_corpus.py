@@ -15,6 +15,8 @@ from collections.abc import Iterator
 import tensorflow_datasets as tfds
 from absl import logging
 
+from efficiency.errors import ConfigError
+
 # Directory names never descended into: installed packages and test suites (including
 # idlelib/idle_test and lib2to3/tests, whose data files are deliberately malformed).
 EXCLUDED_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test"})
@@ -57,10 +59,6 @@ def make_config(root: str, validation_percent: int) -> StdlibCorpusConfig:
   The default root is named after the interpreter version (`python3.11.7-val5`); any other root
   after a short hash of its absolute path (`root-1a2b3c4d5e-val5`).
   """
-  if not 0 < validation_percent < 100:
-    raise ValueError(
-        f"data.validation_percent={validation_percent} must be between 1 and 99 (inclusive)"
-    )
   root = os.path.abspath(root)
   if root == os.path.abspath(default_root()):
     v = sys.version_info
@@ -111,7 +109,7 @@ class StdlibCorpus(tfds.core.GeneratorBasedBuilder):
       splits[split].append(path)
     for split, split_paths in splits.items():
       if not split_paths:
-        raise ValueError(
+        raise ConfigError(
             f"the {split} split of {config.root!r} is empty ({len(paths)} .py files, "
             f"data.validation_percent={config.validation_percent}); add files or change the percent"
         )

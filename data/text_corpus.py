@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import tensorflow_datasets as tfds
 
 from data.stdlib_corpus import is_validation
+from efficiency.errors import ConfigError, MissingPathError
 
 
 def text_files(pattern: str) -> list[str]:
@@ -33,13 +34,9 @@ class TextCorpusConfig(tfds.core.BuilderConfig):
 
 def make_config(pattern: str, validation_percent: int) -> TextCorpusConfig:
   """A config named after a hash of the files' paths, sizes and mtimes: new files, new build."""
-  if not 0 < validation_percent < 100:
-    raise ValueError(
-        f"data.validation_percent={validation_percent} must be between 1 and 99 (inclusive)"
-    )
   paths = text_files(pattern)
   if not paths:
-    raise FileNotFoundError(f"data.text_glob={pattern!r} matches no files")
+    raise MissingPathError(f"data.text_glob={pattern!r} matches no files")
   digest = hashlib.sha1()
   for path in paths:
     stat = os.stat(path)
@@ -82,7 +79,7 @@ class TextCorpus(tfds.core.GeneratorBasedBuilder):
       splits[split].append(path)
     for split, paths in splits.items():
       if not paths:
-        raise ValueError(
+        raise ConfigError(
             f"the {split} split of data.text_glob={config.pattern!r} is empty; add files or "
             f"change data.validation_percent={config.validation_percent}"
         )

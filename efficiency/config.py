@@ -1,24 +1,58 @@
-"""Config resolution and validation: one clear line per bad value, before anything compiles."""
+"""Config resolution: `resolve` returns a checked, resolved copy of a config, or raises one
+ConfigError line naming the first bad value, before anything compiles.
 
-import json
-from pathlib import Path
+Every check of a config's values lives here; the registries (attention variants, position
+encodings, quantization modes, PEFT methods, schedules, tokenizers, sources, filters,
+difficulties, pacings) supply the valid choices. Resolving fills what follows from the config:
+the key/value heads of mha and mqa, and with `init_from` the pretrained run's model (and
+tokenizer). Checks that need the data itself (a corpus with no files, a tokenizer larger than
+the model's vocabulary) happen where the data is read.
+"""
 
 import jax
 import ml_collections
 
+from data.curriculum.difficulty import DIFFICULTIES
+from data.curriculum.pacing import PACINGS
+from data.filters import FILTERS, REFERENCE_FILTERS, parse_chain
+from data.sources import SOURCES
+from data.tokenizer import TOKENIZERS, ByteTokenizer
 from efficiency.attention import ATTENTION, resolve_kv_heads
+from efficiency.errors import ConfigError
 from efficiency.model.transformer import REMAT_POLICIES
+from efficiency.peft import BASE_QUANT, PEFT_METHODS, make_method
 from efficiency.position import POSITIONS
 from efficiency.quant import MODE_BACKENDS, QUANT_MODES
 from efficiency.quant.einsum import SERVE_MODES
 from efficiency.sharding.mesh import mesh_shape
 from efficiency.train.optimizer import SCHEDULES
+from efficiency.workdir.files import load_config
 
 DTYPES = ("float32", "bfloat16")
 
 
-class ConfigError(ValueError):
-  """A config value that cannot work; the message names the field, the value and the choices."""
+def resolve(
+    config: ml_collections.ConfigDict,
+    num_devices: int,
+    process_count: int = 1,
+    backend: str | None = None,
+) -> ml_collections.ConfigDict:
+  """A resolved copy of `config` for `num_devices` devices in `process_count` processes on
+  `backend` (default: jax's); `config` itself is left as it is.
+
+  Raises ConfigError with a one-line message for the first bad value found.
+  """
+  config = ml_collections.ConfigDict(config.to_dict())
+  _take_pretrained(config)
+  _check_run(config)
+  _check_model(config)
+  _check_variants(config)
+  _check_quant(config, backend or jax.default_backend())
+  _choice("optimizer.schedule", config.optimizer.schedule, SCHEDULES)
+  _check_data(config)
+  _check_peft(config)
+  _check_mesh(config, num_devices, process_count)
+  return config
 
 
 def _choice(field: str, value, choices) -> None:
@@ -26,34 +60,100 @@ def _choice(field: str, value, choices) -> None:
     raise ConfigError(f"{field}={value!r} is invalid; valid choices: {sorted(choices)}")
 
 
+def _known(field: str, value, choices) -> None:
+  """Registry names (data's): `{field}={value!r} is unknown; valid choices: a, b, c`."""
+  if value not in choices:
+    raise ConfigError(f"{field}={value!r} is unknown; valid choices: {', '.join(choices)}")
+
+
+def _get(config: ml_collections.ConfigDict, field: str):
+  value = config
+  for part in field.split("."):
+    value = value[part]
+  return value
+
+
 def _positive(config: ml_collections.ConfigDict, *fields: str) -> None:
   for field in fields:
-    value = config
-    for part in field.split("."):
-      value = value[part]
+    value = _get(config, field)
     if not isinstance(value, int) or value <= 0:
       raise ConfigError(f"{field}={value!r} is invalid; it must be a positive integer")
+
+
+def _fraction(field: str, value: float) -> None:
+  """A share in (0, 1]."""
+  if not 0 < value <= 1:
+    raise ConfigError(f"{field}={value} must be in (0, 1]")
+
+
+def _take_pretrained(config: ml_collections.ConfigDict) -> None:
+  """With `init_from`, the model (and by default the tokenizer) are the pretrained run's."""
+  workdir = config.get("init_from", "")
+  if not workdir:
+    return
+  pretrained = load_config(workdir, "init_from", "give a finished train.py workdir")
+  config.model = pretrained.model
+  if not config.data.get("tokenizer_from"):
+    config.data.tokenizer_from = workdir
+
+
+def _check_run(config: ml_collections.ConfigDict) -> None:
+  _positive(
+      config, "steps", "batch_size", "seq_len", "grad_accum_steps", "eval_every", "eval_batches",
+      "log_every", "checkpoint_every", "keep_checkpoints",
+  )
+
+
+def _check_model(config: ml_collections.ConfigDict) -> None:
+  """Choices and sizes of the model; fills the key/value heads mha and mqa fix."""
+  m = config.model
+  _choice("model.attention", m.attention, ATTENTION)
+  _choice("model.position", m.position, POSITIONS)
+  _choice("model.remat", m.remat, REMAT_POLICIES)
+  _choice("model.dtype", m.dtype, DTYPES)
+  _choice("model.param_dtype", m.param_dtype, DTYPES)
+  _positive(
+      config, "model.num_layers", "model.d_model", "model.num_heads", "model.d_ff",
+      "model.vocab_size",
+  )
+  m.num_kv_heads = resolve_kv_heads(m)
+  if not isinstance(m.num_kv_heads, int) or m.num_kv_heads <= 0:
+    raise ConfigError(f"model.num_kv_heads={m.num_kv_heads!r} is invalid; it must be positive")
+  if m.num_heads % m.num_kv_heads:
+    divisors = [d for d in range(1, m.num_heads + 1) if m.num_heads % d == 0]
+    raise ConfigError(
+        f"model.num_kv_heads={m.num_kv_heads} does not divide model.num_heads={m.num_heads}; "
+        f"valid choices: {divisors}"
+    )
+  if m.head_dim <= 0 and m.d_model % m.num_heads:
+    raise ConfigError(
+        f"model.d_model={m.d_model} is not divisible by model.num_heads={m.num_heads}; "
+        "change one or set model.head_dim"
+    )
+  head_dim = m.head_dim if m.head_dim > 0 else m.d_model // m.num_heads
+  if m.position == "rope" and head_dim % 2:
+    raise ConfigError(f"model.head_dim={head_dim} must be even for model.position='rope'")
 
 
 def _check_variants(config: ml_collections.ConfigDict) -> None:
   """Sizes of the attention variant, position encoding and MoE in use."""
   m = config.model
   if m.position == "learned":
-    _positive(config, "model.max_positions")
-    if m.max_positions < config.seq_len:
+    _positive(config, "model.learned.max_positions")
+    if m.learned.max_positions < config.seq_len:
       raise ConfigError(
-          f"model.max_positions={m.max_positions} is shorter than seq_len={config.seq_len}; "
-          f"use at least {config.seq_len}"
+          f"model.learned.max_positions={m.learned.max_positions} is shorter than "
+          f"seq_len={config.seq_len}; use at least {config.seq_len}"
       )
   if m.position == "relative":
-    _positive(config, "model.relative_buckets", "model.relative_max_distance")
-    if m.relative_max_distance <= m.relative_buckets // 2:
+    _positive(config, "model.relative.buckets", "model.relative.max_distance")
+    if m.relative.max_distance <= m.relative.buckets // 2:
       raise ConfigError(
-          f"model.relative_max_distance={m.relative_max_distance} must exceed "
-          f"model.relative_buckets // 2 = {m.relative_buckets // 2}"
+          f"model.relative.max_distance={m.relative.max_distance} must exceed "
+          f"model.relative.buckets // 2 = {m.relative.buckets // 2}"
       )
   if m.attention == "sliding":
-    _positive(config, "model.window")
+    _positive(config, "model.sliding.window")
   if m.attention == "mla":
     _positive(
         config, "model.mla.kv_latent_dim", "model.mla.q_latent_dim", "model.mla.rope_dim",
@@ -87,7 +187,7 @@ def _check_variants(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_quant(config: ml_collections.ConfigDict, backend: str) -> None:
-  """quant.* values; copies them into model.quant, where the layers read them."""
+  """quant.* values, and that aqtp runs the mode on `backend`."""
   q = config.quant
   _choice("quant.mode", q.mode, QUANT_MODES)
   _choice("quant.serve", q.get("serve", "none"), SERVE_MODES)
@@ -101,24 +201,66 @@ def _check_quant(config: ml_collections.ConfigDict, backend: str) -> None:
     raise ConfigError(f"quant.exclude={q.exclude!r} is invalid; use comma-separated globs")
   if not isinstance(q.get("group_size", 0), int) or q.get("group_size", 0) < 0:
     raise ConfigError(f"quant.group_size={q.group_size!r} is invalid; 0 (per channel) or more")
-  config.model.quant = ml_collections.ConfigDict(q.to_dict())
-def _take_pretrained(config: ml_collections.ConfigDict) -> None:
-  """With `init_from`, the model (and by default the tokenizer) are the pretrained run's."""
-  workdir = config.get("init_from", "")
-  if not workdir:
-    return
-  path = Path(workdir) / "config.json"
-  if not path.is_file():
-    raise ConfigError(f"init_from={workdir!r} has no config.json; give a finished train.py workdir")
-  config.model = ml_collections.ConfigDict(json.loads(path.read_text())["model"])
-  if not config.data.get("tokenizer_from"):
-    config.data.tokenizer_from = workdir
+
+
+def _check_data(config: ml_collections.ConfigDict) -> None:
+  """The corpus, tokenizer, filters, curriculum and sequence-length warmup."""
+  d = config.data
+  if not d.name:
+    raise ConfigError(
+        f"data.name is empty; valid choices: {', '.join(sorted(SOURCES))} or a TFDS dataset"
+    )
+  if d.name in SOURCES and not 0 < d.validation_percent < 100:
+    raise ConfigError(
+        f"data.validation_percent={d.validation_percent} must be between 1 and 99 (inclusive)"
+    )
+  if d.name == "text" and not d.text_glob:
+    raise ConfigError("data.name='text' needs data.text_glob: a folder or a glob of text files")
+  if not d.get("tokenizer_from"):
+    _known("data.tokenizer", d.tokenizer, sorted(TOKENIZERS))
+    if d.tokenizer == "bytes" and config.model.vocab_size < ByteTokenizer.vocab_size:
+      raise ConfigError(
+          f"model.vocab_size={config.model.vocab_size} is too small for the bytes tokenizer; "
+          f"the minimum is {ByteTokenizer.vocab_size}"
+      )
+  chain = parse_chain(d.filters)
+  for name in chain:
+    if name not in FILTERS:
+      raise ConfigError(
+          f"data.filters: {name!r} is unknown; valid choices: {', '.join(sorted(FILTERS))}"
+      )
+  f = d.filter
+  if "near_dup" in chain and f.near_dup_perms % f.near_dup_bands:
+    raise ConfigError(
+        f"data.filter.near_dup_bands={f.near_dup_bands} must divide "
+        f"data.filter.near_dup_perms={f.near_dup_perms}"
+    )
+  if "perplexity" in chain:
+    _fraction("data.filter.keep_fraction", f.keep_fraction)
+  c = d.curriculum
+  _known("data.curriculum.difficulty", c.difficulty, ["none", *sorted(DIFFICULTIES)])
+  if c.difficulty != "none":
+    _known("data.curriculum.pacing", c.pacing, sorted(PACINGS))
+    _fraction("data.curriculum.start", c.start)
+    _fraction("data.curriculum.fraction", c.fraction)
+    if c.stages < 1:
+      raise ConfigError(f"data.curriculum.stages={c.stages} must be at least 1")
+  if (set(chain) & set(REFERENCE_FILTERS) or c.difficulty == "reference_loss") and (
+      not d.reference_workdir
+  ):
+    raise ConfigError("perplexity filtering and reference_loss need data.reference_workdir")
+  w = d.seq_len_warmup
+  if w.start:
+    if not 0 < w.start <= config.seq_len:
+      raise ConfigError(
+          f"data.seq_len_warmup.start={w.start} must be 0 (off) or in [1, seq_len={config.seq_len}]"
+      )
+    if w.steps < 1:
+      raise ConfigError(f"data.seq_len_warmup.steps={w.steps} must be at least 1")
 
 
 def _check_peft(config: ml_collections.ConfigDict) -> None:
   """The PEFT method, its sizes and its target patterns (which must each match a layer)."""
-  from efficiency.peft import BASE_QUANT, PEFT_METHODS, make_method  # imports this module
-
   if "peft" not in config:
     return
   p = config.peft
@@ -135,54 +277,12 @@ def _check_peft(config: ml_collections.ConfigDict) -> None:
         f"peft.base_quant={p.base_quant!r} needs an adapter method (peft.method={p.method!r} "
         f"trains base weights); valid choices: {sorted(set(PEFT_METHODS) - {'full', 'freeze'})}"
     )
-  make_method(config)  # raises on target patterns that match nothing
+  make_method(config)  # the method checks its targets (and sizes) against the model's layers
 
 
-def resolve(config: ml_collections.ConfigDict, num_devices: int, process_count: int = 1):
-  """Validates `config` in place and fills derived values (kv heads for mha/mqa; the model of
-  `init_from`).
-
-  Raises ConfigError with a one-line message for the first bad value found.
-  """
-  _take_pretrained(config)
-  m = config.model
-  _choice("model.attention", m.attention, ATTENTION)
-  _choice("model.position", m.position, POSITIONS)
-  _choice("model.remat", m.remat, REMAT_POLICIES)
-  _choice("model.dtype", m.dtype, DTYPES)
-  _choice("model.param_dtype", m.param_dtype, DTYPES)
-  _check_quant(config, jax.default_backend())
-  _choice("optimizer.schedule", config.optimizer.schedule, SCHEDULES)
-  _positive(
-      config, "steps", "batch_size", "seq_len", "grad_accum_steps", "eval_every", "eval_batches",
-      "log_every", "checkpoint_every", "keep_checkpoints", "model.num_layers", "model.d_model",
-      "model.num_heads", "model.d_ff", "model.vocab_size",
-  )
-
-  m.num_kv_heads = resolve_kv_heads(m)
-  if not isinstance(m.num_kv_heads, int) or m.num_kv_heads <= 0:
-    raise ConfigError(f"model.num_kv_heads={m.num_kv_heads!r} is invalid; it must be positive")
-  if m.num_heads % m.num_kv_heads:
-    divisors = [d for d in range(1, m.num_heads + 1) if m.num_heads % d == 0]
-    raise ConfigError(
-        f"model.num_kv_heads={m.num_kv_heads} does not divide model.num_heads={m.num_heads}; "
-        f"valid choices: {divisors}"
-    )
-  if m.head_dim <= 0 and m.d_model % m.num_heads:
-    raise ConfigError(
-        f"model.d_model={m.d_model} is not divisible by model.num_heads={m.num_heads}; "
-        "change one or set model.head_dim"
-    )
-  head_dim = m.head_dim if m.head_dim > 0 else m.d_model // m.num_heads
-  if m.position == "rope" and head_dim % 2:
-    raise ConfigError(f"model.head_dim={head_dim} must be even for model.position='rope'")
-  _check_variants(config)
-  _check_peft(config)
-
-  try:
-    sizes = mesh_shape(config.mesh, num_devices)
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
+def _check_mesh(config: ml_collections.ConfigDict, num_devices: int, process_count: int) -> None:
+  """The mesh fits the devices, and the batch splits over data parallelism and processes."""
+  sizes = mesh_shape(config.mesh, num_devices)
   dp = sizes["data"] * sizes["fsdp"] * sizes["expert"]
   if config.batch_size % (dp * config.grad_accum_steps):
     raise ConfigError(
@@ -194,6 +294,5 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int, process_count: 
     )
   if config.batch_size % process_count:
     raise ConfigError(
-        f"batch_size={config.batch_size} is not divisible by the process count {process_count}"
+        f"batch_size={config.batch_size} is not divisible by process_count={process_count}"
     )
-  return config

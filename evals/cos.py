@@ -17,24 +17,20 @@ model call.
 """
 
 import json
-import sys
 from pathlib import Path
 
-import ml_collections
 import numpy as np
-from absl import app, flags
-from tqdm import tqdm
+from absl import flags
 
-from data.prepared import Subset, prepare
-from data.sources import document_bytes, load_source
-from data.tokenizer import Tokenizer, get_tokenizer
-from efficiency.config import ConfigError
-from efficiency.decode.collaborative import Contrastive, WeightedEnsemble
-from efficiency.decode.loading import check_same_tokenizer, load_model
-from efficiency.decode.sampling import Sampling
-from efficiency.decode.speculation import Engine
-
-METHODS = {"standard": "standard", "naive": "naive", "cos": "alternate"}
+from efficiency import cli
+from efficiency.errors import ConfigError
+from efficiency.serving.collaborative import collaboration
+from efficiency.serving.compare import compare, table
+from efficiency.serving.loading import check_same_tokenizer, load_model
+from efficiency.serving.prompts import validation_prompts
+from efficiency.serving.sampling import Sampling
+from efficiency.serving.speculation import Engine, check_gamma
+from efficiency.train.inputs import tokenizer_of
 
 _MODELS = flags.DEFINE_list("models", None, "Workdirs of the models (2 or more).")
 _METHOD = flags.DEFINE_enum("method", "we", ["we", "cd"], "Weighted ensemble or contrastive.")
@@ -51,112 +47,26 @@ _OUTPUT = flags.DEFINE_string("output", "cos_report.json", "Where to write the J
 flags.mark_flag_as_required("models")
 
 
-def validation_prompts(
-    config: ml_collections.ConfigDict, tokenizer: Tokenizer, count: int, length: int
-) -> list[np.ndarray]:
-  """The first `length` tokens of the first `count` validation documents that are that long."""
-  records = Subset(load_source(config).validation, prepare(config, tokenizer).validation_M)
-  prompts = []
-  for i in range(len(records)):
-    ids = tokenizer.encode(document_bytes(records[i]).decode("utf-8", errors="replace"))
-    if len(ids) >= length:
-      prompts.append(np.asarray(ids[:length], np.int32))
-    if len(prompts) == count:
-      break
-  if not prompts:
-    raise ConfigError(f"no validation document has prompt_tokens={length} tokens")
-  return prompts
-
-
-def compare(
-    engine: Engine,
-    prompts: list[np.ndarray],
-    max_new_tokens: int,
-    gamma: int,
-    proposer: int,
-    seed: int,
-    eos_id: int | None,
-    methods: dict[str, str] = METHODS,
-) -> dict:
-  """Decodes every prompt with every method in turn (prompt 0 twice: the first pass warms up
-  and is not counted); returns per-method totals and ratios over `standard`."""
-  engine.warmup(max(map(len, prompts)), gamma)
-  totals = {name: {"tokens": 0, "decode_s": 0.0, "verified": 0, "accepted": 0, "calls": 0}
-            for name in methods}
-  outputs = {name: [] for name in methods}
-  for i, prompt in enumerate(tqdm([prompts[0], *prompts], desc="prompts", leave=False)):
-    for name, method in methods.items():
-      rng = np.random.default_rng([seed, i])
-      tokens, stats = engine.decode(prompt, max_new_tokens, rng, method, gamma, eos_id, proposer)
-      if i == 0:
-        continue
-      outputs[name].append(tokens.tolist())
-      t = totals[name]
-      t["tokens"] += stats.tokens
-      t["decode_s"] += stats.decode_s
-      t["verified"] += stats.verified
-      t["accepted"] += stats.accepted
-      t["calls"] += sum(stats.calls)
-  report = {}
-  for name, t in totals.items():
-    report[name] = {
-        **t,
-        "tokens_per_s": t["tokens"] / t["decode_s"],
-        "acceptance": t["accepted"] / t["verified"] if t["verified"] else None,
-        "tokens_per_call": t["tokens"] / max(t["calls"], 1),
-    }
-  base = report["standard"]["tokens_per_s"] if "standard" in report else None
-  for name in report:
-    report[name]["speedup"] = report[name]["tokens_per_s"] / base if base else None
-  report["same_tokens_as_standard"] = {
-      name: outputs[name] == outputs["standard"] for name in outputs if "standard" in outputs
-  }
-  return report
-
-
-def collaboration(method: str, n: int, weights: list[str] | None, mu: float, sampling: Sampling):
-  """The target and the naive proposer's index."""
-  if method == "we":
-    w = tuple(float(x) for x in weights) if weights else (1.0 / n,) * n
-    if len(w) != n:
-      raise ConfigError(f"weights={list(w)} needs one weight per model ({n} models)")
-    return WeightedEnsemble(w, sampling), 0
-  if n != 2:
-    raise ConfigError(f"method=cd takes 2 models (expert, amateur); got {n}")
-  return Contrastive(mu, sampling), 1
-
-
-def table(report: dict) -> str:
-  rows = [f"{'method':<10}{'tokens':>8}{'tokens/s':>10}{'speedup':>9}{'accept':>8}{'tok/call':>10}"]
-  for name in METHODS:
-    if name in report:
-      r = report[name]
-      acc = "-" if r["acceptance"] is None else f"{r['acceptance']:.2f}"
-      rows.append(f"{name:<10}{r['tokens']:>8}{r['tokens_per_s']:>10.1f}{r['speedup']:>8.2f}x"
-                  f"{acc:>8}{r['tokens_per_call']:>10.2f}")
-  return "\n".join(rows)
-
-
-def run() -> None:
+def main(argv: list[str]) -> None:
+  del argv
   if len(_MODELS.value) < 2:
     raise ConfigError(f"models={_MODELS.value}: collaborative decoding needs 2 or more")
-  if _GAMMA.value < 1:
-    raise ConfigError(f"gamma={_GAMMA.value} must be >= 1")
+  check_gamma(_GAMMA.value)
   loaded = [load_model(d) for d in _MODELS.value]
-  configs = [c for _, _, c in loaded]
+  configs = [m.config for m in loaded]
   check_same_tokenizer(configs, _MODELS.value)
   sampling = Sampling(_TEMPERATURE.value)
   collab, proposer = collaboration(
       _METHOD.value, len(loaded), _WEIGHTS.value, _MU.value, sampling
   )
-  tokenizer = get_tokenizer(configs[0])
+  tokenizer = tokenizer_of(configs[0])
   if _PROMPTS.value:
     lines = [x for x in Path(_PROMPTS.value).read_text().splitlines() if x.strip()]
     prompts = [np.asarray(tokenizer.encode(x), np.int32) for x in lines]
   else:
     prompts = validation_prompts(configs[0], tokenizer, _NUM_PROMPTS.value, _PROMPT_TOKENS.value)
   max_len = max(map(len, prompts)) + _MAX_NEW.value + _GAMMA.value + 40
-  engine = Engine(collab, [(m, p) for m, p, _ in loaded], max_len)
+  engine = Engine(collab, [(m.model, m.params) for m in loaded], max_len)
   report = compare(engine, prompts, _MAX_NEW.value, _GAMMA.value, proposer, _SEED.value,
                    tokenizer.eos_id)
   report["settings"] = {
@@ -170,13 +80,5 @@ def run() -> None:
   print(f"speedup (CoS over standard): {report['cos']['speedup']:.2f}x; report: {_OUTPUT.value}")
 
 
-def main(argv: list[str]) -> None:
-  del argv
-  try:
-    run()
-  except ConfigError as e:
-    sys.exit(f"error: {e}")
-
-
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

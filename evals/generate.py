@@ -14,15 +14,16 @@ decodes through the same path.
 import sys
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from data.tokenizer import get_tokenizer
-from efficiency.config import ConfigError
-from efficiency.decode.collaborative import Single
-from efficiency.decode.generate import generate
-from efficiency.decode.loading import check_same_tokenizer, load_model
-from efficiency.decode.sampling import Sampling
-from efficiency.decode.speculation import Engine
+from efficiency import cli
+from efficiency.errors import ConfigError
+from efficiency.serving.collaborative import Single
+from efficiency.serving.generate import generate
+from efficiency.serving.loading import check_same_tokenizer, load_model
+from efficiency.serving.sampling import Sampling
+from efficiency.serving.speculation import Engine, check_gamma
+from efficiency.train.inputs import tokenizer_of
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A train.py workdir with a checkpoint.")
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "Prompt text; repeat for several prompts.")
@@ -38,25 +39,26 @@ _QUANT = flags.DEFINE_enum("quant", "none", ["none", "8", "4"], "Weight bits of 
 flags.mark_flag_as_required("workdir")
 
 
-def run() -> None:
+def main(argv: list[str]) -> None:
+  del argv
   if not _PROMPT.value:
     raise ConfigError("give at least one --prompt")
   if _BATCH.value < 1:
     raise ConfigError(f"batch={_BATCH.value} must be >= 1")
-  if _GAMMA.value < 1:
-    raise ConfigError(f"gamma={_GAMMA.value} must be >= 1")
+  check_gamma(_GAMMA.value)
   quant_bits = None if _QUANT.value == "none" else int(_QUANT.value)
-  model, params, config = load_model(_WORKDIR.value, quant_bits)
-  tokenizer = get_tokenizer(config)
+  target = load_model(_WORKDIR.value, quant_bits)
+  tokenizer = tokenizer_of(target.config)
   sampling = Sampling(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value)
   prompts = [tokenizer.encode(p) for p in _PROMPT.value]
   if any(len(p) == 0 for p in prompts):
     raise ConfigError("a --prompt encodes to no tokens")
   if _DRAFT.value:
-    draft, draft_params, draft_config = load_model(_DRAFT.value)
-    check_same_tokenizer([config, draft_config], [_WORKDIR.value, _DRAFT.value])
+    draft = load_model(_DRAFT.value)
+    check_same_tokenizer([target.config, draft.config], [_WORKDIR.value, _DRAFT.value])
     max_len = max(map(len, prompts)) + _MAX_NEW.value + _GAMMA.value + 40
-    engine = Engine(Single(sampling), [(model, params)], max_len, (draft, draft_params), sampling)
+    engine = Engine(Single(sampling), [(target.model, target.params)], max_len,
+                    (draft.model, draft.params), sampling)
     rng = np.random.default_rng(_SEED.value)
     outputs = []
     for prompt in prompts:
@@ -70,21 +72,13 @@ def run() -> None:
     outputs = []
     for start in range(0, len(prompts), _BATCH.value):
       outputs += generate(
-          model, params, prompts[start : start + _BATCH.value], _MAX_NEW.value, sampling,
-          tokenizer.eos_id, seed=_SEED.value + start, progress=True,
+          target.model, target.params, prompts[start : start + _BATCH.value], _MAX_NEW.value,
+          sampling, tokenizer.eos_id, seed=_SEED.value + start, progress=True,
       )
   for text, tokens in zip(_PROMPT.value, outputs, strict=True):
     print(text + tokenizer.decode([t for t in tokens if t != tokenizer.eos_id]))
     print("---")
 
 
-def main(argv: list[str]) -> None:
-  del argv
-  try:
-    run()
-  except ConfigError as e:
-    sys.exit(f"error: {e}")
-
-
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

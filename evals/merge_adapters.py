@@ -10,9 +10,9 @@ and whose optimizer state is fresh. Fine-tune it further with `--config.init_fro
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
-from efficiency.config import ConfigError
+from efficiency import cli
 from efficiency.peft.merge import merge
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A fine-tuning (train.py) workdir.")
@@ -24,12 +24,9 @@ def main(argv: list[str]) -> None:
   del argv
   if not _WORKDIR.value or not _OUT.value:
     sys.exit("error: --workdir and --out are required")
-  try:
-    out = merge(_WORKDIR.value, _OUT.value, _STEP.value)
-  except ConfigError as e:
-    sys.exit(f"error: {e}")
+  out = merge(_WORKDIR.value, _OUT.value, _STEP.value)
   print(f"merged {_WORKDIR.value} into {out}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -1,37 +1,16 @@
 """Runs a sweep: one train.py process per point, in ROOT/<point-name>/, then a results table.
 
-  python -m evals.sweep --sweep=configs/sweeps/NAME.py --workdir=ROOT [--parallel=N] [--dry-run]
+  python -m evals.sweep --sweep=configs/sweeps/NAME.py --workdir=ROOT [--parallel=N] [--dry_run]
 
-A sweep file defines `get_sweep()` returning a dict with
-  base:      the config, as `--config` takes it ("configs/default.py" or "configs/x.py:arg");
-  grid:      {field: [values, ...]}, expanded as a cartesian product (may be empty);
-  points:    optional list of {field: value} dicts, added after the grid points;
-  overrides: optional {field: value} applied to every point.
-A point's name is its overrides, "attention-mla__position-rope" style. A rerun skips points whose
-summary.json says completed; a failed point is reported and does not stop the others.
+The sweep file's format and the point names: efficiency/sweep.py.
 """
 
-import csv
-import itertools
-import re
-import runpy
-import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 
-from absl import app, flags
-from tqdm import tqdm
+from absl import flags
 
-from evals.runs import load_run
-
-ROOT = Path(__file__).resolve().parents[1]
-RESULT_FIELDS = (
-    "status", "steps", "tokens_seen", "final_eval_loss", "final_eval_bpb", "tokens_to_target",
-    "tokens_per_sec", "mfu", "peak_memory_bytes", "param_count", "kv_cache_bytes_per_token",
-    "data_wait_fraction", "compile_time_s", "wall_time_s",
-)
+from efficiency import cli
+from efficiency.sweep import run_sweep
 
 _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file, e.g. configs/sweeps/NAME.py.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep root: one subdirectory per point.")
@@ -39,139 +18,13 @@ _PARALLEL = flags.DEFINE_integer("parallel", 1, "Points to run at once.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print one command per point and exit.")
 
 
-@dataclass(frozen=True)
-class Point:
-  """One run of a sweep: its name and its config overrides."""
-
-  name: str
-  overrides: dict
-
-
-def _format_value(value) -> str:
-  return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def point_name(overrides: dict) -> str:
-  """A filesystem-safe name from the overrides: last field component, dash, value."""
-  parts = []
-  for field_name, value in overrides.items():
-    text = f"{field_name.split('.')[-1]}-{_format_value(value)}"
-    parts.append(re.sub(r"[^A-Za-z0-9._-]+", "_", text))
-  return "__".join(parts) or "base"
-
-
-def expand(sweep: dict) -> list[Point]:
-  """The sweep's points: the grid's cartesian product, then the explicit points."""
-  unknown = set(sweep) - {"base", "grid", "points", "overrides"}
-  if unknown or "base" not in sweep:
-    raise ValueError(
-        f"sweep keys {sorted(sweep)} are invalid; it needs 'base' and may have 'grid', 'points', "
-        "'overrides'"
-    )
-  grid = sweep.get("grid", {})
-  combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
-  if not grid:
-    combos = []
-  combos += list(sweep.get("points", []))
-  if not combos:
-    combos = [{}]
-  common = sweep.get("overrides", {})
-  points = [Point(point_name(c), {**common, **c}) for c in combos]
-  names = [p.name for p in points]
-  duplicates = sorted({n for n in names if names.count(n) > 1})
-  if duplicates:
-    raise ValueError(f"sweep points share names {duplicates}; make their overrides differ")
-  return points
-
-
-def load_sweep_file(path: str) -> dict:
-  """Runs the sweep file and returns its `get_sweep()`."""
-  if not Path(path).is_file():
-    raise FileNotFoundError(f"--sweep={path}: no such sweep file")
-  return runpy.run_path(path)["get_sweep"]()
-
-
-def command(base: str, point: Point, root: Path) -> list[str]:
-  """The train.py command line of one point."""
-  flags_ = [f"--config.{k}={_format_value(v)}" for k, v in point.overrides.items()]
-  return [sys.executable, "train.py", f"--workdir={root / point.name}", f"--config={base}", *flags_]
-
-
-def is_finished(workdir: Path) -> bool:
-  return load_run(workdir).summary.get("status") == "completed"
-
-
-def run_point(base: str, point: Point, root: Path) -> tuple[Point, int, str]:
-  """Runs one point (unless finished); returns it, the exit code and the last error line."""
-  workdir = root / point.name
-  if is_finished(workdir):
-    return point, 0, "skipped: already completed"
-  workdir.mkdir(parents=True, exist_ok=True)
-  with open(workdir / "train.log", "a") as log:
-    proc = subprocess.run(command(base, point, root), cwd=ROOT, stdout=log, stderr=log)
-  tail = (workdir / "train.log").read_text().strip().splitlines()
-  return point, proc.returncode, tail[-1] if tail and proc.returncode else ""
-
-
-def write_results(root: Path, points: list[Point], errors: dict[str, str]) -> list[dict]:
-  """ROOT/results.csv and ROOT/results.md, one row per point, from each summary.json."""
-  rows = []
-  for point in points:
-    summary = load_run(root / point.name).summary
-    row = {"point": point.name, **{k: _format_value(v) for k, v in point.overrides.items()}}
-    row.update({k: summary.get(k) for k in RESULT_FIELDS})
-    if point.name in errors:
-      row["status"] = "failed"
-      row["error"] = errors[point.name]
-    rows.append(row)
-  columns = list(dict.fromkeys(k for row in rows for k in row))
-  with open(root / "results.csv", "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-  cell = lambda v: "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
-  lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-  lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
-  (root / "results.md").write_text("\n".join(lines) + "\n")
-  return rows
-
-
-def run_sweep(sweep_path: str, root: str | Path, parallel: int = 1, dry_run: bool = False) -> int:
-  """Runs every point; returns the number of failed points."""
-  sweep = load_sweep_file(sweep_path)
-  points = expand(sweep)
-  root = Path(root)
-  if dry_run:
-    for point in points:
-      print(" ".join(command(sweep["base"], point, root)))
-    return 0
-  root.mkdir(parents=True, exist_ok=True)
-  errors = {}
-  with ThreadPoolExecutor(max_workers=max(parallel, 1)) as pool:
-    jobs = [pool.submit(run_point, sweep["base"], p, root) for p in points]
-    for job in tqdm(jobs, desc="sweep", unit="point"):
-      point, returncode, message = job.result()
-      if returncode:
-        errors[point.name] = message
-        tqdm.write(f"{point.name}: failed ({message}); log in {root / point.name / 'train.log'}")
-      elif message:
-        tqdm.write(f"{point.name}: {message}")
-  write_results(root, points, errors)
-  print(f"{len(points) - len(errors)} of {len(points)} points completed; results in "
-        f"{root / 'results.md'}")
-  return len(errors)
-
-
 def main(argv: list[str]) -> None:
   del argv
   if not _SWEEP.value or not _WORKDIR.value:
     sys.exit("error: --sweep=FILE and --workdir=ROOT are required")
-  try:
-    failed = run_sweep(_SWEEP.value, _WORKDIR.value, _PARALLEL.value, _DRY_RUN.value)
-  except (ValueError, FileNotFoundError) as e:
-    sys.exit(f"error: {e}")
+  failed = run_sweep(_SWEEP.value, _WORKDIR.value, _PARALLEL.value, _DRY_RUN.value)
   sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -1,20 +1,10 @@
 """train.py as two processes on localhost (jax.distributed with gloo collectives)."""
 
 import json
-import socket
 import subprocess
 import sys
-from pathlib import Path
 
-from tests.conftest import tiny_train_flags
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
+from tests.helpers import ROOT, free_port, tiny_train_flags
 
 
 def test_two_process_run_trains_and_writes_one_summary(tmp_path, tiny_corpus):

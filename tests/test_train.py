@@ -4,49 +4,30 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
-from tests.conftest import tiny_train_flags
+from efficiency.errors import ConfigError
+from efficiency.workdir.restore import restore
+from tests.helpers import (
+  ROOT,
+  final_params,
+  read_metrics,
+  run_train,
+  tiny_train_flags,
+  train_command,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
 METRIC_KEYS = {"step", "tokens_seen", "loss", "lr", "tokens_per_sec", "mfu", "grad_norm"}
 SUMMARY_KEYS = {
     "status", "steps", "tokens_seen", "target_loss", "tokens_to_target", "final_eval_loss",
     "tokens_per_sec", "mfu", "peak_memory_bytes", "param_count", "mesh", "devices",
     "process_count", "compile_time_s", "wall_time_s", "data_wait_fraction",
 }
-
-
-def train_command(workdir: Path, flags: list[str]) -> list[str]:
-  return [sys.executable, "train.py", f"--workdir={workdir}", *flags]
-
-
-def run_train(workdir: Path, flags: list[str]) -> subprocess.CompletedProcess:
-  proc = subprocess.run(
-      train_command(workdir, flags), cwd=ROOT, capture_output=True, text=True, timeout=600
-  )
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  return proc
-
-
-def read_metrics(workdir: Path) -> list[dict]:
-  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-
-
-def final_params(workdir: Path) -> dict:
-  with ocp.CheckpointManager(workdir / "checkpoints") as manager:
-    step = manager.latest_step()
-    restored = manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
-    )
-  return restored["state"]["params"]
 
 
 @pytest.fixture(scope="module")
@@ -143,11 +124,8 @@ def test_bad_corpus_root_is_one_line_error(tmp_path):
   assert "data.corpus_root" in proc.stderr.strip().splitlines()[-1]
 
 
-def test_load_trained_restores_final_params(finished_run, tmp_path):
-  from efficiency.config import ConfigError
-  from efficiency.train.restore import load_trained
-
-  trained = load_trained(finished_run)
+def test_restore_loads_final_params(finished_run, tmp_path):
+  trained = restore(finished_run)
   assert trained.step == 40
   expected = final_params(finished_run)
   jax.tree.map(np.testing.assert_array_equal, trained.params, expected)
@@ -156,9 +134,9 @@ def test_load_trained_restores_final_params(finished_run, tmp_path):
                                np.arange(12)[None])
   assert logits.shape == (1, 12, trained.config.model.vocab_size)
   with pytest.raises(ConfigError, match="has no config.json"):
-    load_trained(tmp_path)
+    restore(tmp_path)
   (tmp_path / "config.json").write_text((finished_run / "config.json").read_text())
   with pytest.raises(ConfigError, match="has no checkpoint"):
-    load_trained(tmp_path)
+    restore(tmp_path)
   with pytest.raises(ConfigError, match="step=7 is not saved"):
-    load_trained(finished_run, step=7)
+    restore(finished_run, step=7)

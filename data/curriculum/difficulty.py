@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from data import reference
-from data.filters import Documents
+from data.filters.documents import Documents
+from efficiency.errors import ConfigError
 
 
 def length(docs: Documents) -> np.ndarray:
@@ -25,7 +25,7 @@ def compression(docs: Documents) -> np.ndarray:
 
 def reference_loss(docs: Documents) -> np.ndarray:
   """Mean token loss under the reference model of `data.reference_workdir`."""
-  return reference.document_losses(docs.texts, docs.config)
+  return docs.reference_losses()
 
 
 def field(docs: Documents) -> np.ndarray:
@@ -33,7 +33,7 @@ def field(docs: Documents) -> np.ndarray:
   name = docs.config.data.curriculum.field
   first = docs.records[int(docs.indices[0])]
   if name not in first:
-    raise ValueError(
+    raise ConfigError(
         f"data.curriculum.field={name!r} is not a field of the records; valid choices: "
         f"{', '.join(sorted(first))}"
     )
@@ -47,11 +47,3 @@ DIFFICULTIES: dict[str, Callable[[Documents], np.ndarray]] = {
     "field": field,
 }
 
-
-def check(name: str) -> None:
-  """Raises ValueError unless `name` is "none" or a registered difficulty."""
-  if name != "none" and name not in DIFFICULTIES:
-    raise ValueError(
-        f"data.curriculum.difficulty={name!r} is unknown; valid choices: none, "
-        f"{', '.join(sorted(DIFFICULTIES))}"
-    )

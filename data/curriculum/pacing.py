@@ -31,17 +31,3 @@ PACINGS: dict[str, Callable[[float, ml_collections.ConfigDict], float]] = {
     "step": step,
 }
 
-
-def check(c: ml_collections.ConfigDict) -> None:
-  """Raises ValueError for an unknown pacing or out-of-range parameters."""
-  if c.pacing not in PACINGS:
-    raise ValueError(
-        f"data.curriculum.pacing={c.pacing!r} is unknown; valid choices: "
-        f"{', '.join(sorted(PACINGS))}"
-    )
-  if not 0 < c.start <= 1:
-    raise ValueError(f"data.curriculum.start={c.start} must be in (0, 1]")
-  if not 0 < c.fraction <= 1:
-    raise ValueError(f"data.curriculum.fraction={c.fraction} must be in (0, 1]")
-  if c.stages < 1:
-    raise ValueError(f"data.curriculum.stages={c.stages} must be at least 1")

@@ -4,7 +4,7 @@ import hashlib
 
 import numpy as np
 
-from data.filters import Documents
+from data.filters.documents import Documents
 
 
 def keep(docs: Documents) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from data.filters import Documents
+from data.filters.documents import Documents
 
 
 def keep(docs: Documents) -> np.ndarray:

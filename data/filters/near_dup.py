@@ -11,7 +11,7 @@ import zlib
 
 import numpy as np
 
-from data.filters import Documents
+from data.filters.documents import Documents
 
 SHINGLE_WORDS = 5
 _PRIME = np.uint64(4294967291)  # the largest prime below 2**32
@@ -40,10 +40,6 @@ def signatures(texts: list[str], num_perms: int) -> np.ndarray:
 def keep(docs: Documents) -> np.ndarray:
   params = docs.config.data.filter
   perms, bands = params.near_dup_perms, params.near_dup_bands
-  if perms % bands:
-    raise ValueError(
-        f"data.filter.near_dup_bands={bands} must divide data.filter.near_dup_perms={perms}"
-    )
   sig = signatures(docs.texts, perms)
   buckets: list[dict[bytes, list[int]]] = [{} for _ in range(bands)]
   rows = perms // bands

@@ -5,15 +5,12 @@ import math
 
 import numpy as np
 
-from data import reference
-from data.filters import Documents
+from data.filters.documents import Documents
 
 
 def keep(docs: Documents) -> np.ndarray:
   fraction = docs.config.data.filter.keep_fraction
-  if not 0 < fraction <= 1:
-    raise ValueError(f"data.filter.keep_fraction={fraction} must be in (0, 1]")
-  losses = reference.document_losses(docs.texts, docs.config)
+  losses = docs.reference_losses()
   kept = np.argsort(losses, kind="stable")[: math.ceil(fraction * len(losses))]
   mask = np.zeros(len(losses), bool)
   mask[kept] = True

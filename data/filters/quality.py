@@ -15,7 +15,7 @@ import string
 
 import numpy as np
 
-from data.filters import Documents
+from data.filters.documents import Documents
 
 _ALNUM = re.compile(r"[^\W_]")
 _NON_SPACE = re.compile(r"\S")

@@ -1,19 +1,21 @@
 """Registry of attention variants, keyed by the name `model.attention` uses.
 
-Each variant is a Linen module class called as `(x_BTD, segment_ids_BT, positions_BT) -> y_BTD`
-with static `matmul_params(cfg)` and `score_flops_per_token(cfg, seq_len)` for FLOP counting and
-`kv_cache_spec(cfg) -> {name: CacheEntry}` describing its KV cache per token and layer.
+Each variant is an `efficiency.attention.base.Attention` (the contract: project, attend,
+attend_cached, out; FLOP counts and the KV-cache spec). Adding a variant is one file with an
+`Attention` subclass and one line here.
 """
 
 import ml_collections
 
+from efficiency.attention.base import Attention
 from efficiency.attention.cache import CacheEntry
 from efficiency.attention.gqa import GroupedQueryAttention
 from efficiency.attention.mla import MultiHeadLatentAttention
 from efficiency.attention.nsa import NativeSparseAttention
 from efficiency.attention.sliding import SlidingWindowAttention
+from efficiency.errors import ConfigError
 
-ATTENTION: dict[str, type] = {
+ATTENTION: dict[str, type[Attention]] = {
     "mha": GroupedQueryAttention,
     "mqa": GroupedQueryAttention,
     "gqa": GroupedQueryAttention,
@@ -29,10 +31,10 @@ FIXED_KV_HEADS = {
 }
 
 
-def get_attention(name: str) -> type:
+def get_attention(name: str) -> type[Attention]:
   """Returns the attention class registered under `name`."""
   if name not in ATTENTION:
-    raise ValueError(f"model.attention={name!r} is unknown; valid choices: {sorted(ATTENTION)}")
+    raise ConfigError(f"model.attention={name!r} is unknown; valid choices: {sorted(ATTENTION)}")
   return ATTENTION[name]
 
 

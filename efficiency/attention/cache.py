@@ -4,7 +4,7 @@ Each variant's static `kv_cache_spec(cfg)` returns {name: CacheEntry}; a decoder
 layer, an array [batch, max_len // every, *shape] of `dtype` for each entry (keeping only the last
 `window` tokens when the entry has one).
 
-Decoding (`efficiency.decode`) keeps one slot per position of the row (one per `every` positions
+Decoding (`efficiency.serving`) keeps one slot per position of the row (one per `every` positions
 for strided entries; windowed entries at full length, the window applied by the mask: a ring
 buffer would save that memory) and moves a per-row pointer: `write` stores new entries at the
 pointer and `cached_attention` masks everything past it.

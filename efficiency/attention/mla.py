@@ -8,32 +8,37 @@
   out  = softmax(q k^T / sqrt(qk + rope)) v W_o
 
 `rot` is the position encoding's rotation (RoPE for `rope`, identity otherwise); score-bias
-encodings (relative, alibi) add their bias. `absorbed` computes the same output the way a decoder
-does from the cache: W_uk folded into the query, W_uv applied after attending to the latents.
+encodings (relative, alibi) add their bias. Two forms compute the same output from the latents:
+`expanded_form` up-projects per-head keys and values (training); `absorbed_form` folds W_uk into
+the query and applies W_uv after attending to the latents (decoding from the cache).
 """
+
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
+from efficiency.attention.base import Attention, Cache, Heads
 from efficiency.attention.cache import CacheEntry, cached_attention, write
 from efficiency.attention.dot_product import grouped_attention
-from efficiency.attention.gqa import projection_kwargs
 from efficiency.attention.masks import causal_segment_mask
 from efficiency.model.layers import Projection, RMSNorm
-from efficiency.position import get_position
+
+# (q_BTNH, k_BSKH, v_BSKV) -> [B, T, N, V]: softmax attention with the form's mask and bias.
+AttentionFn = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
 
 
-class MultiHeadLatentAttention(nn.Module):
+class MultiHeadLatentAttention(Attention):
   """MLA with sizes from `model.mla`: kv_latent_dim, q_latent_dim, rope_dim, qk_head_dim,
-  v_head_dim."""
-
-  config: ml_collections.FrozenConfigDict
+  v_head_dim. Heads are {"q_nope", "q_rope", "c_kv", "k_rope"}; the cache holds c_kv [B, S, C]
+  and k_rope [B, S, r]."""
 
   def setup(self):
+    super().setup()
     cfg = self.config
     m, d, n = cfg.mla, cfg.d_model, cfg.num_heads
-    kw = projection_kwargs(cfg)
+    kw = self.projection_kwargs()
     dtypes = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
     self.q_down = Projection("btd,dc->btc", (d, m.q_latent_dim), ("embed", "latent"), **kw)
     self.q_norm = RMSNorm(cfg.norm_eps, **dtypes)
@@ -54,110 +59,100 @@ class MultiHeadLatentAttention(nn.Module):
         "btc,cnh->btnh", (m.kv_latent_dim, n, m.v_head_dim), ("latent", "heads", "head_dim"),
         **kw,
     )
-    self.out = Projection(
-        "btnh,nhd->btd", (n, m.v_head_dim, d), ("heads", "head_dim", "embed"), **kw
-    )
-    self.position = get_position(cfg.position)(cfg)
-    self.bias = self.position.score_bias()
 
-  def _queries_and_cache(self, x_BTD, positions_BT):
-    """Query parts and the cached latents: q_nope [B,T,N,qk], q_rope [B,T,N,r], c_kv [B,T,C],
+  def project(self, x_BTD: jnp.ndarray, positions_BT: jnp.ndarray) -> Heads:
+    """Query parts q_nope [B,T,N,qk], q_rope [B,T,N,r] and the latents c_kv [B,T,C],
     k_rope [B,T,r]."""
     c_q_BTC = self.q_norm(self.q_down(x_BTD))
-    q_nope_BTNH = self.q_up(c_q_BTC)
-    q_rope_BTNR = self.position.rotate(self.q_rope(c_q_BTC), positions_BT)
-    c_kv_BTC = self.kv_norm(self.kv_down(x_BTD))
-    k_rope_BTR = self.position.rotate(self.k_rope(x_BTD)[:, :, None], positions_BT)[:, :, 0]
-    return q_nope_BTNH, q_rope_BTNR, c_kv_BTC, k_rope_BTR
+    heads = {
+        "q_nope": self.q_up(c_q_BTC),
+        "q_rope": self.position.rotate(self.q_rope(c_q_BTC), positions_BT),
+        "c_kv": self.kv_norm(self.kv_down(x_BTD)),
+    }
+    heads["k_rope"] = self.position.rotate(self.k_rope(x_BTD)[:, :, None], positions_BT)[:, :, 0]
+    return heads
 
-  def _mask_and_bias(self, segment_ids_BT, positions_BT):
-    mask_B1TS = causal_segment_mask(segment_ids_BT, segment_ids_BT, positions_BT, positions_BT)
-    bias_BNTS = None if self.bias is None else self.bias(positions_BT, positions_BT)
-    return mask_B1TS, bias_BNTS
-
-  def _scale(self) -> float:
+  def scale(self) -> float:
     return (self.config.mla.qk_head_dim + self.config.mla.rope_dim) ** -0.5
 
-  def __call__(
-      self,
-      x_BTD: jnp.ndarray,
-      segment_ids_BT: jnp.ndarray,
-      positions_BT: jnp.ndarray,
-      cache: dict[str, jnp.ndarray] | None = None,
-  ) -> jnp.ndarray | tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
-    """Training form: up-project per-head keys and values, then multi-head attention.
-
-    With a `cache` ({"c_kv": [B, S, C], "k_rope": [B, S, r]}) it decodes instead (`decode`).
-    """
-    if cache is not None:
-      return self.decode(x_BTD, positions_BT, cache)
-    q_nope_BTNH, q_rope_BTNR, c_kv_BTC, k_rope_BTR = self._queries_and_cache(x_BTD, positions_BT)
+  def expanded_form(
+      self, heads: Heads, c_kv_BSC: jnp.ndarray, k_rope_BSR: jnp.ndarray, attention: AttentionFn
+  ) -> jnp.ndarray:
+    """Per-head keys [c_kv W_uk, k_r] and values c_kv W_uv, then `attention`: [B, T, N, v]."""
     n = self.config.num_heads
-    q_BTNH = jnp.concatenate([q_nope_BTNH, q_rope_BTNR], axis=-1)
-    k_rope_BTNR = jnp.broadcast_to(k_rope_BTR[:, :, None], (*k_rope_BTR.shape[:2], n,
-                                                             k_rope_BTR.shape[-1]))
-    k_BTNH = jnp.concatenate([self.k_up(c_kv_BTC), k_rope_BTNR], axis=-1)
-    v_BTNV = self.v_up(c_kv_BTC)
     q_BTNH = nn.with_logical_constraint(
-        q_BTNH, ("activation_batch", "activation_length", "activation_heads", "head_dim")
+        jnp.concatenate([heads["q_nope"], heads["q_rope"]], axis=-1),
+        ("activation_batch", "activation_length", "activation_heads", "head_dim"),
     )
-    mask_B1TS, bias_BNTS = self._mask_and_bias(segment_ids_BT, positions_BT)
-    out_BTNV = grouped_attention(
-        q_BTNH, k_BTNH, v_BTNV, mask_B1TS, bias_BNTS, self._scale(), self.config.get("quant")
+    k_rope_BSNR = jnp.broadcast_to(k_rope_BSR[:, :, None], (*k_rope_BSR.shape[:2], n,
+                                                             k_rope_BSR.shape[-1]))
+    k_BSNH = jnp.concatenate([self.k_up(c_kv_BSC), k_rope_BSNR], axis=-1)
+    return attention(q_BTNH, k_BSNH, self.v_up(c_kv_BSC))
+
+  def absorbed_form(
+      self, heads: Heads, c_kv_BSC: jnp.ndarray, k_rope_BSR: jnp.ndarray, attention: AttentionFn
+  ) -> jnp.ndarray:
+    """W_uk folded into the query (q_lat = q_nope W_uk^T) and W_uv applied to the attended
+    latent; `attention` scores one 'KV head' of dim kv_latent + rope shared by all query heads.
+    Needs the float W_uk / W_uv kernels (a served quantized model has none)."""
+    w_uk_CNH = self.k_up.variables["params"]["kernel"].astype(heads["q_nope"].dtype)
+    w_uv_CNV = self.v_up.variables["params"]["kernel"].astype(c_kv_BSC.dtype)
+    q_latent_BTNC = jnp.einsum("btnh,cnh->btnc", heads["q_nope"], w_uk_CNH)
+    q_BTNH = jnp.concatenate([q_latent_BTNC, heads["q_rope"]], axis=-1)
+    k_BS1H = jnp.concatenate([c_kv_BSC, k_rope_BSR], axis=-1)[:, :, None]
+    latent_BTNC = attention(q_BTNH, k_BS1H, c_kv_BSC[:, :, None])
+    return jnp.einsum("btnc,cnv->btnv", latent_BTNC, w_uv_CNV)
+
+  def attend(
+      self, heads: Heads, segment_ids_BT: jnp.ndarray, positions_BT: jnp.ndarray
+  ) -> jnp.ndarray:
+    """The expanded form over the input's own latents."""
+    return self.expanded_form(
+        heads, heads["c_kv"], heads["k_rope"], self.document_attention(segment_ids_BT, positions_BT)
     )
-    return self.out(out_BTNV)
 
   def absorbed(
       self, x_BTD: jnp.ndarray, segment_ids_BT: jnp.ndarray, positions_BT: jnp.ndarray
   ) -> jnp.ndarray:
-    """Decode form: attend to the cached latents (c_kv, k_rope) with W_uk absorbed into the
-    query (q_lat = q_nope W_uk^T) and W_uv applied to the attended latent; one 'KV head' of
-    dim kv_latent + rope shared by all query heads."""
-    q_nope_BTNH, q_rope_BTNR, c_kv_BTC, k_rope_BTR = self._queries_and_cache(x_BTD, positions_BT)
-    w_uk_CNH = self.k_up.variables["params"]["kernel"].astype(q_nope_BTNH.dtype)
-    w_uv_CNV = self.v_up.variables["params"]["kernel"].astype(c_kv_BTC.dtype)
-    q_latent_BTNC = jnp.einsum("btnh,cnh->btnc", q_nope_BTNH, w_uk_CNH)
-    q_BTNH = jnp.concatenate([q_latent_BTNC, q_rope_BTNR], axis=-1)
-    k_BT1H = jnp.concatenate([c_kv_BTC, k_rope_BTR], axis=-1)[:, :, None]
-    mask_B1TS, bias_BNTS = self._mask_and_bias(segment_ids_BT, positions_BT)
-    latent_BTNC = grouped_attention(
-        q_BTNH, k_BT1H, c_kv_BTC[:, :, None], mask_B1TS, bias_BNTS, self._scale()
-    )
-    return self.out(jnp.einsum("btnc,cnv->btnv", latent_BTNC, w_uv_CNV))
+    """The whole layer in the absorbed form over the input's own latents (what decoding
+    computes), for checking it against the training form."""
+    heads = self.project(x_BTD, positions_BT)
+    attention = self.document_attention(segment_ids_BT, positions_BT, quantized=False)
+    return self.out(self.absorbed_form(heads, heads["c_kv"], heads["k_rope"], attention))
 
-  def decode(
-      self, x_BTD: jnp.ndarray, positions_BT: jnp.ndarray, cache: dict[str, jnp.ndarray]
-  ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
-    """The absorbed form over the cache: writes the new tokens' latents at their positions, then
-    the queries attend to every cached latent up to their own position. Served quantized models
-    (no float up-projection kernels) up-project the cached latents instead."""
-    q_nope_BTNH, q_rope_BTNR, c_kv_BTC, k_rope_BTR = self._queries_and_cache(x_BTD, positions_BT)
+  def document_attention(
+      self, segment_ids_BT: jnp.ndarray, positions_BT: jnp.ndarray, quantized: bool = True
+  ) -> AttentionFn:
+    """Causal attention within each packed document (score/value products quantized per
+    `quant.attention` unless `quantized` is False)."""
+    def attention(q_BTNH, k_BSKH, v_BSKV):
+      mask_B1TS = causal_segment_mask(segment_ids_BT, segment_ids_BT, positions_BT, positions_BT)
+      bias_BNTS = None if self.bias is None else self.bias(positions_BT, positions_BT)
+      quant = self.quant if quantized else None
+      return grouped_attention(q_BTNH, k_BSKH, v_BSKV, mask_B1TS, bias_BNTS, self.scale(), quant)
+
+    return attention
+
+  def attend_cached(
+      self, heads: Heads, positions_BT: jnp.ndarray, cache: Cache
+  ) -> tuple[jnp.ndarray, Cache]:
+    """Writes the new latents, then the absorbed form over the cache; served quantized models
+    (no float up-projection kernels) use the expanded form over the cached latents."""
     start_B = positions_BT[:, 0]
-    cache = {"c_kv": write(cache["c_kv"], c_kv_BTC, start_B),
-             "k_rope": write(cache["k_rope"], k_rope_BTR, start_B)}
-    c_kv_BSC = cache["c_kv"].astype(c_kv_BTC.dtype)
-    k_rope_BSR = cache["k_rope"].astype(c_kv_BTC.dtype)
-    if "kernel" not in self.k_up.variables.get("params", {}):
-      # A served quantized model holds no float W_uk / W_uv to absorb: up-project the cached
-      # latents through the quantized projections instead (the training form over the cache).
-      n = self.config.num_heads
-      k_rope_BSNR = jnp.broadcast_to(k_rope_BSR[:, :, None], (*k_rope_BSR.shape[:2], n,
-                                                               k_rope_BSR.shape[-1]))
-      k_BSNH = jnp.concatenate([self.k_up(c_kv_BSC), k_rope_BSNR], axis=-1)
-      q_BTNH = jnp.concatenate([q_nope_BTNH, q_rope_BTNR], axis=-1)
-      out_BTNV = cached_attention(
-          q_BTNH, k_BSNH, self.v_up(c_kv_BSC), positions_BT, self.bias, scale=self._scale()
-      )
-      return self.out(out_BTNV), cache
-    w_uk_CNH = self.k_up.variables["params"]["kernel"].astype(q_nope_BTNH.dtype)
-    w_uv_CNV = self.v_up.variables["params"]["kernel"].astype(c_kv_BTC.dtype)
-    q_latent_BTNC = jnp.einsum("btnh,cnh->btnc", q_nope_BTNH, w_uk_CNH)
-    q_BTNH = jnp.concatenate([q_latent_BTNC, q_rope_BTNR], axis=-1)
-    k_BS1H = jnp.concatenate([c_kv_BSC, k_rope_BSR], axis=-1)[:, :, None]
-    latent_BTNC = cached_attention(
-        q_BTNH, k_BS1H, c_kv_BSC[:, :, None], positions_BT, self.bias, scale=self._scale()
+    cache = {"c_kv": write(cache["c_kv"], heads["c_kv"], start_B),
+             "k_rope": write(cache["k_rope"], heads["k_rope"], start_B)}
+    dtype = heads["c_kv"].dtype
+    c_kv_BSC, k_rope_BSR = cache["c_kv"].astype(dtype), cache["k_rope"].astype(dtype)
+    attention = lambda q, k, v: cached_attention(
+        q, k, v, positions_BT, self.bias, scale=self.scale()
     )
-    return self.out(jnp.einsum("btnc,cnv->btnv", latent_BTNC, w_uv_CNV)), cache
+    floats = "kernel" in self.k_up.variables.get("params", {})
+    form = self.absorbed_form if floats else self.expanded_form
+    return form(heads, c_kv_BSC, k_rope_BSR, attention), cache
+
+  @staticmethod
+  def value_dim(cfg: ml_collections.ConfigDict) -> int:
+    return cfg.mla.v_head_dim
 
   @staticmethod
   def matmul_params(cfg: ml_collections.ConfigDict) -> int:

@@ -18,6 +18,10 @@ No branch forms a T x T score matrix. Masks inside every branch keep causality a
 nothing crosses a document boundary. Blocks are aligned to the packed row, so a block that
 straddles a boundary is unused by the compressed branch, and a packed document's blocks need not
 fall where they would for the document alone.
+
+Training and decoding run the same branch functions (`attend_blocks`, `choose_blocks`,
+`attend_selected`); they differ only in where keys come from (the row, or the cache with slot =
+position and one document per row) and in the masks that follow from it.
 """
 
 import flax.linen as nn
@@ -26,14 +30,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from efficiency.attention.base import Attention, Cache, Heads, head_dim
 from efficiency.attention.cache import CacheEntry, cached_attention, write
 from efficiency.attention.dot_product import NEG_INF
-from efficiency.attention.gqa import head_dim, kv_projection, projection_kwargs, query_projection
-from efficiency.attention.windowed import windowed_attention
+from efficiency.attention.windowed import mean_visible_keys, windowed_attention
 from efficiency.model.layers import Projection
-from efficiency.position import get_position
 
 BRANCHES = ("compressed", "selected", "window")
+KINDS = ("key", "value")
 
 
 def num_compressed_blocks(seq_len: int, block_size: int, stride: int) -> int:
@@ -74,190 +78,221 @@ def group_heads(bias_XN1S: jnp.ndarray, k: int) -> jnp.ndarray:
   return jnp.einsum("bktjgs,kj->bkgts", bias_BKTJGS, jnp.eye(k, dtype=bias_XN1S.dtype))
 
 
-class NativeSparseAttention(nn.Module):
-  """NSA over GQA-grouped heads; see the module docstring."""
+def block_overlap(nsa: ml_collections.ConfigDict, m: int, j: int) -> np.ndarray:
+  """overlap_MJ[i, j]: compression block i shares tokens with selection block j."""
+  first_M = np.arange(m) * nsa.stride
+  first_J = np.arange(j) * nsa.select_size
+  return (first_M[:, None] < first_J[None] + nsa.select_size) & (
+      first_J[None] < first_M[:, None] + nsa.block_size
+  )
 
-  config: ml_collections.FrozenConfigDict
 
-  @nn.compact
-  def __call__(
-      self,
-      x_BTD: jnp.ndarray,
-      segment_ids_BT: jnp.ndarray,
-      positions_BT: jnp.ndarray,
-      cache: dict[str, jnp.ndarray] | None = None,
-  ) -> jnp.ndarray | tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
-    """With a `cache` (the entries of `kv_cache_spec`) it decodes (`attend_cached`) and returns
-    (y_BTD, new cache)."""
-    cfg = self.config
-    d, n, h = cfg.d_model, cfg.num_heads, head_dim(cfg)
-    q_BTNH = query_projection(cfg)(x_BTD)
-    kv = lambda name: kv_projection(cfg, name)(x_BTD)
-    position = get_position(cfg.position)(cfg)
-    bias = position.score_bias()
-    q_BTNH = position.rotate(q_BTNH, positions_BT)
-    keys = {b: position.rotate(kv(f"{b}_key"), positions_BT) for b in BRANCHES}
-    values = {b: kv(f"{b}_value") for b in BRANCHES}
+def attend_blocks(
+    q_BTNH: jnp.ndarray,
+    kc_BMKH: jnp.ndarray,
+    vc_BMKH: jnp.ndarray,
+    mask_BTM: jnp.ndarray,
+    bias: nn.Module | None,
+    q_positions_BT: jnp.ndarray,
+    k_positions_BM: jnp.ndarray,
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """The compressed branch: attention to the compressed blocks a query may see, and the
+  group-summed probabilities [B, K, T, M] that rank blocks for selection."""
+  b, t, n, h = q_BTNH.shape
+  k, m = kc_BMKH.shape[2], kc_BMKH.shape[1]
+  q_BTKGH = q_BTNH.reshape(b, t, k, n // k, h)
+  scores_BKGTM = jnp.einsum("btkgh,bmkh->bkgtm", q_BTKGH, kc_BMKH).astype(jnp.float32)
+  scores_BKGTM *= h**-0.5
+  if bias is not None:
+    scores_BKGTM += bias(q_positions_BT, k_positions_BM).reshape(b, k, n // k, t, m)
+  probs_BKGTM = masked_softmax(scores_BKGTM, mask_BTM[:, None, None])
+  out_BTKGH = jnp.einsum("bkgtm,bmkh->btkgh", probs_BKGTM.astype(vc_BMKH.dtype), vc_BMKH)
+  return out_BTKGH.reshape(b, t, n, h), probs_BKGTM.sum(axis=2)
 
-    if cache is None:
-      cmp_BTNH, importance_BKTM = self.compressed(
-          q_BTNH, keys["compressed"], values["compressed"], segment_ids_BT, positions_BT, bias
-      )
-      sel_BTNH = self.selected(
-          q_BTNH, keys["selected"], values["selected"], segment_ids_BT, positions_BT, bias,
-          importance_BKTM,
-      )
-      win_BTNH = windowed_attention(
-          q_BTNH, keys["window"], values["window"], segment_ids_BT, positions_BT, cfg.nsa.window,
-          bias,
-      )
-    else:
-      cache, (cmp_BTNH, sel_BTNH, win_BTNH) = self.attend_cached(
-          q_BTNH, keys, values, positions_BT, bias, cache
-      )
-    hidden = Projection(
-        "btd,df->btf", (d, self.gate_hidden(cfg)), ("embed", "mlp"), name="gate_hidden",
-        **projection_kwargs(cfg),
-    )(x_BTD)
-    gates_BTNG = nn.sigmoid(Projection(
-        "btf,fng->btng", (self.gate_hidden(cfg), n, 3), ("mlp", "heads", None), name="gate",
-        **projection_kwargs(cfg),
-    )(nn.silu(hidden)).astype(jnp.float32))
-    branches_BTNHG = jnp.stack([cmp_BTNH, sel_BTNH, win_BTNH], axis=-1).astype(jnp.float32)
-    out_BTNH = jnp.einsum("btnhg,btng->btnh", branches_BTNHG, gates_BTNG).astype(q_BTNH.dtype)
-    y_BTD = Projection(
-        "btnh,nhd->btd", (n, h, d), ("heads", "head_dim", "embed"), name="out",
-        **projection_kwargs(cfg),
-    )(out_BTNH)
-    return y_BTD if cache is None else (y_BTD, cache)
+
+def choose_blocks(
+    nsa: ml_collections.ConfigDict,
+    importance_BKTM: jnp.ndarray,
+    length: int,
+    q_index_BT: jnp.ndarray,
+    start_block_BT: jnp.ndarray,
+) -> jnp.ndarray:
+  """Each GQA group's top-n selection blocks [B, K, T, n] of a row of `length` keys, by the
+  compressed attention mass of the blocks overlapping them. A query at row index i may choose
+  blocks that start at or before i and not before its document's first block; its own block and
+  the document's first block are always chosen."""
+  j = -(-length // nsa.select_size)
+  overlap_MJ = block_overlap(nsa, importance_BKTM.shape[-1], j)
+  importance_BKTJ = importance_BKTM @ overlap_MJ.astype(importance_BKTM.dtype)
+  block_J = np.arange(j)
+  q_BT1 = q_index_BT[:, :, None]
+  start_BT1 = start_block_BT[:, :, None]
+  visible_BTJ = (block_J * nsa.select_size <= q_BT1) & (block_J >= start_BT1)
+  forced_BTJ = (block_J == q_BT1 // nsa.select_size) | (block_J == start_BT1)
+  importance_BKTJ = jnp.where(forced_BTJ[:, None], jnp.inf, importance_BKTJ)
+  importance_BKTJ = jnp.where(visible_BTJ[:, None], importance_BKTJ, -jnp.inf)
+  return jax.lax.top_k(importance_BKTJ, min(nsa.top_n, j))[1]
+
+
+def attend_selected(
+    nsa: ml_collections.ConfigDict,
+    q_BTNH: jnp.ndarray,
+    k_BSKH: jnp.ndarray,
+    v_BSKH: jnp.ndarray,
+    chosen_BKTn: jnp.ndarray,
+    q_index_BT: jnp.ndarray,
+    bias: nn.Module | None,
+    q_positions_BT: jnp.ndarray,
+    k_positions_BS: jnp.ndarray,
+    segment_ids_BT: jnp.ndarray | None = None,
+) -> jnp.ndarray:
+  """The selected branch: attention to the tokens of each query's chosen blocks, gathered per
+  query, up to the query's row index (and, given `segment_ids_BT`, inside its document)."""
+  b, t, n, h = q_BTNH.shape
+  k, length = k_BSKH.shape[2], k_BSKH.shape[1]
+  ls, top_n = nsa.select_size, chosen_BKTn.shape[-1]
+  s = top_n * ls
+  key_index_BKTS = (chosen_BKTn[..., None] * ls + np.arange(ls)).reshape(b, k, t, s)
+  pad = -(-length // ls) * ls - length
+  k_BKTSH = gather_tokens(k_BSKH, key_index_BKTS, pad)
+  v_BKTSH = gather_tokens(v_BSKH, key_index_BKTS, pad)
+  mask_BKTS = key_index_BKTS <= q_index_BT[:, None, :, None]
+  if segment_ids_BT is not None:
+    key_seg_BKTS = gather_tokens(segment_ids_BT[:, :, None], key_index_BKTS, pad)
+    mask_BKTS &= (key_seg_BKTS == segment_ids_BT[:, None, :, None]) & (
+        segment_ids_BT[:, None, :, None] != 0
+    )
+  q_BTKGH = q_BTNH.reshape(b, t, k, n // k, h)
+  scores_BKGTS = jnp.einsum("btkgh,bktsh->bkgts", q_BTKGH, k_BKTSH).astype(jnp.float32)
+  scores_BKGTS *= h**-0.5
+  if bias is not None:
+    key_pos_BKTS = gather_tokens(k_positions_BS[:, :, None], key_index_BKTS, pad)
+    q_pos_BKT1 = jnp.broadcast_to(q_positions_BT[:, None, :, None], (b, k, t, 1))
+    scores_BKGTS += group_heads(bias(q_pos_BKT1, key_pos_BKTS), k)
+  probs_BKGTS = masked_softmax(scores_BKGTS, mask_BKTS[:, :, None])
+  out_BTKGH = jnp.einsum("bkgts,bktsh->btkgh", probs_BKGTS.astype(v_BKTSH.dtype), v_BKTSH)
+  return out_BTKGH.reshape(b, t, n, h)
+
+
+class NativeSparseAttention(Attention):
+  """NSA over GQA-grouped heads; see the module docstring. Heads are the query, each branch's
+  keys and values ("{branch}_{key|value}") and the branch gates [B, T, N, 3] (float32)."""
+
+  def setup(self):
+    super().setup()
+    cfg, nsa = self.config, self.config.nsa
+    h, f, kw = head_dim(cfg), self.gate_hidden(cfg), self.projection_kwargs()
+    self.query = self.query_projection()
+    self.branch_kv = {
+        f"{b}_{kind}": self.kv_projection(f"{b}_{kind}") for b in BRANCHES for kind in KINDS
+    }
+    self.gate_in = Projection(
+        "btd,df->btf", (cfg.d_model, f), ("embed", "mlp"), name="gate_hidden", **kw
+    )
+    self.gate_out = Projection(
+        "btf,fng->btng", (f, cfg.num_heads, 3), ("mlp", "heads", None), name="gate", **kw
+    )
+    init = nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), (None, "head_dim"))
+    self.block_position = {
+        kind: self.param(f"{kind}_block_position", init, (nsa.block_size, h),
+                         jnp.dtype(cfg.param_dtype))
+        for kind in KINDS
+    }
+    self.compress_in = {
+        kind: Projection("bmkf,fh->bmkh", (nsa.block_size * h, h), (None, "head_dim"),
+                         name=f"{kind}_mlp_in", **kw)
+        for kind in KINDS
+    }
+    self.compress_out = {
+        kind: Projection("bmkh,hj->bmkj", (h, h), ("head_dim", None), name=f"{kind}_mlp_out", **kw)
+        for kind in KINDS
+    }
 
   @staticmethod
   def gate_hidden(cfg: ml_collections.ConfigDict) -> int:
     """Width of the gate MLP's hidden layer."""
     return max(cfg.d_model // 4, 1)
 
-  def compress(self, x_BTKH: jnp.ndarray, name: str) -> jnp.ndarray:
+  def project(self, x_BTD: jnp.ndarray, positions_BT: jnp.ndarray) -> Heads:
+    heads = {"query": self.position.rotate(self.query(x_BTD), positions_BT)}
+    for b in BRANCHES:
+      heads[f"{b}_key"] = self.position.rotate(self.branch_kv[f"{b}_key"](x_BTD), positions_BT)
+      heads[f"{b}_value"] = self.branch_kv[f"{b}_value"](x_BTD)
+    hidden_BTF = nn.silu(self.gate_in(x_BTD))
+    heads["gates"] = nn.sigmoid(self.gate_out(hidden_BTF).astype(jnp.float32))
+    return heads
+
+  def mix(self, heads: Heads, *branches_BTNH: jnp.ndarray) -> jnp.ndarray:
+    """The branches' outputs weighted by their gates, summed: [B, T, N, H]."""
+    branches_BTNHG = jnp.stack(branches_BTNH, axis=-1).astype(jnp.float32)
+    out_BTNH = jnp.einsum("btnhg,btng->btnh", branches_BTNHG, heads["gates"])
+    return out_BTNH.astype(heads["query"].dtype)
+
+  def compress(self, x_BTKH: jnp.ndarray, kind: str) -> jnp.ndarray:
     """Blocks of l tokens every d tokens -> one vector per block and KV head: [B, M, K, H]."""
     nsa = self.config.nsa
-    t = x_BTKH.shape[1]
-    m = num_compressed_blocks(t, nsa.block_size, nsa.stride)
+    m = num_compressed_blocks(x_BTKH.shape[1], nsa.block_size, nsa.stride)
     index_ML = np.arange(m)[:, None] * nsa.stride + np.arange(nsa.block_size)[None]
-    return self.compress_blocks(x_BTKH[:, index_ML], name)
+    return self.compress_blocks(x_BTKH[:, index_ML], kind)
 
-  def compress_blocks(self, blocks_BMLKH: jnp.ndarray, name: str) -> jnp.ndarray:
+  def compress_blocks(self, blocks_BMLKH: jnp.ndarray, kind: str) -> jnp.ndarray:
     """Blocks [B, M, l, K, H] of raw keys or values -> [B, M, K, H]."""
-    cfg, nsa = self.config, self.config.nsa
-    b, m, _, k, h = blocks_BMLKH.shape
-    block_pos_LH = self.param(
-        f"{name}_block_position",
-        nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), (None, "head_dim")),
-        (nsa.block_size, h),
-        jnp.dtype(cfg.param_dtype),
-    )
-    blocks_BMLKH = blocks_BMLKH + block_pos_LH[:, None].astype(blocks_BMLKH.dtype)
-    flat_BMKF = blocks_BMLKH.transpose(0, 1, 3, 2, 4).reshape(b, m, k, nsa.block_size * h)
-    kw = projection_kwargs(cfg)
-    hidden_BMKH = nn.silu(Projection(
-        "bmkf,fh->bmkh", (nsa.block_size * h, h), (None, "head_dim"), name=f"{name}_mlp_in", **kw
-    )(flat_BMKF))
-    return Projection(
-        "bmkh,hj->bmkj", (h, h), ("head_dim", None), name=f"{name}_mlp_out", **kw
-    )(hidden_BMKH)
+    b, m, length, k, h = blocks_BMLKH.shape
+    position_LH = self.block_position[kind]
+    blocks_BMLKH = blocks_BMLKH + position_LH[:, None].astype(blocks_BMLKH.dtype)
+    flat_BMKF = blocks_BMLKH.transpose(0, 1, 3, 2, 4).reshape(b, m, k, length * h)
+    return self.compress_out[kind](nn.silu(self.compress_in[kind](flat_BMKF)))
 
-  def compressed(self, q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, positions_BT, bias):
-    """Attention to the compressed blocks; also returns the group-summed probabilities
-    [B, K, T, M] that rank blocks for selection."""
+  def attend(
+      self, heads: Heads, segment_ids_BT: jnp.ndarray, positions_BT: jnp.ndarray
+  ) -> jnp.ndarray:
     nsa = self.config.nsa
-    b, t, n, h = q_BTNH.shape
-    k = k_BTKH.shape[2]
-    kc_BMKH, vc_BMKH = self.compress(k_BTKH, "key"), self.compress(v_BTKH, "value")
-    m = kc_BMKH.shape[1]
-    first_M = np.arange(m) * nsa.stride
+    q_BTNH = heads["query"]
+    t = q_BTNH.shape[1]
+    kc_BMKH = self.compress(heads["compressed_key"], "key")
+    vc_BMKH = self.compress(heads["compressed_value"], "value")
+    first_M = np.arange(kc_BMKH.shape[1]) * nsa.stride
     last_M = first_M + nsa.block_size - 1
-    seg_first_BM, seg_last_BM = segment_ids_BT[:, first_M], segment_ids_BT[:, last_M]
+    seg_BT1 = segment_ids_BT[:, :, None]
     mask_BTM = (
         (last_M[None, None, :] <= np.arange(t)[None, :, None])
-        & (seg_first_BM[:, None, :] == segment_ids_BT[:, :, None])
-        & (seg_last_BM[:, None, :] == segment_ids_BT[:, :, None])
-        & (segment_ids_BT[:, :, None] != 0)
+        & (segment_ids_BT[:, first_M][:, None, :] == seg_BT1)
+        & (segment_ids_BT[:, last_M][:, None, :] == seg_BT1)
+        & (seg_BT1 != 0)
     )
-    q_BTKGH = q_BTNH.reshape(b, t, k, n // k, h)
-    scores_BKGTM = jnp.einsum("btkgh,bmkh->bkgtm", q_BTKGH, kc_BMKH).astype(jnp.float32)
-    scores_BKGTM *= h**-0.5
-    if bias is not None:
-      bias_BNTM = bias(positions_BT, positions_BT[:, last_M])
-      scores_BKGTM += bias_BNTM.reshape(b, k, n // k, t, m)
-    probs_BKGTM = masked_softmax(scores_BKGTM, mask_BTM[:, None, None])
-    out_BTKGH = jnp.einsum("bkgtm,bmkh->btkgh", probs_BKGTM.astype(vc_BMKH.dtype), vc_BMKH)
-    return out_BTKGH.reshape(b, t, n, h), probs_BKGTM.sum(axis=2)
+    cmp_BTNH, importance_BKTM = attend_blocks(
+        q_BTNH, kc_BMKH, vc_BMKH, mask_BTM, self.bias, positions_BT, positions_BT[:, last_M]
+    )
+    q_index_1T = np.arange(t)[None]  # causality by index in the packed row
+    start_block_BT = document_starts(segment_ids_BT) // nsa.select_size
+    chosen_BKTn = choose_blocks(nsa, importance_BKTM, t, q_index_1T, start_block_BT)
+    sel_BTNH = attend_selected(
+        nsa, q_BTNH, heads["selected_key"], heads["selected_value"], chosen_BKTn, q_index_1T,
+        self.bias, positions_BT, positions_BT, segment_ids_BT,
+    )
+    win_BTNH = windowed_attention(
+        q_BTNH, heads["window_key"], heads["window_value"], segment_ids_BT, positions_BT,
+        nsa.window, self.bias,
+    )
+    return self.mix(heads, cmp_BTNH, sel_BTNH, win_BTNH)
 
-  def selected(self, q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, positions_BT, bias, importance_BKTM):
-    """Attention to the tokens of each query's top-n selection blocks, chosen per GQA group."""
-    nsa = self.config.nsa
-    b, t, n, h = q_BTNH.shape
-    k = k_BTKH.shape[2]
-    ls, m = nsa.select_size, importance_BKTM.shape[-1]
-    j = -(-t // ls)
-    top_n = min(nsa.top_n, j)
-    # overlap_MJ[i, j]: compression block i shares tokens with selection block j.
-    first_M = np.arange(m) * nsa.stride
-    first_J = np.arange(j) * ls
-    overlap_MJ = (first_M[:, None] < first_J[None] + ls) & (
-        first_J[None] < first_M[:, None] + nsa.block_size
-    )
-    importance_BKTJ = importance_BKTM @ overlap_MJ.astype(importance_BKTM.dtype)
-    query_T = np.arange(t)
-    block_T = query_T // ls
-    start_block_BT = document_starts(segment_ids_BT) // ls
-    visible_BTJ = (first_J[None, None] <= query_T[None, :, None]) & (
-        np.arange(j)[None, None] >= start_block_BT[:, :, None]
-    )
-    forced_BTJ = (np.arange(j)[None, None] == block_T[None, :, None]) | (
-        np.arange(j)[None, None] == start_block_BT[:, :, None]
-    )
-    importance_BKTJ = jnp.where(forced_BTJ[:, None], jnp.inf, importance_BKTJ)
-    importance_BKTJ = jnp.where(visible_BTJ[:, None], importance_BKTJ, -jnp.inf)
-    _, chosen_BKTn = jax.lax.top_k(importance_BKTJ, top_n)
-
-    s = top_n * ls
-    key_index_BKTS = (chosen_BKTn[..., None] * ls + np.arange(ls)).reshape(b, k, t, s)
-    pad = j * ls - t
-    k_BKTSH = gather_tokens(k_BTKH, key_index_BKTS, pad)
-    v_BKTSH = gather_tokens(v_BTKH, key_index_BKTS, pad)
-    key_seg_BKTS = gather_tokens(segment_ids_BT[:, :, None], key_index_BKTS, pad)
-    mask_BKTS = (
-        (key_index_BKTS <= query_T[None, None, :, None])
-        & (key_seg_BKTS == segment_ids_BT[:, None, :, None])
-        & (segment_ids_BT[:, None, :, None] != 0)
-    )
-    q_BTKGH = q_BTNH.reshape(b, t, k, n // k, h)
-    scores_BKGTS = jnp.einsum("btkgh,bktsh->bkgts", q_BTKGH, k_BKTSH).astype(jnp.float32)
-    scores_BKGTS *= h**-0.5
-    if bias is not None:
-      key_pos_BKTS = gather_tokens(positions_BT[:, :, None], key_index_BKTS, pad)
-      q_pos_BKT1 = jnp.broadcast_to(positions_BT[:, None, :, None], (b, k, t, 1))
-      scores_BKGTS += group_heads(bias(q_pos_BKT1, key_pos_BKTS), k)
-    probs_BKGTS = masked_softmax(scores_BKGTS, mask_BKTS[:, :, None])
-    out_BTKGH = jnp.einsum("bkgts,bktsh->btkgh", probs_BKGTS.astype(v_BKTSH.dtype), v_BKTSH)
-    return out_BTKGH.reshape(b, t, n, h)
-
-  def attend_cached(self, q_BTNH, keys, values, positions_BT, bias, cache):
-    """The three branches for new queries over the cache (slot = position, one document per row).
-
-    Raw keys/values of every branch are written at the new positions; each compression block
+  def attend_cached(
+      self, heads: Heads, positions_BT: jnp.ndarray, cache: Cache
+  ) -> tuple[jnp.ndarray, Cache]:
+    """Raw keys/values of every branch are written at the new positions; each compression block
     whose last token is new is compressed from the raw cache into its `compressed_*` slot (one
-    per stride). A query sees compressed blocks that end at or before it, the tokens of its
-    top-n selection blocks up to itself, and its last `window` tokens. Returns (cache, outputs).
-    """
+    per stride). Then the branch functions run over the cache: compressed blocks that end at or
+    before the query, the tokens of its top-n selection blocks up to itself, its last `window`
+    tokens."""
     nsa = self.config.nsa
-    b, t, n, h = q_BTNH.shape
-    k = keys["selected"].shape[2]
+    q_BTNH = heads["query"]
+    b, t = q_BTNH.shape[:2]
     start_B = positions_BT[:, 0]
     cache = dict(cache)
     for branch, suffix in (("compressed", "_raw"), ("selected", ""), ("window", "")):
-      for kind, new_BTKH in (("key", keys[branch]), ("value", values[branch])):
+      for kind in KINDS:
         name = f"{branch}_{kind}{suffix}"
-        cache[name] = write(cache[name], new_BTKH, start_B)
+        cache[name] = write(cache[name], heads[f"{branch}_{kind}"], start_B)
     s, m = cache["selected_key"].shape[1], cache["compressed_key"].shape[1]
 
     # Blocks completed by this step: m * stride + l - 1 in [start, start + t).
@@ -269,58 +304,31 @@ class NativeSparseAttention(nn.Module):
     index_BX = jnp.minimum(
         (block_BC[..., None] * nsa.stride + np.arange(nsa.block_size)).reshape(b, -1), s - 1
     )
-    for kind in ("key", "value"):
+    for kind in KINDS:
       raw_BXKH = jnp.take_along_axis(cache[f"compressed_{kind}_raw"], index_BX[..., None, None], 1)
+      k, h = raw_BXKH.shape[2:]
       blocks_BCKH = self.compress_blocks(raw_BXKH.reshape(b, c, nsa.block_size, k, h), kind)
       name = f"compressed_{kind}"
       cache[name] = cache[name].at[jnp.arange(b)[:, None], slot_BC].set(
           blocks_BCKH.astype(cache[name].dtype), mode="drop"
       )
 
-    # Compressed branch.
     end_M = np.arange(m) * nsa.stride + nsa.block_size - 1
-    mask_BTM = end_M[None, None, :] <= positions_BT[:, :, None]
-    q_BTKGH = q_BTNH.reshape(b, t, k, n // k, h)
-    kc_BMKH, vc_BMKH = cache["compressed_key"], cache["compressed_value"]
-    scores_BKGTM = jnp.einsum("btkgh,bmkh->bkgtm", q_BTKGH, kc_BMKH).astype(jnp.float32)
-    scores_BKGTM *= h**-0.5
-    if bias is not None:
-      end_BM = jnp.broadcast_to(jnp.asarray(end_M, positions_BT.dtype), (b, m))
-      scores_BKGTM += bias(positions_BT, end_BM).reshape(b, k, n // k, t, m)
-    probs_BKGTM = masked_softmax(scores_BKGTM, mask_BTM[:, None, None])
-    cmp_BTKGH = jnp.einsum("bkgtm,bmkh->btkgh", probs_BKGTM.astype(vc_BMKH.dtype), vc_BMKH)
-
-    # Selected branch: the group's top-n selection blocks by compressed attention mass.
-    ls = nsa.select_size
-    j = -(-s // ls)
-    top_n = min(nsa.top_n, j)
-    first_J = np.arange(j) * ls
-    overlap_MJ = (np.arange(m)[:, None] * nsa.stride < first_J[None] + ls) & (
-        first_J[None] < np.arange(m)[:, None] * nsa.stride + nsa.block_size
+    end_BM = jnp.broadcast_to(jnp.asarray(end_M, positions_BT.dtype), (b, m))
+    cmp_BTNH, importance_BKTM = attend_blocks(
+        q_BTNH, cache["compressed_key"], cache["compressed_value"],
+        end_M[None, None, :] <= positions_BT[:, :, None], self.bias, positions_BT, end_BM,
     )
-    importance_BKTJ = probs_BKGTM.sum(axis=2) @ overlap_MJ.astype(jnp.float32)
-    pos_BT1 = positions_BT[:, :, None]
-    forced_BTJ = (np.arange(j) == pos_BT1 // ls) | (np.arange(j) == 0)
-    importance_BKTJ = jnp.where(forced_BTJ[:, None], jnp.inf, importance_BKTJ)
-    importance_BKTJ = jnp.where((first_J <= pos_BT1)[:, None], importance_BKTJ, -jnp.inf)
-    _, chosen_BKTn = jax.lax.top_k(importance_BKTJ, top_n)
-    key_index_BKTS = (chosen_BKTn[..., None] * ls + np.arange(ls)).reshape(b, k, t, top_n * ls)
-    pad = j * ls - s
-    k_BKTSH = gather_tokens(cache["selected_key"], key_index_BKTS, pad)
-    v_BKTSH = gather_tokens(cache["selected_value"], key_index_BKTS, pad)
-    mask_BKTS = key_index_BKTS <= positions_BT[:, None, :, None]
-    scores_BKGTS = jnp.einsum("btkgh,bktsh->bkgts", q_BTKGH, k_BKTSH).astype(jnp.float32)
-    scores_BKGTS *= h**-0.5
-    if bias is not None:
-      q_pos_BKT1 = jnp.broadcast_to(positions_BT[:, None, :, None], (b, k, t, 1))
-      scores_BKGTS += group_heads(bias(q_pos_BKT1, key_index_BKTS), k)
-    probs_BKGTS = masked_softmax(scores_BKGTS, mask_BKTS[:, :, None])
-    sel_BTKGH = jnp.einsum("bkgts,bktsh->btkgh", probs_BKGTS.astype(v_BKTSH.dtype), v_BKTSH)
-
+    chosen_BKTn = choose_blocks(nsa, importance_BKTM, s, positions_BT, jnp.zeros_like(positions_BT))
+    slots_BS = jnp.broadcast_to(jnp.arange(s, dtype=positions_BT.dtype), (b, s))
+    sel_BTNH = attend_selected(
+        nsa, q_BTNH, cache["selected_key"], cache["selected_value"], chosen_BKTn, positions_BT,
+        self.bias, positions_BT, slots_BS,
+    )
     win_BTNH = cached_attention(
-        q_BTNH, cache["window_key"], cache["window_value"], positions_BT, bias, nsa.window
+        q_BTNH, cache["window_key"], cache["window_value"], positions_BT, self.bias, nsa.window
     )
-    return cache, (cmp_BTKGH.reshape(b, t, n, h), sel_BTKGH.reshape(b, t, n, h), win_BTNH)
+    return self.mix(heads, cmp_BTNH, sel_BTNH, win_BTNH), cache
 
   @staticmethod
   def matmul_params(cfg: ml_collections.ConfigDict) -> int:
@@ -339,8 +347,7 @@ class NativeSparseAttention(nn.Module):
     scored whether masked or not), window the mean visible keys (as `sliding`)."""
     nsa = cfg.nsa
     m = num_compressed_blocks(seq_len, nsa.block_size, nsa.stride)
-    w = min(nsa.window, seq_len)
-    visible = w - (w * (w - 1)) / (2 * seq_len)
+    visible = mean_visible_keys(nsa.window, seq_len)
     selected = min(nsa.top_n * nsa.select_size, seq_len)
     return int(12 * cfg.num_heads * head_dim(cfg) * (m / 2 + selected + visible))
 

@@ -26,6 +26,13 @@ def _with_previous(x_BCW: jnp.ndarray, pad_value=0) -> jnp.ndarray:
   return jnp.concatenate([prev, x_BCW], axis=2)
 
 
+def mean_visible_keys(window: int, seq_len: int) -> float:
+  """Keys a causal query sees on average under a `window` over a `seq_len` row: the mean over
+  positions i of min(i + 1, window); (T + 1) / 2 when the window covers the row."""
+  w = min(window, seq_len)
+  return w - (w * (w - 1)) / (2 * seq_len)
+
+
 def windowed_attention(
     q_BTNH: jnp.ndarray,
     k_BTKH: jnp.ndarray,

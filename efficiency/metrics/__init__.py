@@ -1,1 +1,1 @@
-"""Metric writing, FLOP/s peaks and memory measurement."""
+"""FLOP/s peaks and MFU, memory measurement, and the efficiency study's metrics and sampler."""

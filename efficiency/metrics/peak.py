@@ -79,3 +79,9 @@ def peak_flops_total(dtype: str = "float32") -> tuple[float, str]:
       peak = bf16 if dtype == "bfloat16" else fp32
       return peak * jax.device_count(), f"published {dtype} dense peak of {device.device_kind}"
   return float("nan"), f"unknown peak for {device.device_kind}"
+
+
+def mfu(model_flops: float, seconds: float, peak_flops: float) -> float:
+  """Model FLOPs utilization: model FLOPs (`efficiency.model.flops`) done per second over the
+  peak FLOP/s of the devices that did them."""
+  return model_flops / seconds / peak_flops

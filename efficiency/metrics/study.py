@@ -81,3 +81,23 @@ def mcr(size_original: float, size_compressed: float, perf_original: float,
         perf_compressed: float) -> float:
   """Compression ratio times the retained fraction of performance (higher-is-better perf)."""
   return (size_original / size_compressed) * (perf_compressed / perf_original)
+
+
+def metric(value, unit: str, how: str) -> dict:
+  """A metric as efficiency.json writes it: its value (None where not measurable), its unit and
+  how it was measured (or why it is null)."""
+  return {"value": value, "unit": unit, "how": how}
+
+
+def amu_metric(samples: Sequence[Sample], memory_source: str, interval_s: float) -> dict:
+  """AMU over a sampler's trace, saying where memory was read and how often."""
+  return metric(amu(samples), "bytes",
+                f"time-average of {memory_source}, sampled every {interval_s}s "
+                f"({len(samples)} samples)")
+
+
+def mcr_metric(quant_report: dict) -> dict:
+  """MCR as a quantized export measured it (quant_report.json), or null without one."""
+  value = quant_report.get("mcr")
+  return metric(value, "ratio", "from quant_report.json" if value is not None
+                else "null: no quantized export (quant_report.json) in the workdir")

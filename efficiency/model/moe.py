@@ -66,6 +66,7 @@ class MoE(nn.Module):
   """`model.moe.num_experts` SwiGLU experts of width d_ff, `top_k` per token."""
 
   config: ml_collections.FrozenConfigDict
+  quant: ml_collections.FrozenConfigDict | None = None
 
   @nn.compact
   def __call__(self, x_BTD: jnp.ndarray, segment_ids_BT: jnp.ndarray) -> jnp.ndarray:
@@ -73,7 +74,7 @@ class MoE(nn.Module):
     d, f, e = cfg.d_model, cfg.d_ff, cfg.moe.num_experts
     kw = dict(
         init_std=cfg.init_std, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
-        quant=cfg.get("quant"),
+        quant=self.quant,
     )
     logits_BTE = Projection("btd,de->bte", (d, e), ("embed", None), name="router", **kw)(x_BTD)
     probs_BTE = jax.nn.softmax(logits_BTE.astype(jnp.float32), axis=-1)

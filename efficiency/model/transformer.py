@@ -22,6 +22,7 @@ class Block(nn.Module):
   model.moe.num_experts > 0. With this layer's KV `cache` it also returns the updated cache."""
 
   config: ml_collections.FrozenConfigDict
+  quant: ml_collections.FrozenConfigDict | None = None
 
   @nn.compact
   def __call__(
@@ -37,7 +38,7 @@ class Block(nn.Module):
         x_BTD, ("activation_batch", "activation_length", "activation_embed")
     )
     h_BTD = RMSNorm(cfg.norm_eps, name="attn_norm", **dtypes)(x_BTD)
-    attention = get_attention(cfg.attention)(cfg, name="attn")
+    attention = get_attention(cfg.attention)(cfg, self.quant, name="attn")
     if cache is None:
       x_BTD = x_BTD + attention(h_BTD, segment_ids_BT, positions_BT)
     else:
@@ -45,10 +46,10 @@ class Block(nn.Module):
       x_BTD = x_BTD + y_BTD
     h_BTD = RMSNorm(cfg.norm_eps, name="mlp_norm", **dtypes)(x_BTD)
     if cfg.moe.num_experts:
-      x_BTD = x_BTD + MoE(cfg, name="moe")(h_BTD, segment_ids_BT)
+      x_BTD = x_BTD + MoE(cfg, self.quant, name="moe")(h_BTD, segment_ids_BT)
     else:
       x_BTD = x_BTD + SwiGLU(
-          cfg.d_model, cfg.d_ff, cfg.init_std, name="mlp", quant=cfg.get("quant"), **dtypes
+          cfg.d_model, cfg.d_ff, cfg.init_std, name="mlp", quant=self.quant, **dtypes
       )(h_BTD)
     return x_BTD, cache
 
@@ -56,16 +57,21 @@ class Block(nn.Module):
 class Transformer(nn.Module):
   """The language model. Returns float32 logits [B, T, V].
 
+  `config` is the config's `model` section; `quant` its `quant` section (AQT training modes and
+  the weight storage of a served model; None: float). `make_model(config)` builds both from a
+  whole config.
+
   MoE layers sow their load-balancing loss and dropped-choice count into the `moe` collection
   (apply with `mutable=["moe"]` to read them; one entry per layer).
 
-  Decoding passes a KV `cache` (`efficiency.decode.cache.init_cache`: each layer's entries
+  Decoding passes a KV `cache` (`efficiency.serving.cache.init_cache`: each layer's entries
   [B, S, ...], stacked on a leading layer axis when `scan_layers`) and the new tokens' positions
   (slot = position, so positions_BT[:, 0] is each row's write pointer); the call then returns
   (logits, new cache).
   """
 
   config: ml_collections.FrozenConfigDict
+  quant: ml_collections.FrozenConfigDict | None = None
 
   @nn.compact
   def __call__(
@@ -78,7 +84,7 @@ class Transformer(nn.Module):
     cfg = self.config
     dtypes = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
     embed = Embed(
-        cfg.vocab_size, cfg.d_model, cfg.init_std, name="embed", quant=cfg.get("quant"), **dtypes
+        cfg.vocab_size, cfg.d_model, cfg.init_std, name="embed", quant=self.quant, **dtypes
     )
     x_BTD = embed(tokens_BT)
     position_embedding = get_position(cfg.position)(cfg).input_embedding()
@@ -98,15 +104,15 @@ class Transformer(nn.Module):
           in_axes=(nn.broadcast, nn.broadcast) + (() if cache is None else (0,)),
           length=cfg.num_layers,
           metadata_params={nn.PARTITION_NAME: "layers"},
-      )(cfg, name="layers")(x_BTD, *args)
+      )(cfg, self.quant, name="layers")(x_BTD, *args)
     elif cache is None:
       for i in range(cfg.num_layers):
-        x_BTD, _ = block(cfg, name=f"layers_{i}")(x_BTD, *args)
+        x_BTD, _ = block(cfg, self.quant, name=f"layers_{i}")(x_BTD, *args)
     else:
       new_cache = {}
       for i in range(cfg.num_layers):
         name = f"layers_{i}"
-        x_BTD, new_cache[name] = block(cfg, name=name)(x_BTD, *args[:2], cache[name])
+        x_BTD, new_cache[name] = block(cfg, self.quant, name=name)(x_BTD, *args[:2], cache[name])
       cache = new_cache
 
     x_BTD = RMSNorm(cfg.norm_eps, name="final_norm", **dtypes)(x_BTD)
@@ -115,7 +121,7 @@ class Transformer(nn.Module):
     else:
       logits_BTV = Projection(
           "btd,dv->btv", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
-          init_std=cfg.init_std, name="unembed", quant=cfg.get("quant"), logits=True,
+          init_std=cfg.init_std, name="unembed", quant=self.quant, logits=True,
           **dtypes,
       )(x_BTD)
     logits_BTV = nn.with_logical_constraint(
@@ -123,3 +129,13 @@ class Transformer(nn.Module):
     )
     logits_BTV = logits_BTV.astype(jnp.float32)
     return logits_BTV if cache is None else (logits_BTV, cache)
+
+
+def make_model(config: ml_collections.ConfigDict) -> Transformer:
+  """The Transformer of a whole config: its `model` section, quantized as its `quant` section
+  says (a config without one gives a float model)."""
+  quant = config.get("quant")
+  return Transformer(
+      ml_collections.FrozenConfigDict(config.model),
+      None if quant is None else ml_collections.FrozenConfigDict(quant),
+  )

@@ -40,6 +40,6 @@ def peft_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def make_method(config: ml_collections.ConfigDict) -> tuple[Method, dict]:
   """The PEFT method of `config` on its model, and the model's boxed abstract base params."""
-  _, boxed_base, specs = abstract_model(config.model)
+  _, boxed_base, specs = abstract_model(config)
   cfg = peft_config(config)
   return PEFT_METHODS[cfg.method](cfg, boxed_base, specs), boxed_base

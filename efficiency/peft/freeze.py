@@ -3,7 +3,7 @@ only the last `peft.last_layers` layers (0: all). Everything else stays frozen."
 
 import jax.numpy as jnp
 
-from efficiency.config import ConfigError
+from efficiency.errors import ConfigError
 from efficiency.peft.method import Method, flatten, unflatten
 from efficiency.peft.targets import select
 

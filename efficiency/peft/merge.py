@@ -3,17 +3,14 @@ without PEFT code (its params are exactly what the adapter model applies)."""
 
 from pathlib import Path
 
-import flax.linen as nn
-import jax
+import jax.numpy as jnp
 import ml_collections
-import orbax.checkpoint as ocp
 
-from efficiency.config import ConfigError
-from efficiency.metrics.writer import write_json_atomic
-from efficiency.sharding.mesh import make_mesh
-from efficiency.sharding.rules import LOGICAL_AXIS_RULES
-from efficiency.train.restore import load_trained
+from efficiency.errors import ConfigError
+from efficiency.train import checkpoint
 from efficiency.train.setup import Training
+from efficiency.workdir import files
+from efficiency.workdir.restore import restore
 
 
 def merged_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -28,19 +25,13 @@ def merged_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
 def merge(workdir: str | Path, out: str | Path, step: int | None = None) -> Path:
   """Writes `workdir`'s merged parameters as a plain checkpoint in `out`; returns `out`."""
   out = Path(out).absolute()
-  if (out / "checkpoints").exists():
+  if (out / files.CHECKPOINTS).exists():
     raise ConfigError(f"--out={str(out)!r} already holds checkpoints; give a new directory")
-  trained = load_trained(workdir, step)
+  trained = restore(workdir, step)
   config = merged_config(trained.config)
-  mesh = make_mesh(config.mesh)
-  with mesh, nn.logical_axis_rules(LOGICAL_AXIS_RULES):
-    training = Training(config, mesh)
-    state = training.init(config.seed, trained.params)
-    state = state.replace(step=jax.numpy.asarray(trained.step, jax.numpy.int32))
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "config.json", config.to_dict())
-    manager = ocp.CheckpointManager(out / "checkpoints")
-    manager.save(trained.step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
-    manager.wait_until_finished()
-    manager.close()
+  state = Training(config).init(config.seed, trained.params)
+  state = state.replace(step=jnp.asarray(trained.step, jnp.int32))
+  out.mkdir(parents=True, exist_ok=True)
+  files.write_json_atomic(out / files.CONFIG, config.to_dict())
+  checkpoint.save_state(out, trained.step, state)
   return out

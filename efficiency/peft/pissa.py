@@ -5,7 +5,7 @@ model starts exactly at W and trains the principal part."""
 import flax.linen as nn
 import jax.numpy as jnp
 
-from efficiency.config import ConfigError
+from efficiency.errors import ConfigError
 from efficiency.peft.method import Adapter
 
 

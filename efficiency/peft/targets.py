@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from efficiency.config import ConfigError
+from efficiency.errors import ConfigError
 from efficiency.model.layers import Projection
-from efficiency.model.transformer import Transformer
+from efficiency.model.transformer import make_model
 
 RANK_LETTER = "R"  # einsum letter of the adapter rank; specs use lowercase letters
 STACK_LETTERS = "ABCDEFGH"  # leading axes a kernel has beyond its spec (nn.scan's `layers`)
@@ -90,15 +90,18 @@ def layout_of(spec: str, shape: Sequence[int], names: Sequence[str | None]) -> K
   )
 
 
-def abstract_model(model_config: ml_collections.ConfigDict):
-  """The model, its boxed abstract params and every Projection's einsum spec by module path."""
-  model, boxed, specs = _abstract_model(json.dumps(model_config.to_dict(), sort_keys=True))
+def abstract_model(config: ml_collections.ConfigDict):
+  """The model of `config` (its model and quant sections), its boxed abstract params and every
+  Projection's einsum spec by module path."""
+  quant = config.quant.to_dict() if "quant" in config else None
+  sections = {"model": config.model.to_dict(), "quant": quant}
+  model, boxed, specs = _abstract_model(json.dumps(sections, sort_keys=True))
   return model, boxed, dict(specs)
 
 
 @functools.lru_cache(maxsize=16)
-def _abstract_model(model_json: str):
-  model = Transformer(ml_collections.FrozenConfigDict(json.loads(model_json)))
+def _abstract_model(sections_json: str):
+  model = make_model(ml_collections.ConfigDict(json.loads(sections_json)))
   specs: dict[tuple[str, ...], str] = {}
 
   def record(next_fun, args, kwargs, context):

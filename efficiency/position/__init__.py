@@ -1,5 +1,6 @@
 """Registry of position encodings, keyed by the name `model.position` uses."""
 
+from efficiency.errors import ConfigError
 from efficiency.position.alibi import Alibi
 from efficiency.position.base import PositionEncoding
 from efficiency.position.learned import Learned
@@ -20,5 +21,5 @@ POSITIONS: dict[str, type[PositionEncoding]] = {
 def get_position(name: str) -> type[PositionEncoding]:
   """Returns the position-encoding class registered under `name`."""
   if name not in POSITIONS:
-    raise ValueError(f"model.position={name!r} is unknown; valid choices: {sorted(POSITIONS)}")
+    raise ConfigError(f"model.position={name!r} is unknown; valid choices: {sorted(POSITIONS)}")
   return POSITIONS[name]

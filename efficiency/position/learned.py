@@ -25,8 +25,8 @@ class LearnedEmbedding(nn.Module):
 
 
 class Learned(PositionEncoding):
-  """A learned [model.max_positions, d_model] table indexed by in-document position."""
+  """A learned [model.learned.max_positions, d_model] table indexed by in-document position."""
 
   def input_embedding(self) -> nn.Module:
     cfg = self.config
-    return LearnedEmbedding(cfg.max_positions, cfg.init_std, name="position_embedding")
+    return LearnedEmbedding(cfg.learned.max_positions, cfg.init_std, name="position_embedding")

@@ -45,12 +45,12 @@ class RelativeBias(nn.Module):
 
 
 class Relative(PositionEncoding):
-  """Learned bucketed bias per layer; buckets from `model.relative_buckets` and
-  `model.relative_max_distance`."""
+  """Learned bucketed bias per layer; buckets from `model.relative.buckets` and
+  `model.relative.max_distance`."""
 
   def score_bias(self) -> nn.Module:
     cfg = self.config
     return RelativeBias(
-        cfg.num_heads, cfg.relative_buckets, cfg.relative_max_distance, cfg.init_std,
+        cfg.num_heads, cfg.relative.buckets, cfg.relative.max_distance, cfg.init_std,
         name="position_bias",
     )

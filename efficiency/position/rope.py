@@ -18,7 +18,7 @@ def apply_rope(x_BTNH: jnp.ndarray, positions_BT: jnp.ndarray, base: float) -> j
 
 
 class RoPE(PositionEncoding):
-  """Rotates queries and keys; base from `model.rope_base`."""
+  """Rotates queries and keys; base from `model.rope.base`."""
 
   def rotate(self, x_BTNH: jnp.ndarray, positions_BT: jnp.ndarray) -> jnp.ndarray:
-    return apply_rope(x_BTNH, positions_BT, self.config.rope_base)
+    return apply_rope(x_BTNH, positions_BT, self.config.rope.base)

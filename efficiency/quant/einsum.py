@@ -10,7 +10,7 @@ numerics; their gradients stay float (straight through).
 `quant.serve` says how a converted model stores quantized weights: `int8` as AQT-frozen int8
 values and scales in the params tree (`.../aqt/...`), `int4` as packed nibbles with scales
 (weight-only; the matmul runs in float). `int8_convert` and `int4_convert` are the passes that
-read the float kernels and write those trees (see efficiency.quant.export).
+read the float kernels and write those trees (see efficiency.serving.export).
 """
 
 import fnmatch

@@ -8,6 +8,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from efficiency.errors import ConfigError
 from efficiency.sharding.rules import LOGICAL_AXIS_RULES
 
 MESH_AXES = ("data", "fsdp", "tensor", "expert")
@@ -17,25 +18,25 @@ BATCH_AXES = ("data", "fsdp", "expert")
 def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]:
   """Resolves `config.mesh` sizes against the device count; one -1 fills the rest.
 
-  Raises ValueError naming the mesh and the device count when they do not match.
+  Raises ConfigError naming the mesh and the device count when they do not match.
   """
   sizes = {axis: int(mesh_config.get(axis, 1)) for axis in MESH_AXES}
   fill = [a for a, s in sizes.items() if s == -1]
   bad = [a for a, s in sizes.items() if s == 0 or s < -1]
   if bad or len(fill) > 1:
-    raise ValueError(
+    raise ConfigError(
         f"mesh={sizes} is invalid: sizes must be positive, with at most one -1 to fill the rest"
     )
   fixed = math.prod(s for s in sizes.values() if s != -1)
   if fill:
     if num_devices % fixed:
-      raise ValueError(
+      raise ConfigError(
           f"mesh={sizes} does not match {num_devices} devices: the fixed axes' product {fixed} "
           f"must divide the device count"
       )
     sizes[fill[0]] = num_devices // fixed
   elif fixed != num_devices:
-    raise ValueError(
+    raise ConfigError(
         f"mesh={sizes} has {fixed} devices but {num_devices} are available; "
         "make the product equal the device count or set one axis to -1"
     )
@@ -61,11 +62,19 @@ def _fit_spec(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> Partit
   return PartitionSpec(*fitted)
 
 
+def unboxed(tree):
+  """The values of a tree of logically partitioned boxes, with no sharding constraint applied
+  (what abstract trees need inside a mesh context)."""
+  is_box = lambda x: isinstance(x, nn.Partitioned)
+  return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, tree,
+                      is_leaf=is_box)
+
+
 def logical_shardings(abstract_tree, mesh: Mesh):
   """NamedShardings for a tree of boxed (logically partitioned) abstract values."""
   specs = nn.get_partition_spec(abstract_tree)
   mesh_specs = nn.logical_to_mesh(specs, LOGICAL_AXIS_RULES)
-  shapes = nn.meta.unbox(abstract_tree)
+  shapes = unboxed(abstract_tree)
   return jax.tree.map(
       lambda spec, x: NamedSharding(mesh, _fit_spec(spec, x.shape, mesh)),
       mesh_specs,

@@ -7,6 +7,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from efficiency.train.state import TrainState
+from efficiency.workdir import files
 
 
 def make_manager(workdir: str | Path, keep: int) -> ocp.CheckpointManager:
@@ -14,7 +15,7 @@ def make_manager(workdir: str | Path, keep: int) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, create=True, enable_async_checkpointing=True
   )
-  return ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", options=options)
+  return ocp.CheckpointManager(Path(workdir).absolute() / files.CHECKPOINTS, options=options)
 
 
 def save(
@@ -57,3 +58,22 @@ def restore_latest(
       ),
   )
   return restored["state"], dict(restored["progress"])
+
+
+def restore_state(workdir: str | Path, step: int, abstract_state: TrainState) -> TrainState:
+  """The train state saved at `step` in `workdir` (nothing else), into the given shardings."""
+  directory = Path(workdir).absolute() / files.CHECKPOINTS
+  options = ocp.CheckpointManagerOptions(create=False)
+  with ocp.CheckpointManager(directory, options=options) as manager:
+    restored = manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+    )
+  return restored["state"]
+
+
+def save_state(directory: str | Path, step: int, state: TrainState) -> None:
+  """Writes `state` alone as the checkpoint of `step` under `directory` (a new workdir's
+  checkpoints/), waiting until it is on disk."""
+  with ocp.CheckpointManager(Path(directory).absolute() / files.CHECKPOINTS) as manager:
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+    manager.wait_until_finished()

@@ -1,34 +1,35 @@
-"""The training loop: mesh, data, model and optimizer in; checkpoints, metrics and summary out."""
+"""The training loop: config -> mesh -> data -> model -> steps -> workdir.
 
-import json
-import math
+`train_and_evaluate` builds the run's pieces in that order and hands them to `Loop`, which owns
+what changes while the run goes: the state, its progress, the summary and the pending log line.
+"""
+
+import dataclasses
 import signal
 import time
 from pathlib import Path
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 from absl import logging
 from tqdm import tqdm
 
-from data.pipeline import make_eval_batches, make_train_iterator
-from data.prepared import prepare
-from data.tokenizer import get_tokenizer
 from efficiency.attention import kv_cache_bytes_per_token
-from efficiency.config import ConfigError
 from efficiency.metrics.memory import peak_memory_bytes
-from efficiency.metrics.peak import peak_flops_total
-from efficiency.metrics.writer import MetricWriter, write_json_atomic
+from efficiency.metrics.peak import mfu, peak_flops_total
 from efficiency.model.flops import flops_per_token
 from efficiency.peft import peft_config
 from efficiency.sharding.mesh import make_mesh, to_global
-from efficiency.sharding.rules import LOGICAL_AXIS_RULES
 from efficiency.train import checkpoint
-from efficiency.train.restore import load_params
-from efficiency.train.setup import Training, lower_and_compile
+from efficiency.train.inputs import Inputs, load_inputs
+from efficiency.train.setup import Training
+from efficiency.train.state import TrainState
+from efficiency.workdir import files
+from efficiency.workdir.restore import restore
+from efficiency.workdir.summary import Summary
+from efficiency.workdir.writer import MetricWriter
 
 
 class StopOnSigterm:
@@ -101,215 +102,241 @@ class Throughput:
     }
 
   def _mfu(self, steps: int, seconds: float) -> float:
-    return self.flops_per_token * steps * self.positions_per_step / seconds / self.peak_flops
+    return mfu(self.flops_per_token * steps * self.positions_per_step, seconds, self.peak_flops)
 
 
-def evaluate(eval_fn, state, eval_batches) -> dict[str, float]:
-  """Mean eval loss (nats/token) and bits per UTF-8 byte over the fixed validation batches."""
-  totals = None
-  for batch in eval_batches:
-    out = eval_fn(state, batch)
-    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-  totals = jax.device_get(totals)
-  return {
-      "eval_loss": float(totals["loss_sum"] / max(totals["weight_sum"], 1.0)),
-      "eval_bpb": float(totals["loss_sum"] / math.log(2) / max(totals["byte_sum"], 1.0)),
-  }
+@dataclasses.dataclass
+class Progress:
+  """What a checkpoint records besides the train state (saved as JSON with it)."""
+
+  tokens_seen: int = 0
+  tokens_to_target: int | None = None
+  final_eval_loss: float | None = None
+  final_eval_bpb: float | None = None
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
+  """Trains a resolved `config` in `workdir`, resuming from its newest checkpoint; returns the
+  summary (a rerun of a finished run returns its summary and trains nothing)."""
+  started = time.perf_counter()
+  workdir = Path(workdir)
+  is_main = jax.process_index() == 0
+  mesh = make_mesh(config.mesh)
+  inputs = load_inputs(config, jax.process_index(), jax.process_count())
+  training = Training(config, mesh)
+
+  writer = MetricWriter(workdir, enabled=is_main)
+  if is_main:
+    files.write_json_atomic(workdir / files.CONFIG, config.to_dict())
+    files.write_json_atomic(workdir / files.DATA_REPORT, inputs.prepared.report)
+  manager = checkpoint.make_manager(workdir, config.keep_checkpoints)
+  restored = checkpoint.restore_latest(manager, training.abstract_state, inputs.train)
+  if restored is None:
+    init_from = config.get("init_from", "")
+    state = training.init(config.seed, restore(init_from).params if init_from else None)
+    progress = Progress()
+  else:
+    state, progress = restored[0], Progress(**restored[1])
+    logging.info("Resumed from step %d in %s", int(state.step), workdir)
+    writer.drop_after(int(state.step))
+    finished = _finished_summary(workdir, int(state.step), config.steps)
+    if finished is not None:
+      manager.close()
+      writer.close()
+      return finished
+
+  compiled_step, compile_time_s = training.compile(inputs.eval_batches[0])
+  summary = _start_summary(config, training, progress, int(jax.device_get(state.step)))
+  summary.compile_time_s = compile_time_s
+  summary.resumed_from_step = None if restored is None else summary.steps
+  loop = Loop(config, training, compiled_step, inputs, writer, manager, summary, progress, started)
+  status = loop.run(state)
+  writer.close()
+  manager.close()
+  if status == "interrupted":
+    raise KeyboardInterrupt
+  return dataclasses.asdict(summary)
 
 
 def _finished_summary(workdir: Path, step: int, total_steps: int) -> dict | None:
   """The summary of a run that already reached its last step, so a rerun does not redo it."""
-  path = workdir / "summary.json"
-  if step < total_steps or not path.exists():
-    return None
-  summary = json.loads(path.read_text())
-  if summary.get("status") != "completed":
+  summary = files.read_json(workdir / files.SUMMARY)
+  if step < total_steps or summary.get("status") != "completed":
     return None
   logging.info("%s already finished %d steps; nothing to do.", workdir, step)
   return summary
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
-  """Trains `config` in `workdir`, resuming from its newest checkpoint; returns the summary."""
-  wall_start = time.perf_counter()
-  workdir = Path(workdir)
-  process_index, process_count = jax.process_index(), jax.process_count()
-  is_main = process_index == 0
+def _start_summary(
+    config: ml_collections.ConfigDict, training: Training, progress: Progress, step: int
+) -> Summary:
+  """The summary as the run (re)starts at `step`: its size, its mesh and where it is."""
+  peak_flops, peak_source = peak_flops_total(config.model.dtype)
+  return Summary(
+      status="running",
+      steps=step,
+      tokens_seen=progress.tokens_seen,
+      target_loss=config.target_loss,
+      tokens_to_target=progress.tokens_to_target,
+      final_eval_loss=progress.final_eval_loss,
+      final_eval_bpb=progress.final_eval_bpb,
+      flops_per_token=flops_per_token(config.model, config.seq_len),
+      kv_cache_bytes_per_token=kv_cache_bytes_per_token(config.model),
+      peak_flops=peak_flops,
+      peak_flops_source=peak_source,
+      param_count=training.param_count(),
+      trainable_param_count=training.trainable_param_count(),
+      optimizer_state_bytes=training.optimizer_state_bytes(),
+      peft_method=peft_config(config).method,
+      init_from=config.get("init_from", "") or None,
+      mesh=dict(training.mesh.shape),
+      devices=jax.device_count(),
+      device_kind=jax.devices()[0].device_kind,
+      process_count=jax.process_count(),
+  )
 
-  try:
-    tokenizer = get_tokenizer(config)
-    shard = dict(process_index=process_index, process_count=process_count)
-    train_iter = make_train_iterator(config, tokenizer, **shard)
-    local_eval_batches = make_eval_batches(config, tokenizer, **shard)
-  except (ValueError, FileNotFoundError) as e:  # bad data config: report it as one line
-    raise ConfigError(str(e)) from e
-  if tokenizer.vocab_size > config.model.vocab_size:
-    raise ConfigError(
-        f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's "
-        f"{tokenizer.vocab_size} tokens; use at least {tokenizer.vocab_size}"
+
+class Loop:
+  """The steps of one run from the state's step to `config.steps`: train, log (one step late,
+  so reading metrics never waits on the device), evaluate, save. Ctrl-C and SIGTERM save a
+  checkpoint and end the run as `interrupted`."""
+
+  def __init__(
+      self,
+      config: ml_collections.ConfigDict,
+      training: Training,
+      compiled_step: jax.stages.Compiled,
+      inputs: Inputs,
+      writer: MetricWriter,
+      manager: ocp.CheckpointManager,
+      summary: Summary,
+      progress: Progress,
+      started: float,
+  ):
+    self.config, self.training, self.compiled_step = config, training, compiled_step
+    self.train_iterator = inputs.train
+    self.eval_batches = [to_global(b, training.rows_sharding) for b in inputs.eval_batches]
+    self.token_bytes_V = np.asarray(inputs.tokenizer.token_bytes, np.float32)
+    self.writer, self.manager = writer, manager
+    self.summary, self.progress, self.started = summary, progress, started
+    self.is_main = jax.process_index() == 0
+    self.throughput = Throughput(
+        summary.flops_per_token, summary.peak_flops, config.batch_size * config.seq_len
     )
+    self.pending = None  # (step, tokens_seen, device metrics): read after the next dispatch
+    self.bar = None  # the progress bar, while `run` runs
 
-  writer = MetricWriter(workdir, enabled=is_main)
-  if is_main:
-    write_json_atomic(workdir / "config.json", config.to_dict())
-    write_json_atomic(workdir / "data_report.json", prepare(config, tokenizer).report)
-  init_from = config.get("init_from", "")
-  mesh = make_mesh(config.mesh)
-  with mesh, nn.logical_axis_rules(LOGICAL_AXIS_RULES):
-    training = Training(config, mesh)
-    manager = checkpoint.make_manager(workdir, config.keep_checkpoints)
-    restored = checkpoint.restore_latest(manager, training.abstract_state, train_iter)
-    if restored is None:
-      base = load_params(init_from) if init_from else None
-      state = training.init(config.seed, base)
-      progress = {"tokens_seen": 0, "tokens_to_target": None}
-    else:
-      state, progress = restored
-      logging.info("Resumed from step %d in %s", int(state.step), workdir)
-      writer.drop_after(int(state.step))
-      finished = _finished_summary(workdir, int(state.step), config.steps)
-      if finished is not None:
-        manager.close()
-        writer.close()
-        return finished
-
-    compiled_step, compile_time_s = lower_and_compile(
-        training, training.abstract_batch(local_eval_batches[0])
+  def run(self, state: TrainState) -> str:
+    """Trains to the last step (or an interrupt); writes the final summary; returns the status."""
+    config = self.config
+    start_step = self.summary.steps
+    self.bar = tqdm(
+        total=config.steps, initial=start_step, desc="train", unit="step",
+        disable=not self.is_main, dynamic_ncols=True, mininterval=1.0,
     )
-    token_bytes = jnp.asarray(np.asarray(tokenizer.token_bytes, np.float32))
-    eval_fn = training.eval_step(token_bytes)
-    eval_batches = [to_global(b, training.rows_sharding) for b in local_eval_batches]
-
-    flops_token = flops_per_token(config.model, config.seq_len)
-    peak_flops, peak_source = peak_flops_total(config.model.dtype)
-    throughput = Throughput(flops_token, peak_flops, config.batch_size * config.seq_len)
-    start_step = int(jax.device_get(state.step))
-    summary = {
-        "status": "running",
-        "steps": start_step,
-        "tokens_seen": progress["tokens_seen"],
-        "target_loss": config.target_loss,
-        "tokens_to_target": progress["tokens_to_target"],
-        "final_eval_loss": progress.get("final_eval_loss"),
-        "final_eval_bpb": progress.get("final_eval_bpb"),
-        "tokens_per_sec": None,
-        "mfu": None,
-        "data_wait_fraction": None,
-        "flops_per_token": flops_token,
-        "kv_cache_bytes_per_token": kv_cache_bytes_per_token(config.model),
-        "peak_flops": peak_flops,
-        "peak_flops_source": peak_source,
-        "peak_memory_bytes": None,
-        "param_count": training.param_count(),
-        "trainable_param_count": training.trainable_param_count(),
-        "optimizer_state_bytes": training.optimizer_state_bytes(),
-        "peft_method": peft_config(config).method,
-        "init_from": init_from or None,
-        "mesh": dict(mesh.shape),
-        "devices": jax.device_count(),
-        "device_kind": jax.devices()[0].device_kind,
-        "process_count": process_count,
-        "compile_time_s": compile_time_s,
-        "wall_time_s": None,
-        "resumed_from_step": None if restored is None else start_step,
-    }
-
-    def run_eval(step: int) -> None:
-      result = evaluate(eval_fn, state, eval_batches)
-      progress.update(final_eval_loss=result["eval_loss"], final_eval_bpb=result["eval_bpb"])
-      if progress["tokens_to_target"] is None and result["eval_loss"] <= config.target_loss:
-        progress["tokens_to_target"] = progress["tokens_seen"]
-      summary.update(
-          steps=step,
-          tokens_seen=progress["tokens_seen"],
-          tokens_to_target=progress["tokens_to_target"],
-          final_eval_loss=result["eval_loss"],
-          final_eval_bpb=result["eval_bpb"],
-          wall_time_s=time.perf_counter() - wall_start,
-      )
-      writer.write(step, {"tokens_seen": progress["tokens_seen"], **result})
-      writer.write_summary(summary)
-      if is_main:
-        tqdm.write(
-            f"step {step}: eval_loss {result['eval_loss']:.4f}  bpb {result['eval_bpb']:.4f}  "
-            f"tokens_seen {progress['tokens_seen']:,}"
-        )
-
-    bar = tqdm(
-        total=config.steps, initial=start_step, desc="train", unit="step", disable=not is_main,
-        dynamic_ncols=True, mininterval=1.0,
-    )
-    pending = None  # (step, tokens_seen, device metrics): dispatched, read after the next dispatch
-
-    def log_pending() -> None:
-      nonlocal pending
-      step, tokens_seen, metrics = pending
-      pending = None
-      metrics = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "tokens"}
-      rates = throughput.interval()
-      writer.write(step, {"tokens_seen": tokens_seen, **metrics, **rates})
-      bar.set_postfix(
-          loss=f"{metrics['loss']:.3f}", tok_s=f"{rates['tokens_per_sec']:,.0f}", refresh=False
-      )
-      throughput.reset_interval()
-
     status = "completed"
-    if summary["final_eval_loss"] is None:
-      run_eval(start_step)
-    throughput.reset_interval()
+    if self.summary.final_eval_loss is None:
+      self.evaluate(state, start_step)
+    self.throughput.reset_interval()
     try:
       with StopOnSigterm() as sigterm:
         for step in range(start_step + 1, config.steps + 1):
-          t0 = time.perf_counter()
-          local_batch = next(train_iter)
-          batch = to_global(local_batch, training.rows_sharding)
-          t1 = time.perf_counter()
-          state, metrics = compiled_step(state, batch)
-          if pending is not None:
-            log_pending()  # reads the previous step's metrics while this step runs
-          tokens = int(local_batch["weights"].sum()) * process_count
-          progress["tokens_seen"] += tokens
-          last = step == config.steps
-          evaluate_now = step % config.eval_every == 0 or last
-          save_now = step % config.checkpoint_every == 0 or last
-          if step % config.log_every == 0 or last:
-            pending = (step, progress["tokens_seen"], metrics)
-          if evaluate_now or save_now:
-            # Steps still queued on the device count as training time, not eval or save time.
-            jax.block_until_ready(state)
-          throughput.add_step(
-              tokens, time.perf_counter() - t0, t1 - t0, warm=step > start_step + 1
-          )
-          if evaluate_now:
-            if pending is not None:
-              log_pending()
-            run_eval(step)
-          if save_now:
-            checkpoint.save(manager, state, train_iter, progress)
-          bar.update(1)
+          state = self.step(state, step, warm=step > start_step + 1)
+          self.bar.update(1)
           if sigterm.requested:
             raise KeyboardInterrupt
-          if evaluate_now or save_now:
-            throughput.reset_interval()
+          if self.evaluates(step) or self.saves(step):
+            self.throughput.reset_interval()
     except KeyboardInterrupt:
       status = "interrupted"
       logging.warning("Interrupted at step %d; saving a checkpoint.", int(state.step))
-      checkpoint.save(manager, state, train_iter, progress, force=True)
+      checkpoint.save(self.manager, state, self.train_iterator, self.checkpoint_progress(),
+                      force=True)
     finally:
-      bar.close()
-      manager.wait_until_finished()
+      self.bar.close()
+      self.manager.wait_until_finished()
+    if self.pending is not None:
+      self.log_pending()
+    self.finish(state, status)
+    return status
 
-    if pending is not None:
-      log_pending()
-    summary.update(throughput.run())
-    summary["status"] = status
-    summary["steps"] = int(jax.device_get(state.step))
-    summary["tokens_seen"] = progress["tokens_seen"]
-    summary["peak_memory_bytes"], summary["peak_memory_source"] = peak_memory_bytes()
-    summary["wall_time_s"] = time.perf_counter() - wall_start
-    writer.write_summary(summary)
-    writer.close()
-    manager.close()
-  if status == "interrupted":
-    raise KeyboardInterrupt
-  return summary
+  def evaluates(self, step: int) -> bool:
+    return step % self.config.eval_every == 0 or step == self.config.steps
+
+  def saves(self, step: int) -> bool:
+    return step % self.config.checkpoint_every == 0 or step == self.config.steps
+
+  def step(self, state: TrainState, step: int, warm: bool) -> TrainState:
+    """Runs train step `step`, then whatever logging, evaluation and saving it calls for."""
+    config = self.config
+    t0 = time.perf_counter()
+    local_batch = next(self.train_iterator)
+    batch = to_global(local_batch, self.training.rows_sharding)
+    t1 = time.perf_counter()
+    state, metrics = self.compiled_step(state, batch)
+    if self.pending is not None:
+      self.log_pending()  # reads the previous step's metrics while this step runs
+    tokens = int(local_batch["weights"].sum()) * jax.process_count()
+    self.progress.tokens_seen += tokens
+    if step % config.log_every == 0 or step == config.steps:
+      self.pending = (step, self.progress.tokens_seen, metrics)
+    if self.evaluates(step) or self.saves(step):
+      # Steps still queued on the device count as training time, not eval or save time.
+      jax.block_until_ready(state)
+    self.throughput.add_step(tokens, time.perf_counter() - t0, t1 - t0, warm=warm)
+    if self.evaluates(step):
+      if self.pending is not None:
+        self.log_pending()
+      self.evaluate(state, step)
+    if self.saves(step):
+      checkpoint.save(self.manager, state, self.train_iterator, self.checkpoint_progress())
+    return state
+
+  def checkpoint_progress(self) -> dict:
+    return dataclasses.asdict(self.progress)
+
+  def log_pending(self) -> None:
+    """Writes the pending step's metrics (a log line, TensorBoard, the progress bar)."""
+    step, tokens_seen, metrics = self.pending
+    self.pending = None
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "tokens"}
+    rates = self.throughput.interval()
+    self.writer.write(step, {"tokens_seen": tokens_seen, **metrics, **rates})
+    self.bar.set_postfix(
+        loss=f"{metrics['loss']:.3f}", tok_s=f"{rates['tokens_per_sec']:,.0f}", refresh=False
+    )
+    self.throughput.reset_interval()
+
+  def evaluate(self, state: TrainState, step: int) -> None:
+    """Eval loss and bits per byte on the fixed eval batches, into metrics and the summary."""
+    result = self.training.evaluate(state, self.eval_batches, self.token_bytes_V)
+    eval_loss, eval_bpb = result["eval_loss"], result["eval_bpb"]
+    progress, summary = self.progress, self.summary
+    progress.final_eval_loss, progress.final_eval_bpb = eval_loss, eval_bpb
+    if progress.tokens_to_target is None and eval_loss <= self.config.target_loss:
+      progress.tokens_to_target = progress.tokens_seen
+    summary.steps = step
+    summary.tokens_seen = progress.tokens_seen
+    summary.tokens_to_target = progress.tokens_to_target
+    summary.final_eval_loss, summary.final_eval_bpb = eval_loss, eval_bpb
+    summary.wall_time_s = time.perf_counter() - self.started
+    self.writer.write(step, {"tokens_seen": progress.tokens_seen, "eval_loss": eval_loss,
+                             "eval_bpb": eval_bpb})
+    self.writer.write_summary(dataclasses.asdict(summary))
+    if self.is_main:
+      tqdm.write(
+          f"step {step}: eval_loss {eval_loss:.4f}  bpb {eval_bpb:.4f}  "
+          f"tokens_seen {progress.tokens_seen:,}"
+      )
+
+  def finish(self, state: TrainState, status: str) -> None:
+    """The final summary: run-wide rates, the status, the step reached, peak memory."""
+    summary = self.summary
+    for key, value in self.throughput.run().items():
+      setattr(summary, key, value)
+    summary.status = status
+    summary.steps = int(jax.device_get(state.step))
+    summary.tokens_seen = self.progress.tokens_seen
+    summary.peak_memory_bytes, summary.peak_memory_source = peak_memory_bytes()
+    summary.wall_time_s = time.perf_counter() - self.started
+    self.writer.write_summary(dataclasses.asdict(summary))

@@ -1,21 +1,26 @@
-"""Sharded train-state creation and the jit-compiled train/eval steps, shared by loop and tests."""
+"""One config's model, optimizer, shardings and compiled steps on its mesh: `Training`."""
 
+import contextlib
 import functools
 import time
+from collections.abc import Iterator, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from jax.sharding import Mesh
 
-from efficiency.model.transformer import Transformer
+from efficiency.evaluation import Evaluator
+from efficiency.model.transformer import make_model
 from efficiency.peft import make_method
 from efficiency.peft.method import Method
-from efficiency.sharding.mesh import batch_sharding, logical_shardings
+from efficiency.sharding.mesh import batch_sharding, logical_shardings, make_mesh, unboxed
+from efficiency.sharding.rules import LOGICAL_AXIS_RULES
 from efficiency.train.optimizer import make_optimizer
 from efficiency.train.state import PeftTrainState, TrainState
-from efficiency.train.step import eval_step, train_step
+from efficiency.train.step import Batch, train_step
 
 
 def _init_state(
@@ -43,39 +48,41 @@ def _nbytes(tree) -> int:
 
 
 class Training:
-  """The model, optimizer, shardings and compiled steps of one config on one mesh.
+  """The model, optimizer, shardings and compiled steps of one config on one mesh (by default
+  the mesh `config.mesh` describes over all devices).
 
-  With a PEFT method (`config.peft`), `state.params` holds only the trainable parameters and
-  `state.frozen` the rest; `effective_params(state)` is what the model applies. Call inside
-  `with mesh, nn.logical_axis_rules(LOGICAL_AXIS_RULES)`.
+  Every method runs inside the mesh and the logical-axis rules (`context()`), so callers need
+  neither. With a PEFT method (`config.peft`), `state.params` holds only the trainable
+  parameters and `state.frozen` the rest; `effective_params(state)` is what the model applies.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh):
+  def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh | None = None):
     self.config = config
-    self.mesh = mesh
-    self.model = Transformer(ml_collections.FrozenConfigDict(config.model))
-    self.method, boxed_base = make_method(config)
-    self.base_sharding = logical_shardings(boxed_base, mesh)
-    self._param_count = int(sum(x.size for x in jax.tree.leaves(nn.meta.unbox(boxed_base))))
-    self.tx, self.schedule = make_optimizer(
-        config.optimizer, config.steps, self.method.lr_multipliers
-    )
-    self.rows_sharding = batch_sharding(mesh)
-    init = functools.partial(_init_state, self.model, self.method, self.tx, config.seq_len)
-    boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
-    self.state_sharding = logical_shardings(boxed, mesh)
-    self.abstract_state = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-        nn.meta.unbox(boxed),
-        self.state_sharding,
-    )
+    self.mesh = make_mesh(config.mesh) if mesh is None else mesh
+    self.model = make_model(config)
+    with self.context():
+      self.method, boxed_base = make_method(config)
+      self.base_sharding = logical_shardings(boxed_base, self.mesh)
+      self._param_count = int(sum(x.size for x in jax.tree.leaves(unboxed(boxed_base))))
+      self.tx, self.schedule = make_optimizer(
+          config.optimizer, config.steps, self.method.lr_multipliers
+      )
+      self.rows_sharding = batch_sharding(self.mesh)
+      init = functools.partial(_init_state, self.model, self.method, self.tx, config.seq_len)
+      boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
+      self.state_sharding = logical_shardings(boxed, self.mesh)
+      self.abstract_state = jax.tree.map(
+          lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+          unboxed(boxed),
+          self.state_sharding,
+      )
     self._init = jax.jit(lambda r: nn.meta.unbox(init(r)), out_shardings=self.state_sharding)
     self._init_from = jax.jit(
         lambda r, base: nn.meta.unbox(init(r, base)),
         in_shardings=(None, self.base_sharding),
         out_shardings=self.state_sharding,
     )
-    self.train_step = jax.jit(
+    self._train_step = jax.jit(
         functools.partial(
             train_step, model=self.model, tx=self.tx, schedule=self.schedule,
             grad_accum_steps=config.grad_accum_steps, combine=self.method.combine,
@@ -84,12 +91,51 @@ class Training:
         out_shardings=(self.state_sharding, None),
         donate_argnums=0,
     )
+    self._evaluators: dict[bytes, Evaluator] = {}
+
+  @contextlib.contextmanager
+  def context(self) -> Iterator[None]:
+    """This training's mesh and the logical-to-mesh rules, for tracing and placing arrays.
+
+    (`jax.set_mesh` in place of `with mesh` partitions the 8-device test mesh differently in
+    jax 0.10: XLA reports involuntary rematerializations and the losses move in the last bits.)
+    """
+    with self.mesh, nn.logical_axis_rules(LOGICAL_AXIS_RULES):
+      yield
 
   def init(self, seed: int, base: dict | None = None) -> TrainState:
     """A freshly initialized, sharded TrainState; from `base` params if given (fine-tuning)."""
-    if base is None:
-      return self._init(jax.random.PRNGKey(seed))
-    return self._init_from(jax.random.PRNGKey(seed), base)
+    with self.context():
+      if base is None:
+        return self._init(jax.random.PRNGKey(seed))
+      return self._init_from(jax.random.PRNGKey(seed), base)
+
+  def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
+    """One optimizer update (jitted; `state` is donated)."""
+    with self.context():
+      return self._train_step(state, batch)
+
+  def compile(self, example: Batch) -> tuple[jax.stages.Compiled, float]:
+    """The train step AOT-compiled for global batches shaped like `example` (one local batch),
+    and the compile time in seconds."""
+    start = time.perf_counter()
+    with self.context():
+      lowered = self._train_step.lower(self.abstract_state, self.abstract_batch(example))
+      compiled = lowered.compile()
+    return compiled, time.perf_counter() - start
+
+  def evaluate(
+      self, state: TrainState, batches: Sequence[Batch], token_bytes_V: np.ndarray
+  ) -> dict[str, float]:
+    """eval_loss, eval_bpb and accuracy of the effective parameters over global `batches`."""
+    key = np.asarray(token_bytes_V, np.float32).tobytes()
+    if key not in self._evaluators:
+      self._evaluators[key] = Evaluator(
+          self.model, token_bytes_V, params_of=self.effective_params,
+          in_shardings=(self.state_sharding, self.rows_sharding),
+      )
+    with self.context():
+      return self._evaluators[key](state, batches)
 
   def effective_params(self, state: TrainState) -> dict:
     """The parameters the model applies: trainable and frozen trees combined (adapters merged)."""
@@ -105,7 +151,7 @@ class Training:
   def optimizer_state_bytes(self) -> int:
     return _nbytes(self.abstract_state.opt_state)
 
-  def abstract_batch(self, example: dict) -> dict[str, jax.ShapeDtypeStruct]:
+  def abstract_batch(self, example: Batch) -> dict[str, jax.ShapeDtypeStruct]:
     """Global-batch shapes for AOT compilation, from one local batch's dtypes."""
     return {
         k: jax.ShapeDtypeStruct(
@@ -113,18 +159,3 @@ class Training:
         )
         for k, v in example.items()
     }
-
-  def eval_step(self, token_bytes: jax.Array):
-    """Jitted eval step on a TrainState, summing loss, target count and target bytes."""
-    step = functools.partial(eval_step, model=self.model, token_bytes=token_bytes)
-    return jax.jit(
-        lambda state, batch: step(self.effective_params(state), batch),
-        in_shardings=(self.state_sharding, self.rows_sharding),
-    )
-
-
-def lower_and_compile(training: Training, batch_abstract) -> tuple[jax.stages.Compiled, float]:
-  """AOT-compiles the train step; returns it and the compile time in seconds."""
-  start = time.perf_counter()
-  compiled = training.train_step.lower(training.abstract_state, batch_abstract).compile()
-  return compiled, time.perf_counter() - start

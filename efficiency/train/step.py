@@ -1,4 +1,5 @@
-"""Loss, the jit-able train step (with gradient accumulation) and the eval step."""
+"""The forward pass with its RNG streams, the loss, and the jit-able train step (with gradient
+accumulation)."""
 
 from collections.abc import Callable
 
@@ -12,12 +13,10 @@ from efficiency.train.state import TrainState
 Batch = dict[str, jax.Array]
 
 
-def summed_loss(params, batch: Batch, model: nn.Module, rng: jax.Array):
-  """The objective summed over real targets, and its parts: `loss_sum` (token cross-entropies,
-  nats), `weight_sum` (real targets) and, for MoE models, `moe_aux_loss_sum` (the load-balancing
-  loss averaged over layers, times weight_sum) and `moe_dropped` (routing choices dropped over
-  capacity, all layers). The objective adds aux_loss_weight * moe_aux_loss_sum to loss_sum."""
-  logits_BTV, aux = model.apply(
+def forward(params, batch: Batch, model: nn.Module, rng: jax.Array) -> tuple[jax.Array, dict]:
+  """Logits [B, T, V] of a batch and the collections the model sows (`moe`), with the RNG
+  streams a forward pass may use drawn from `rng`."""
+  return model.apply(
       {"params": params},
       batch["inputs"],
       batch["segment_ids"],
@@ -25,6 +24,14 @@ def summed_loss(params, batch: Batch, model: nn.Module, rng: jax.Array):
       rngs=_rngs(rng),
       mutable=["moe"],
   )
+
+
+def summed_loss(params, batch: Batch, model: nn.Module, rng: jax.Array):
+  """The objective summed over real targets, and its parts: `loss_sum` (token cross-entropies,
+  nats), `weight_sum` (real targets) and, for MoE models, `moe_aux_loss_sum` (the load-balancing
+  loss averaged over layers, times weight_sum) and `moe_dropped` (routing choices dropped over
+  capacity, all layers). The objective adds aux_loss_weight * moe_aux_loss_sum to loss_sum."""
+  logits_BTV, aux = forward(params, batch, model, rng)
   losses_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, batch["targets"])
   weights_BT = batch["weights"].astype(jnp.float32)
   stats = {"loss_sum": jnp.sum(losses_BT * weights_BT), "weight_sum": jnp.sum(weights_BT)}
@@ -114,11 +121,3 @@ def train_step(
     metrics["moe_dropped"] = stats["moe_dropped"]
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
   return new_state, metrics
-
-
-def eval_step(params, batch: Batch, *, model: nn.Module, token_bytes: jax.Array):
-  """Summed loss, real target count and their UTF-8 byte count, for loss and bits per byte."""
-  _, stats = summed_loss(params, batch, model, jax.random.PRNGKey(0))
-  loss_sum, weight_sum = stats["loss_sum"], stats["weight_sum"]
-  byte_sum = jnp.sum(token_bytes[batch["targets"]] * batch["weights"])
-  return {"loss_sum": loss_sum, "weight_sum": weight_sum, "byte_sum": byte_sum}

@@ -16,7 +16,7 @@ def main(address: str, process_id: int, root: str, data_dir: str, out: str) -> N
   from data import pipeline
   from data import tokenizer as tokenizer_lib
   from efficiency.sharding.mesh import batch_sharding, make_mesh, to_global
-  from tests.data.conftest import data_config
+  from tests.helpers import data_config
 
   config = data_config(root, data_dir, tokenizer="bytes")
   tokenizer = tokenizer_lib.get_tokenizer(config)

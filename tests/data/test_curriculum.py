@@ -7,6 +7,7 @@ from configs.default import get_config
 from data import filters
 from data.curriculum import difficulty, pacing
 from data.curriculum.order import CHUNK, curriculum_order
+from efficiency.config import resolve
 
 
 def _config(**curriculum):
@@ -75,6 +76,6 @@ def test_difficulty_scores():
 
 def test_unknown_names():
   with pytest.raises(ValueError, match=r"difficulty='hard' is unknown; valid choices: none, "):
-    difficulty.check("hard")
+    resolve(_config(difficulty="hard"), 1)
   with pytest.raises(ValueError, match=r"pacing='fast' is unknown; valid choices: linear, "):
-    pacing.check(_config(pacing="fast").data.curriculum)
+    resolve(_config(pacing="fast"), 1)

@@ -6,7 +6,8 @@ import pytest
 
 from data import pipeline, sources, storage
 from data import tokenizer as tokenizer_lib
-from tests.data.conftest import data_config
+from efficiency.config import resolve
+from tests.helpers import data_config
 
 
 def test_unknown_data_name(config):
@@ -27,7 +28,7 @@ def test_missing_corpus_root(config, tmp_path):
 def test_bad_validation_percent(config):
   config.data.validation_percent = 0
   with pytest.raises(ValueError, match=r"data.validation_percent=0 must be between 1 and 99"):
-    sources.load_source(config)
+    resolve(config, 1)
 
 
 def test_empty_validation_split(tmp_path):
@@ -63,9 +64,8 @@ def test_data_dir_from_environment(config, monkeypatch, tmp_path):
 
 
 def test_batch_not_divisible_by_processes(config):
-  tokenizer = tokenizer_lib.get_tokenizer(config)
   with pytest.raises(ValueError, match=r"batch_size=4 is not divisible by process_count=3"):
-    pipeline.make_train_iterator(config, tokenizer, process_index=0, process_count=3)
+    resolve(config, 1, process_count=3)
 
 
 def test_more_processes_than_documents(config):
@@ -86,7 +86,7 @@ def test_filter_chain_that_drops_everything(config):
 def test_text_source_needs_a_glob(config):
   config.data.name = "text"
   with pytest.raises(ValueError, match=r"data.name='text' needs data.text_glob"):
-    sources.load_source(config)
+    resolve(config, 1)
   config.data.text_glob = "/nonexistent/*.txt"
   with pytest.raises(FileNotFoundError, match=r"data.text_glob='/nonexistent/\*.txt' matches no"):
     sources.load_source(config)

@@ -8,6 +8,7 @@ import pytest
 from configs.default import get_config
 from data import filters
 from data.filters import near_dup, quality
+from efficiency.config import resolve
 
 
 def _docs(texts: list[str], **params) -> filters.Documents:
@@ -94,4 +95,6 @@ def test_chain_that_drops_everything_is_an_error():
 
 def test_unknown_filter():
   with pytest.raises(ValueError, match=r"data.filters: 'fuzzy' is unknown; valid choices: exact"):
-    filters.parse_chain("length, fuzzy")
+    config = get_config()
+    config.data.filters = "length, fuzzy"
+    resolve(config, 1)

@@ -3,16 +3,12 @@ batch equals the one a single process builds from both shards."""
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 
 from data import pipeline
 from data import tokenizer as tokenizer_lib
-from tests.data.conftest import data_config
-from tests.test_multiprocess import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import ROOT, data_config, free_port
 
 
 def test_two_processes_assemble_the_single_process_global_batch(corpus, shared_data_dir, tmp_path):

@@ -12,9 +12,7 @@ import pytest
 from data import pipeline, prepared, sources
 from data import tokenizer as tokenizer_lib
 from data.seq_len_warmup import split_segments
-from tests.data.conftest import data_config
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import ROOT, data_config
 
 
 def _iterator(config, process_index=0, process_count=1):

@@ -1,7 +1,7 @@
 """The stdlib corpus builder: file selection, the deterministic split and config names."""
 
 from data import sources, stdlib_corpus
-from tests.data.conftest import data_config, write_corpus
+from tests.helpers import data_config, write_corpus
 
 
 def _split_texts(source: sources.Source) -> dict[str, dict[str, str]]:

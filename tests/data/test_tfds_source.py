@@ -10,7 +10,7 @@ import tensorflow_datasets as tfds
 
 from data import pipeline, prepared, sources, text_corpus
 from data import tokenizer as tokenizer_lib
-from tests.data.conftest import data_config
+from tests.helpers import data_config
 
 
 @pytest.fixture

@@ -2,14 +2,13 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from configs.default import get_config
-from efficiency.config import ConfigError, resolve
-
-ROOT = Path(__file__).resolve().parents[2]
+from efficiency.config import resolve
+from efficiency.errors import ConfigError
+from tests.helpers import ROOT
 
 
 @pytest.mark.parametrize(

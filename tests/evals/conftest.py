@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from evals import sweep as sweep_lib
-from tests.conftest import tiny_train_flags
-from tests.test_train import ROOT, run_train
+from efficiency import sweep as sweep_lib
+from tests.helpers import ROOT, run_train, tiny_overrides, tiny_train_flags
 
 SWEEP_FILE = '''
 def get_sweep():
@@ -22,11 +21,6 @@ def get_sweep():
 '''
 
 
-def tiny_overrides(corpus: Path, data_dir: Path) -> dict:
-  flags = tiny_train_flags(corpus, data_dir, steps=20, eval_every=10, checkpoint_every=10)
-  return dict(flag[len("--config."):].split("=", 1) for flag in flags)
-
-
 @pytest.fixture(scope="session")
 def sweep_data_dir(tmp_path_factory) -> Path:
   return tmp_path_factory.mktemp("sweep_data")
@@ -35,7 +29,8 @@ def sweep_data_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def sweep_file(tmp_path_factory, tiny_corpus, sweep_data_dir) -> Path:
   path = tmp_path_factory.mktemp("sweeps") / "tiny.py"
-  overrides = tiny_overrides(tiny_corpus, sweep_data_dir)
+  overrides = tiny_overrides(tiny_corpus, sweep_data_dir, steps=20, eval_every=10,
+                             checkpoint_every=10)
   path.write_text(SWEEP_FILE.format(overrides=overrides))
   return path
 

@@ -5,7 +5,7 @@ import sys
 
 import matplotlib.image
 
-from evals.runs import load_sweep
+from efficiency.workdir.runs import load_sweep
 
 
 def test_plot_writes_pngs(sweep_root, tmp_path):

@@ -1,0 +1,132 @@
+"""The contract every attention variant implements.
+
+A variant is a Linen module `(config, quant)` called as
+
+  y_BTD = attention(x_BTD, segment_ids_BT, positions_BT)               # training, prefill-free
+  y_BTD, cache = attention(x_BTD, segment_ids_BT, positions_BT, cache)  # decoding from a cache
+
+and built from four steps, which subclasses fill in:
+
+  heads = project(x_BTD, positions_BT)                          # named tensors per token
+  out_BTNV = attend(heads, segment_ids_BT, positions_BT)        # attention within documents
+  out_BTNV, cache = attend_cached(heads, positions_BT, cache)   # the same over a KV cache
+  y_BTD = out(out_BTNV)                                         # the output projection
+
+`attend_cached` writes the new tokens' entries at their positions (slot = position; one
+document per row) and attends to every cached entry up to each query's own position. Static
+methods give what the rest of the framework counts: `matmul_params(cfg)` and
+`score_flops_per_token(cfg, seq_len)` for FLOPs, `kv_cache_spec(cfg) -> {name: CacheEntry}` for
+the cache.
+"""
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+from efficiency.attention.cache import CacheEntry
+from efficiency.model.layers import Projection
+from efficiency.position import get_position
+
+Heads = dict[str, jnp.ndarray]
+Cache = dict[str, jnp.ndarray]
+
+
+def head_dim(cfg: ml_collections.ConfigDict) -> int:
+  """`model.head_dim`, or d_model // num_heads when it is -1."""
+  return cfg.head_dim if cfg.head_dim > 0 else cfg.d_model // cfg.num_heads
+
+
+class Attention(nn.Module):
+  """Base class: `setup` builds the position encoding, its score bias and the output projection;
+  subclasses add their projections in `setup` (calling super) and implement the steps above.
+
+  `config` is the model section of the config; `quant` its `quant` section (None: float).
+  """
+
+  config: ml_collections.FrozenConfigDict
+  quant: ml_collections.FrozenConfigDict | None = None
+
+  def setup(self):
+    cfg = self.config
+    self.position = get_position(cfg.position)(cfg)
+    self.bias = self.position.score_bias()
+    self.out = Projection(
+        "btnh,nhd->btd", (cfg.num_heads, self.value_dim(cfg), cfg.d_model),
+        ("heads", "head_dim", "embed"), name="out", **self.projection_kwargs(),
+    )
+
+  def __call__(
+      self,
+      x_BTD: jnp.ndarray,
+      segment_ids_BT: jnp.ndarray,
+      positions_BT: jnp.ndarray,
+      cache: Cache | None = None,
+  ) -> jnp.ndarray | tuple[jnp.ndarray, Cache]:
+    heads = self.project(x_BTD, positions_BT)
+    if cache is None:
+      return self.out(self.attend(heads, segment_ids_BT, positions_BT))
+    out_BTNV, cache = self.attend_cached(heads, positions_BT, cache)
+    return self.out(out_BTNV), cache
+
+  def projection_kwargs(self, use_bias: bool = False) -> dict:
+    """Init, dtypes, bias flag and quantization shared by every attention projection."""
+    cfg = self.config
+    return dict(
+        init_std=cfg.init_std,
+        dtype=jnp.dtype(cfg.dtype),
+        param_dtype=jnp.dtype(cfg.param_dtype),
+        use_bias=use_bias,
+        quant=self.quant,
+    )
+
+  def query_projection(self) -> Projection:
+    """x_BTD -> q_BTNH, with the QKV bias if configured (a setup-time helper)."""
+    cfg = self.config
+    return Projection(
+        "btd,dnh->btnh", (cfg.d_model, cfg.num_heads, head_dim(cfg)),
+        ("embed", "heads", "head_dim"), bias_axes=("heads", "head_dim"), name="query",
+        **self.projection_kwargs(cfg.qkv_bias),
+    )
+
+  def kv_projection(self, name: str) -> Projection:
+    """x_BTD -> [B, T, K, H] key or value heads, with the QKV bias if configured."""
+    cfg = self.config
+    return Projection(
+        "btd,dkh->btkh", (cfg.d_model, cfg.num_kv_heads, head_dim(cfg)),
+        ("embed", "kv_heads", "head_dim"), bias_axes=("kv_heads", "head_dim"), name=name,
+        **self.projection_kwargs(cfg.qkv_bias),
+    )
+
+  def project(self, x_BTD: jnp.ndarray, positions_BT: jnp.ndarray) -> Heads:
+    """The input's queries, keys and values (or what the variant keeps instead), positions
+    applied."""
+    raise NotImplementedError
+
+  def attend(
+      self, heads: Heads, segment_ids_BT: jnp.ndarray, positions_BT: jnp.ndarray
+  ) -> jnp.ndarray:
+    """Causal attention within each packed document: [B, T, N, V]."""
+    raise NotImplementedError
+
+  def attend_cached(
+      self, heads: Heads, positions_BT: jnp.ndarray, cache: Cache
+  ) -> tuple[jnp.ndarray, Cache]:
+    """Writes the new tokens into the cache, then attends over it: ([B, T, N, V], new cache)."""
+    raise NotImplementedError
+
+  @staticmethod
+  def value_dim(cfg: ml_collections.ConfigDict) -> int:
+    """Per-head width of the attention output (V)."""
+    return head_dim(cfg)
+
+  @staticmethod
+  def matmul_params(cfg: ml_collections.ConfigDict) -> int:
+    raise NotImplementedError
+
+  @staticmethod
+  def score_flops_per_token(cfg: ml_collections.ConfigDict, seq_len: int) -> int:
+    raise NotImplementedError
+
+  @staticmethod
+  def kv_cache_spec(cfg: ml_collections.ConfigDict) -> dict[str, CacheEntry]:
+    raise NotImplementedError

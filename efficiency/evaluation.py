@@ -1,0 +1,94 @@
+"""The one evaluator: mean loss (nats per token), next-token accuracy and bits per UTF-8 byte over
+fixed batches, and per-row mean losses (reference scoring). The train loop, quantized export,
+the reference model of data filters and curricula, and the efficiency benchmark all use it.
+
+A batch holds `inputs`, `targets`, `segment_ids`, `positions` and `weights` [B, T] (see
+`data.packing`); only targets with weight > 0 count.
+"""
+
+import math
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from efficiency.train.step import Batch, forward
+
+Sums = dict[str, jax.Array]
+
+
+def batch_sums(
+    params, batch: Batch, model: nn.Module, token_bytes_V: jax.Array | None = None
+) -> Sums:
+  """Summed target losses, correct argmax predictions, real targets and (given each token's
+  UTF-8 byte count) target bytes of one batch."""
+  logits_BTV, _ = forward(params, batch, model, jax.random.PRNGKey(0))
+  losses_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, batch["targets"])
+  weights_BT = batch["weights"].astype(jnp.float32)
+  correct_BT = (jnp.argmax(logits_BTV, axis=-1) == batch["targets"]).astype(jnp.float32)
+  sums = {
+      "loss_sum": jnp.sum(losses_BT * weights_BT),
+      "weight_sum": jnp.sum(weights_BT),
+      "correct_sum": jnp.sum(correct_BT * weights_BT),
+  }
+  if token_bytes_V is not None:
+    sums["byte_sum"] = jnp.sum(token_bytes_V[batch["targets"]] * batch["weights"])
+  return sums
+
+
+def summarize(totals: Sums) -> dict[str, float]:
+  """eval_loss, accuracy and (with byte counts) eval_bpb from summed totals."""
+  totals = jax.device_get(totals)
+  weight = max(totals["weight_sum"], 1.0)
+  result = {
+      "eval_loss": float(totals["loss_sum"] / weight),
+      "accuracy": float(totals["correct_sum"] / weight),
+  }
+  if "byte_sum" in totals:
+    result["eval_bpb"] = float(totals["loss_sum"] / math.log(2) / max(totals["byte_sum"], 1.0))
+  return result
+
+
+class Evaluator:
+  """One model's jitted evaluation.
+
+  `params_of` maps what the caller holds (parameters, or a train state) to the parameters the
+  model applies, inside the jitted function; `in_shardings` places (that, batch).
+  """
+
+  def __init__(
+      self,
+      model: nn.Module,
+      token_bytes_V: np.ndarray | None = None,
+      params_of: Callable | None = None,
+      in_shardings=None,
+  ):
+    token_bytes = None if token_bytes_V is None else jnp.asarray(token_bytes_V, jnp.float32)
+    params_of = params_of or (lambda params: params)
+    sums = lambda held, batch: batch_sums(params_of(held), batch, model, token_bytes)
+    self._sums = jax.jit(sums, in_shardings=in_shardings)
+    self._rows = jax.jit(lambda held, batch: row_losses(params_of(held), batch, model))
+
+  def __call__(self, held, batches: Sequence[Batch], progress: bool = False) -> dict[str, float]:
+    """eval_loss, accuracy and eval_bpb (given byte counts) over `batches`."""
+    totals = None
+    for batch in tqdm(batches, desc="eval", unit="batch", leave=False, disable=not progress):
+      sums = self._sums(held, batch)
+      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    return summarize(totals)
+
+  def row_losses(self, held, batch: Batch) -> np.ndarray:
+    """float32[B]: each row's mean target loss."""
+    return np.asarray(self._rows(held, batch))
+
+
+def row_losses(params, batch: Batch, model: nn.Module) -> jax.Array:
+  """[B]: each row's mean loss over its real targets (0 for a row without any)."""
+  logits_BTV, _ = forward(params, batch, model, jax.random.PRNGKey(0))
+  losses_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, batch["targets"])
+  weights_BT = batch["weights"].astype(jnp.float32)
+  return jnp.sum(losses_BT * weights_BT, -1) / jnp.maximum(jnp.sum(weights_BT, -1), 1)

@@ -1,0 +1,68 @@
+"""What a quantized export costs and saves against the same model in bf16 (the study's
+baseline): weight bytes, eval loss and next-token accuracy, MCR, and greedy decode speed, all
+measured side by side in one process (quant_report.json)."""
+
+import jax.numpy as jnp
+import numpy as np
+
+from efficiency.evaluation import Evaluator
+from efficiency.metrics import study
+from efficiency.serving import export
+from efficiency.serving.timing import decode_speed
+from efficiency.train.step import Batch
+from efficiency.workdir.restore import TrainedModel
+
+MCR_DEFINITION = (
+    "(bf16 bytes / quantized bytes) x (accuracy after / accuracy before); "
+    "accuracy = next-token top-1 accuracy on the eval batches"
+)
+
+
+def quality(trained: TrainedModel, batches: list[Batch]) -> dict[str, float]:
+  """Eval loss (nats per token) and next-token accuracy of a (served) model on `batches`."""
+  result = Evaluator(trained.model)(trained.params, batches)
+  return {"eval_loss": result["eval_loss"], "accuracy": result["accuracy"]}
+
+
+def compression(before: TrainedModel, after: TrainedModel, batches: list[Batch]) -> dict:
+  """Weight bytes, quality and MCR of `after` (a quantized model) against `before` (bf16)."""
+  bytes_before, bytes_after = export.weight_bytes(before.params), export.weight_bytes(after.params)
+  quality_before, quality_after = quality(before, batches), quality(after, batches)
+  return {
+      "weight_bytes": {"before": bytes_before, "after": bytes_after,
+                       "baseline": "the same parameters stored in bfloat16"},
+      "quality": {"before": quality_before, "after": quality_after},
+      "mcr": study.mcr(bytes_before, bytes_after, quality_before["accuracy"],
+                       quality_after["accuracy"]),
+  }
+
+
+def quant_report(
+    trained: TrainedModel, bits: int, dtype: str, group_size: int, batches: list[Batch],
+    prompt_BP: jnp.ndarray, new_tokens: int,
+) -> dict:
+  """The quant_report.json fields for `trained` converted to `bits`."""
+  before = export.cast_float(trained, "bfloat16")
+  after = export.convert(trained, bits, dtype, group_size)
+  measured = compression(before, after, batches)
+  speed = {name: decode_speed(m.model, m.params, prompt_BP, new_tokens)
+           for name, m in (("before", before), ("after", after))}
+  same = float(np.mean(np.asarray(speed["before"].pop("tokens")) ==
+                       np.asarray(speed["after"].pop("tokens"))))
+  q = measured["quality"]
+  return {
+      "bits": bits, "dtype": dtype, "group_size": group_size,
+      "step": trained.step,
+      "scheme": "int8: AQT CONVERT/SERVE (int8 weights, per-channel scales; activations int8 "
+                "on the fly)" if bits == 8 else
+                "int4: weight-only, symmetric, packed two per byte, "
+                + (f"scales per {group_size} rows" if group_size else "per-channel scales"),
+      "weight_bytes": measured["weight_bytes"],
+      "eval_loss": {"before": q["before"]["eval_loss"], "after": q["after"]["eval_loss"],
+                    "change": q["after"]["eval_loss"] - q["before"]["eval_loss"],
+                    "trained_float32": quality(trained, batches)["eval_loss"]},
+      "accuracy": {"before": q["before"]["accuracy"], "after": q["after"]["accuracy"]},
+      "mcr": measured["mcr"],
+      "mcr_definition": MCR_DEFINITION,
+      "decode": {**speed, "same_greedy_tokens_fraction": same},
+  }

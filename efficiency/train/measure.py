@@ -1,0 +1,87 @@
+"""The efficiency study's training metrics of a run (evals.efficiency --mode=train): `steps`
+training steps of the workdir's config on its data, each run to completion, timed while a
+background sampler reads memory, utilization and power."""
+
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+from tqdm import tqdm
+
+from efficiency.metrics import study
+from efficiency.metrics.peak import mfu, peak_flops_total
+from efficiency.metrics.sampler import Sampler
+from efficiency.model.flops import flops_per_token
+from efficiency.sharding.mesh import to_global
+from efficiency.train.inputs import load_inputs
+from efficiency.train.setup import Training
+from efficiency.workdir import files
+from efficiency.workdir.restore import restore
+
+WARM_STEPS = 2  # run (and left out of the timing) after compiling
+
+
+def measure_train(
+    workdir: str | Path, config: ml_collections.ConfigDict, steps: int, interval_s: float
+) -> dict:
+  """The `train` section of efficiency.json for the run in `workdir` (its config resolved for
+  these devices): AMU, PCU, AL, TT, ST, AEC and MCR, each with how it was measured. The
+  parameters are the workdir's newest checkpoint (fresh when it has none)."""
+  workdir = Path(workdir)
+  inputs = load_inputs(config, jax.process_index(), jax.process_count())
+  training = Training(config)
+  restored = files.checkpoint_steps(workdir)
+  state = training.init(config.seed, restore(workdir).params if restored else None)
+  step_fn, _ = training.compile(next(inputs.train))
+  for _ in range(WARM_STEPS):
+    state, _ = step_fn(state, to_global(next(inputs.train), training.rows_sharding))
+  jax.block_until_ready(state)
+
+  iterations = []
+  sampler = Sampler(interval_s).start()
+  for _ in tqdm(range(steps), desc="measure", unit="step"):
+    start = time.perf_counter()
+    local = next(inputs.train)
+    state, _ = step_fn(state, to_global(local, training.rows_sharding))
+    jax.block_until_ready(state)
+    tokens = int(local["weights"].sum()) * jax.process_count()
+    iterations.append(study.Iteration(
+        time.perf_counter() - start, tokens=tokens, samples=config.batch_size
+    ))
+  samples = sampler.stop()
+
+  params = training.param_count()
+  peak, peak_how = peak_flops_total(config.model.dtype)
+  seconds = sum(i.seconds for i in iterations)
+  model_flops = flops_per_token(config.model, config.seq_len) * config.batch_size * config.seq_len
+  achieved = mfu(model_flops * steps, seconds, peak)
+  pcu = study.pcu(samples)
+  pcu_metric = (
+      study.metric(pcu, "fraction", f"time-average of {sampler.sources['utilization']}")
+      if pcu is not None
+      else study.metric(achieved, "fraction",
+                        f"MFU over the measured steps (no NVML here); peak: {peak_how}")
+  )
+  return {
+      "mode": "train",
+      "steps": steps,
+      "checkpoint": "restored" if restored else "freshly initialized",
+      "param_count": params,
+      "devices": jax.device_count(),
+      "device_kind": jax.devices()[0].device_kind,
+      "metrics": {
+          "AMU": study.amu_metric(samples, sampler.sources["memory"], interval_s),
+          "PCU": pcu_metric,
+          "AL": study.metric(study.al(iterations), "s",
+                             "mean wall time per training step, run to completion"),
+          "TT": study.metric(study.tt(iterations, params), "tokens/param/s",
+                             "sum(real tokens / params) / sum(step seconds)"),
+          "ST": study.metric(study.st(iterations, params), "samples/param/s",
+                             f"sum(rows / params) / sum(step seconds); a sample is one "
+                             f"{config.seq_len}-token row, params are the whole model's"),
+          "AEC": study.metric(study.aec(samples), "W",
+                              f"time-average of {sampler.sources['power']}"),
+          "MCR": study.mcr_metric(files.read_json(workdir / files.QUANT_REPORT)),
+      },
+  }

@@ -1,0 +1,54 @@
+"""The run summary (summary.json): the one definition of its keys.
+
+train.py keeps it current during a run and final at its end; sweeps tabulate it and notebooks
+read it. Features add their own keys here (`kv_cache_bytes_per_token`, the PEFT counts, ...).
+"""
+
+import dataclasses
+
+STATUSES = ("running", "completed", "interrupted", "diverged", "failed")
+
+
+@dataclasses.dataclass
+class Summary:
+  """Where a run is and what it cost. Rates are over the run's warm steps (its first step of
+  each process waits on compilation and is left out)."""
+
+  status: str = "running"  # one of STATUSES
+  steps: int = 0
+  tokens_seen: int = 0  # real (non-padding) target tokens
+  target_loss: float | None = None
+  tokens_to_target: int | None = None  # tokens_seen at the first eval at or below target_loss
+  final_eval_loss: float | None = None  # nats per token
+  final_eval_bpb: float | None = None  # bits per UTF-8 byte
+  tokens_per_sec: float | None = None
+  mfu: float | None = None
+  data_wait_fraction: float | None = None  # share of step time spent waiting for batches
+  flops_per_token: int | None = None  # the MFU numerator (efficiency.model.flops)
+  kv_cache_bytes_per_token: float | None = None
+  peak_flops: float | None = None  # the MFU denominator, all devices together
+  peak_flops_source: str | None = None
+  peak_memory_bytes: int | None = None
+  peak_memory_source: str | None = None
+  param_count: int | None = None
+  trainable_param_count: int | None = None
+  optimizer_state_bytes: int | None = None
+  peft_method: str | None = None
+  init_from: str | None = None
+  mesh: dict | None = None
+  devices: int | None = None
+  device_kind: str | None = None
+  process_count: int | None = None
+  compile_time_s: float | None = None
+  wall_time_s: float | None = None
+  resumed_from_step: int | None = None
+
+
+SUMMARY_KEYS = tuple(f.name for f in dataclasses.fields(Summary))
+
+# The keys a sweep's results table shows, one column each.
+RESULT_KEYS = (
+    "status", "steps", "tokens_seen", "final_eval_loss", "final_eval_bpb", "tokens_to_target",
+    "tokens_per_sec", "mfu", "peak_memory_bytes", "param_count", "kv_cache_bytes_per_token",
+    "data_wait_fraction", "compile_time_s", "wall_time_s",
+)

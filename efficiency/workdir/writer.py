@@ -1,0 +1,71 @@
+"""Run outputs: metrics.jsonl (one object per logged step), summary.json and TensorBoard events."""
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from tensorboardX import SummaryWriter
+
+from efficiency.workdir import files
+
+
+def _clean(value: Any) -> Any:
+  """JSON-safe: NaN and inf become null, numpy scalars become Python numbers."""
+  if hasattr(value, "item"):
+    value = value.item()
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
+
+
+class MetricWriter:
+  """Appends step metrics to metrics.jsonl and TensorBoard; only process 0 writes."""
+
+  def __init__(self, workdir: str | Path, enabled: bool = True):
+    self.workdir = Path(workdir)
+    self.enabled = enabled
+    self._jsonl = None
+    self._tb = None
+    if enabled:
+      self.workdir.mkdir(parents=True, exist_ok=True)
+      self._jsonl = open(self.workdir / files.METRICS, "a", buffering=1)  # noqa: SIM115
+      self._tb = SummaryWriter(str(self.workdir / files.TENSORBOARD))
+
+  def drop_after(self, step: int) -> None:
+    """Removes records past `step`: a resumed run rewrites what a crash left unsaved."""
+    if not self.enabled:
+      return
+    path = self.workdir / files.METRICS
+    self._jsonl.close()
+    kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+    self._jsonl = open(path, "a", buffering=1)  # noqa: SIM115
+
+  def write(self, step: int, metrics: dict[str, Any]) -> None:
+    if not self.enabled:
+      return
+    record = {"step": int(step), **{k: _clean(v) for k, v in metrics.items()}}
+    self._jsonl.write(json.dumps(record) + "\n")
+    for name, value in record.items():
+      if name != "step" and isinstance(value, int | float):
+        self._tb.add_scalar(name, value, step)
+
+  def write_summary(self, summary: dict[str, Any]) -> None:
+    if self.enabled:
+      files.write_json_atomic(
+          self.workdir / files.SUMMARY, {k: _clean(v) for k, v in summary.items()}
+      )
+
+  def flush(self) -> None:
+    if self.enabled:
+      self._jsonl.flush()
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self._jsonl.close()
+      self._tb.close()

@@ -1,0 +1,21 @@
+"""A PEFT fine-tune sharded over 8 simulated devices equals the 1-device run."""
+
+import numpy as np
+
+from tests.helpers import run_module
+
+
+def run_steps(devices: int, *args) -> dict:
+  return run_module("tests.efficiency.peft.sharded_steps", *map(str, args), devices=devices)
+
+
+def test_sharded_dora_on_int8_base_equals_single_device():
+  single = run_steps(1, "dora", "int8", "1", "1", "1")
+  sharded = run_steps(8, "dora", "int8", "2", "2", "2")
+  assert sharded["devices"] == 8 and single["devices"] == 1
+  np.testing.assert_allclose(sharded["losses"], single["losses"], rtol=1e-4)
+  assert single["losses"][-1] < single["losses"][0]
+  # Adapters follow the base kernel's logical axes: A [layers, embed, r], B [layers, r, mlp].
+  assert sharded["lora_a"] == [None, "fsdp", None]
+  assert sharded["lora_b"] == [None, None, "tensor"]
+  assert sharded["lora_b_shards"] == 8

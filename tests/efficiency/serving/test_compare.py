@@ -1,0 +1,24 @@
+"""Decoding methods side by side (the CoS benchmark) on tiny random models."""
+
+import numpy as np
+
+from efficiency.serving.collaborative import Contrastive
+from efficiency.serving.compare import compare, table
+from efficiency.serving.sampling import Sampling
+from efficiency.serving.speculation import Engine
+from tests.helpers import tiny_model
+
+
+def test_compare_reports_every_method_and_greedy_identity():
+  members = [tiny_model(0, vocab=11, layers=2), tiny_model(1, vocab=11)]
+  engine = Engine(Contrastive(0.1, Sampling(0.0)), members, max_len=64)
+  prompts = [np.array([1, 2, 3], np.int32), np.array([4, 5, 6, 7, 8], np.int32)]
+  report = compare(engine, prompts, 12, gamma=2, proposer=1, seed=0, eos_id=None)
+  assert report["same_tokens_as_standard"] == {"standard": True, "naive": True, "cos": True}
+  for name in ("standard", "naive", "cos"):
+    assert report[name]["tokens"] == 24  # two prompts, the warm-up pass not counted
+    assert report[name]["tokens_per_s"] > 0
+  assert report["standard"]["acceptance"] is None and report["standard"]["speedup"] == 1.0
+  assert 0 < report["cos"]["acceptance"] <= 1
+  assert report["standard"]["tokens_per_call"] == 24 / 44  # 11 calls per model per prompt
+  assert "speedup" in table(report)

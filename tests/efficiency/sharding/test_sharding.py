@@ -1,0 +1,34 @@
+"""Sharded training on 8 simulated CPU devices equals training on one device."""
+
+import numpy as np
+import pytest
+
+from tests.helpers import run_module
+
+RTOL = 1e-4  # float32; sharded reductions sum in a different order
+
+
+def run_steps(devices: int, *args) -> dict:
+  return run_module("tests.efficiency.train.sharded_steps", *map(str, args), devices=devices)
+
+
+def test_sharded_losses_equal_single_device():
+  single = run_steps(1, 1, 1, 1)
+  sharded = run_steps(8, 2, 2, 2)
+  assert sharded["devices"] == 8 and single["devices"] == 1
+  np.testing.assert_allclose(sharded["losses"], single["losses"], rtol=RTOL)
+  assert single["losses"][-1] < single["losses"][0]  # it trains
+  # Parameters and optimizer state really are split: FSDP over embed, tensor over mlp.
+  assert sharded["mlp_gate"] == [None, "fsdp", "tensor"]
+  assert sharded["adam_mu_gate"] == sharded["mlp_gate"]
+  assert sharded["mlp_gate_shards"] == 8
+
+
+@pytest.mark.slow  # two more 8-device subprocesses; run with `scripts/test.sh -m slow`
+def test_expert_parallel_moe_equals_single_device():
+  """4 experts split over expert=2 (with data=2, tensor=2): same losses as one device."""
+  single = run_steps(1, 1, 1, 1, 1, 4)
+  sharded = run_steps(8, 2, 1, 2, 2, 4)
+  np.testing.assert_allclose(sharded["losses"], single["losses"], rtol=RTOL)
+  assert sharded["mlp_gate"] == [None, "expert", "fsdp", "tensor"]  # layers, expert, embed, mlp
+  assert sharded["mlp_gate_shards"] == 8
