@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from efficiency.workdir.files import load_config
+
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("full", "freeze", "lora", "lora_plus", "rslora", "dora", "pissa")
 
@@ -99,7 +101,7 @@ def main() -> None:
   for m, r in results.items():
     s, e = r["summary"], r["efficiency"]["metrics"]
     al = e["AL"]["value"]
-    batch = json.loads((out / m / "config.json").read_text())["batch_size"]
+    batch = load_config(out / m).batch_size
     st = batch / s["param_count"] / al
     print(f"| {m} | {s['trainable_param_count']:,} | "
           f"{100 * s['trainable_param_count'] / s['param_count']:.1f} | "

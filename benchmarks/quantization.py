@@ -21,6 +21,7 @@ from efficiency.serving import export
 from efficiency.serving.quant_report import quality
 from efficiency.serving.timing import METHOD, decode_speed
 from efficiency.train.inputs import load_inputs
+from efficiency.workdir import files
 from efficiency.workdir.restore import restore
 
 
@@ -98,7 +99,7 @@ def main() -> None:
                      args.rounds))
   if args.float_run:
     runs = dict(item.split("=", 1) for item in args.quant_runs.split(",") if item)
-    target = json.loads((Path(args.float_run) / "config.json").read_text())["target_loss"]
+    target = files.load_config(args.float_run).target_loss
     print()
     print(curves_table(args.float_run, runs, target))
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import tensorflow_datasets as tfds
 from absl import logging
 
-from efficiency.errors import ConfigError
+from data.file_corpus import FileCorpus
 
 # Directory names never descended into: installed packages and test suites (including
 # idlelib/idle_test and lib2to3/tests, whose data files are deliberately malformed).
@@ -37,12 +37,6 @@ def python_files(root: str) -> list[str]:
       if name.endswith(".py"):
         paths.append(os.path.normpath(os.path.join(rel_dir, name)).replace(os.sep, "/"))
   return sorted(paths)
-
-
-def is_validation(path: str, validation_percent: int) -> bool:
-  """Whether the file at relative `path` belongs to the validation split (sha1 of path mod 100)."""
-  digest = hashlib.sha1(path.encode("utf-8")).digest()
-  return int.from_bytes(digest[:8], "big") % 100 < validation_percent
 
 
 @dataclasses.dataclass
@@ -73,49 +67,19 @@ def make_config(root: str, validation_percent: int) -> StdlibCorpusConfig:
   )
 
 
-class StdlibCorpus(tfds.core.GeneratorBasedBuilder):
+class StdlibCorpus(FileCorpus):
   """Python source files of the standard library (or of any directory), one example per file."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  DESCRIPTION = __doc__
 
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> None:
-    """None: there is no checksums file to find next to this code.
+  def files(self) -> list[str]:
+    return python_files(self.builder_config.root)
 
-    (Locating the code of a builder defined in a package needs the `importlib_resources`
-    backport, which tensorflow-datasets 4.9.10 uses but does not install; see
-    tensorflow/datasets#11212.)
-    """
-    return None
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict(
-            {"text": tfds.features.Text(), "path": tfds.features.Text()}
-        ),
-    )
-
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    del dl_manager  # Nothing to download.
-    config = self.builder_config
-    paths = python_files(config.root)
-    splits = {"train": [], "validation": []}
-    for path in paths:
-      split = "validation" if is_validation(path, config.validation_percent) else "train"
-      splits[split].append(path)
-    for split, split_paths in splits.items():
-      if not split_paths:
-        raise ConfigError(
-            f"the {split} split of {config.root!r} is empty ({len(paths)} .py files, "
-            f"data.validation_percent={config.validation_percent}); add files or change the percent"
-        )
-    return {split: self._generate_examples(split, p) for split, p in splits.items()}
+  def describe(self) -> str:
+    return repr(self.builder_config.root)
 
   def _generate_examples(self, split: str, paths: list[str]) -> Iterator[tuple[str, dict]]:
+    """Files decoded as UTF-8; empty and non-UTF-8 files are skipped (and counted in the log)."""
     skipped = collections.Counter()
     for path in paths:
       with open(os.path.join(self.builder_config.root, path), "rb") as f:

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import tensorflow_datasets as tfds
 
-from data.stdlib_corpus import is_validation
-from efficiency.errors import ConfigError, MissingPathError
+from data.file_corpus import FileCorpus
+from efficiency.errors import MissingPathError
 
 
 def text_files(pattern: str) -> list[str]:
@@ -49,43 +49,19 @@ def make_config(pattern: str, validation_percent: int) -> TextCorpusConfig:
   )
 
 
-class TextCorpus(tfds.core.GeneratorBasedBuilder):
+class TextCorpus(FileCorpus):
   """Local text files, one example per file: `text` (raw bytes) and `path`."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  DESCRIPTION = __doc__
 
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> None:
-    """None: there is no checksums file next to this code (see StdlibCorpus.code_path)."""
-    return None
+  def files(self) -> list[str]:
+    return text_files(self.builder_config.pattern)
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict(
-            {"text": tfds.features.Text(), "path": tfds.features.Text()}
-        ),
-    )
+  def describe(self) -> str:
+    return f"data.text_glob={self.builder_config.pattern!r}"
 
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    del dl_manager  # Nothing to download.
-    config = self.builder_config
-    splits = {"train": [], "validation": []}
-    for path in text_files(config.pattern):
-      split = "validation" if is_validation(path, config.validation_percent) else "train"
-      splits[split].append(path)
-    for split, paths in splits.items():
-      if not paths:
-        raise ConfigError(
-            f"the {split} split of data.text_glob={config.pattern!r} is empty; add files or "
-            f"change data.validation_percent={config.validation_percent}"
-        )
-    return {split: self._generate_examples(paths) for split, paths in splits.items()}
-
-  def _generate_examples(self, paths: list[str]) -> Iterator[tuple[str, dict]]:
+  def _generate_examples(self, split: str, paths: list[str]) -> Iterator[tuple[str, dict]]:
+    del split
     for path in paths:
       with open(path, "rb") as f:
         yield path, {"text": f.read(), "path": path}

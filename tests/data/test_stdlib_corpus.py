@@ -1,6 +1,6 @@
 """The stdlib corpus builder: file selection, the deterministic split and config names."""
 
-from data import sources, stdlib_corpus
+from data import file_corpus, sources, stdlib_corpus
 from tests.helpers import data_config, write_corpus
 
 
@@ -26,7 +26,7 @@ def test_splits_are_disjoint_complete_and_stable(corpus, tmp_path):
   assert not first["train"].keys() & first["validation"].keys()
   assert first["train"] | first["validation"] == texts  # Empty and non-UTF-8 files are skipped.
   for path in first["validation"]:
-    assert stdlib_corpus.is_validation(path, 20)
+    assert file_corpus.is_validation(path, 20)
 
 
 def test_prepared_once_then_read(corpus, tmp_path, monkeypatch):
