@@ -216,7 +216,7 @@ class Loop:
     self.config, self.training, self.compiled_step = config, training, compiled_step
     self.train_iterator = inputs.train
     self.eval_batches = [to_global(b, training.rows_sharding) for b in inputs.eval_batches]
-    self.token_bytes_V = np.asarray(inputs.tokenizer.token_bytes, np.float32)
+    self.evaluate_state = training.evaluator(np.asarray(inputs.tokenizer.token_bytes, np.float32))
     self.writer, self.manager = writer, manager
     self.summary, self.progress, self.started = summary, progress, started
     self.is_main = jax.process_index() == 0
@@ -309,7 +309,7 @@ class Loop:
 
   def evaluate(self, state: TrainState, step: int) -> None:
     """Eval loss and bits per byte on the fixed eval batches, into metrics and the summary."""
-    result = self.training.evaluate(state, self.eval_batches, self.token_bytes_V)
+    result = self.evaluate_state(state, self.eval_batches)
     eval_loss, eval_bpb = result["eval_loss"], result["eval_bpb"]
     progress, summary = self.progress, self.summary
     progress.final_eval_loss, progress.final_eval_bpb = eval_loss, eval_bpb

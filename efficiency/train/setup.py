@@ -3,7 +3,7 @@
 import contextlib
 import functools
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import flax.linen as nn
 import jax
@@ -91,7 +91,6 @@ class Training:
         out_shardings=(self.state_sharding, None),
         donate_argnums=0,
     )
-    self._evaluators: dict[bytes, Evaluator] = {}
 
   @contextlib.contextmanager
   def context(self) -> Iterator[None]:
@@ -124,18 +123,21 @@ class Training:
       compiled = lowered.compile()
     return compiled, time.perf_counter() - start
 
-  def evaluate(
-      self, state: TrainState, batches: Sequence[Batch], token_bytes_V: np.ndarray
-  ) -> dict[str, float]:
-    """eval_loss, eval_bpb and accuracy of the effective parameters over global `batches`."""
-    key = np.asarray(token_bytes_V, np.float32).tobytes()
-    if key not in self._evaluators:
-      self._evaluators[key] = Evaluator(
-          self.model, token_bytes_V, params_of=self.effective_params,
-          in_shardings=(self.state_sharding, self.rows_sharding),
-      )
-    with self.context():
-      return self._evaluators[key](state, batches)
+  def evaluator(
+      self, token_bytes_V: np.ndarray
+  ) -> Callable[[TrainState, Sequence[Batch]], dict[str, float]]:
+    """(state, global batches) -> eval_loss, eval_bpb and accuracy of the state's effective
+    parameters; `token_bytes_V` holds each token's UTF-8 byte count."""
+    evaluator = Evaluator(
+        self.model, token_bytes_V, params_of=self.effective_params,
+        in_shardings=(self.state_sharding, self.rows_sharding),
+    )
+
+    def evaluate(state: TrainState, batches: Sequence[Batch]) -> dict[str, float]:
+      with self.context():
+        return evaluator(state, batches)
+
+    return evaluate
 
   def effective_params(self, state: TrainState) -> dict:
     """The parameters the model applies: trainable and frozen trees combined (adapters merged)."""
