@@ -17,19 +17,15 @@ import time
 import jax
 
 from configs import default, efficientllm
-from data.pipeline import make_train_iterator
 from efficiency.config import resolve
 from efficiency.sharding.mesh import to_global
-from efficiency.train.inputs import prepared_of, tokenizer_of
+from efficiency.train.inputs import load_inputs
 from efficiency.train.setup import Training
 
 
 def pipeline_rate(config, batches: int) -> tuple[float, list]:
   """Real tokens/s of the train iterator over `batches` batches (after the first), and them."""
-  tokenizer = tokenizer_of(config)
-  prepared = prepared_of(config, tokenizer)
-  iterator = make_train_iterator(config, tokenizer, process_index=0, process_count=1,
-                                 prepared=prepared)
+  iterator = load_inputs(config, evaluation=False).train
   kept = [next(iterator)]
   start = time.perf_counter()
   tokens = 0

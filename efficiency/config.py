@@ -14,7 +14,8 @@ import ml_collections
 
 from data.curriculum.difficulty import DIFFICULTIES
 from data.curriculum.pacing import PACINGS
-from data.filters import FILTERS, REFERENCE_FILTERS, parse_chain
+from data.filters import FILTERS, parse_chain
+from data.prepared import uses_reference
 from data.sources import SOURCES
 from data.tokenizer import TOKENIZERS, ByteTokenizer
 from efficiency.attention import ATTENTION, resolve_kv_heads
@@ -66,16 +67,11 @@ def _known(field: str, value, choices) -> None:
     raise ConfigError(f"{field}={value!r} is unknown; valid choices: {', '.join(choices)}")
 
 
-def _get(config: ml_collections.ConfigDict, field: str):
-  value = config
-  for part in field.split("."):
-    value = value[part]
-  return value
-
-
 def _positive(config: ml_collections.ConfigDict, *fields: str) -> None:
   for field in fields:
-    value = _get(config, field)
+    value = config
+    for part in field.split("."):
+      value = value[part]
     if not isinstance(value, int) or value <= 0:
       raise ConfigError(f"{field}={value!r} is invalid; it must be a positive integer")
 
@@ -245,9 +241,7 @@ def _check_data(config: ml_collections.ConfigDict) -> None:
     _fraction("data.curriculum.fraction", c.fraction)
     if c.stages < 1:
       raise ConfigError(f"data.curriculum.stages={c.stages} must be at least 1")
-  if (set(chain) & set(REFERENCE_FILTERS) or c.difficulty == "reference_loss") and (
-      not d.reference_workdir
-  ):
+  if uses_reference(config) and not d.reference_workdir:
     raise ConfigError("perplexity filtering and reference_loss need data.reference_workdir")
   w = d.seq_len_warmup
   if w.start:

@@ -21,14 +21,19 @@ from efficiency.train.step import Batch, forward
 Sums = dict[str, jax.Array]
 
 
+def token_losses(params, batch: Batch, model: nn.Module) -> tuple[jax.Array, ...]:
+  """Logits [B, T, V], each target's cross-entropy (nats) and its weight [B, T]."""
+  logits_BTV, _ = forward(params, batch, model, jax.random.PRNGKey(0))
+  losses_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, batch["targets"])
+  return logits_BTV, losses_BT, batch["weights"].astype(jnp.float32)
+
+
 def batch_sums(
     params, batch: Batch, model: nn.Module, token_bytes_V: jax.Array | None = None
 ) -> Sums:
   """Summed target losses, correct argmax predictions, real targets and (given each token's
   UTF-8 byte count) target bytes of one batch."""
-  logits_BTV, _ = forward(params, batch, model, jax.random.PRNGKey(0))
-  losses_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, batch["targets"])
-  weights_BT = batch["weights"].astype(jnp.float32)
+  logits_BTV, losses_BT, weights_BT = token_losses(params, batch, model)
   correct_BT = (jnp.argmax(logits_BTV, axis=-1) == batch["targets"]).astype(jnp.float32)
   sums = {
       "loss_sum": jnp.sum(losses_BT * weights_BT),
@@ -88,7 +93,5 @@ class Evaluator:
 
 def row_losses(params, batch: Batch, model: nn.Module) -> jax.Array:
   """[B]: each row's mean loss over its real targets (0 for a row without any)."""
-  logits_BTV, _ = forward(params, batch, model, jax.random.PRNGKey(0))
-  losses_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, batch["targets"])
-  weights_BT = batch["weights"].astype(jnp.float32)
+  _, losses_BT, weights_BT = token_losses(params, batch, model)
   return jnp.sum(losses_BT * weights_BT, -1) / jnp.maximum(jnp.sum(weights_BT, -1), 1)

@@ -3,6 +3,7 @@ references, and running train.py. Fixtures live in the conftest files; everythin
 imports lives here."""
 
 import json
+import os
 import random
 import socket
 import subprocess
@@ -327,8 +328,6 @@ def free_port() -> int:
 def run_module(module: str, *args: str, devices: int = 1, timeout: int = 300) -> dict:
   """Runs `python -m module args` with `devices` simulated CPU devices; its last stdout line
   parsed as JSON."""
-  import os
-
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
   proc = subprocess.run(
       [sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True,

@@ -94,9 +94,10 @@ def load_inputs(
     process_index: int = 0,
     process_count: int = 1,
     train: bool = True,
+    evaluation: bool = True,
 ) -> Inputs:
   """The inputs of a resolved `config` for one process (without the train iterator when `train`
-  is False)."""
+  is False, without eval batches when `evaluation` is False)."""
   tokenizer = tokenizer_of(config)
   if tokenizer.vocab_size > config.model.vocab_size:
     raise ConfigError(
@@ -109,5 +110,5 @@ def load_inputs(
       tokenizer=tokenizer,
       prepared=prepared,
       train=make_train_iterator(config, tokenizer, **shard) if train else None,
-      eval_batches=make_eval_batches(config, tokenizer, **shard),
+      eval_batches=make_eval_batches(config, tokenizer, **shard) if evaluation else [],
   )

@@ -29,7 +29,7 @@ def measure_train(
   these devices): AMU, PCU, AL, TT, ST, AEC and MCR, each with how it was measured. The
   parameters are the workdir's newest checkpoint (fresh when it has none)."""
   workdir = Path(workdir)
-  inputs = load_inputs(config, jax.process_index(), jax.process_count())
+  inputs = load_inputs(config, jax.process_index(), jax.process_count(), evaluation=False)
   training = Training(config)
   restored = files.checkpoint_steps(workdir)
   state = training.init(config.seed, restore(workdir).params if restored else None)
