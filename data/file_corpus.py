@@ -49,6 +49,10 @@ class FileCorpus(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def files(self) -> list[str]:
     """The corpus's files, as the paths its examples are keyed by."""
 
+  def split_key(self, path: str) -> str:
+    """What the split hashes for `path`: a name that stays the same wherever the corpus lives."""
+    return path
+
   @abc.abstractmethod
   def describe(self) -> str:
     """What the files are, for the error when a split is empty."""
@@ -63,7 +67,7 @@ class FileCorpus(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     paths = self.files()
     splits = {"train": [], "validation": []}
     for path in paths:
-      splits["validation" if is_validation(path, percent) else "train"].append(path)
+      splits["validation" if is_validation(self.split_key(path), percent) else "train"].append(path)
     for split, split_paths in splits.items():
       if not split_paths:
         raise ConfigError(

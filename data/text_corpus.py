@@ -7,6 +7,7 @@ Unlike the stdlib corpus, nothing is skipped here: empty files and invalid UTF-8
 import dataclasses
 import glob
 import hashlib
+import itertools
 import os
 from collections.abc import Iterator
 
@@ -22,6 +23,16 @@ def text_files(pattern: str) -> list[str]:
     pattern = os.path.join(pattern, "**", "*")
   paths = glob.glob(os.path.expanduser(pattern), recursive=True)
   return sorted(os.path.abspath(p) for p in paths if os.path.isfile(p))
+
+
+def pattern_root(pattern: str) -> str:
+  """The absolute folder a folder or glob starts from: the part before its first wildcard."""
+  pattern = os.path.expanduser(pattern)
+  if os.path.isdir(pattern):
+    return os.path.abspath(pattern)
+  parts = pattern.split(os.sep)
+  literal = list(itertools.takewhile(lambda part: not glob.has_magic(part), parts[:-1]))
+  return os.path.abspath(os.sep.join(literal) or os.curdir)
 
 
 @dataclasses.dataclass
@@ -56,6 +67,10 @@ class TextCorpus(FileCorpus):
 
   def files(self) -> list[str]:
     return text_files(self.builder_config.pattern)
+
+  def split_key(self, path: str) -> str:
+    """The path relative to the pattern's folder, so moving the corpus keeps its split."""
+    return os.path.relpath(path, pattern_root(self.builder_config.pattern)).replace(os.sep, "/")
 
   def describe(self) -> str:
     return f"data.text_glob={self.builder_config.pattern!r}"

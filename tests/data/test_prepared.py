@@ -2,6 +2,7 @@
 cache, `python -m data.prepare`, and exact resume with filters, curriculum and warmup."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data import pipeline, prepared, sources
+from data import pipeline, prepared, sources, text_corpus
 from data import tokenizer as tokenizer_lib
 from data.seq_len_warmup import split_segments
 from tests.helpers import ROOT, data_config
@@ -157,3 +158,20 @@ def test_split_segments():
   out = split_segments(batch, 4)
   assert out["segment_ids"].tolist() == [[1, 2, 2, 2, 2, 3, 3, 0]]
   assert out["positions"].tolist() == [[3, 0, 1, 2, 3, 0, 1, 0]]
+
+
+def test_text_split_does_not_depend_on_where_the_folder_lives(text_folder, tmp_path):
+  """Files go to a split by their path inside the folder, so a moved corpus keeps its split."""
+
+  def split_names(pattern: str) -> dict[str, list[str]]:
+    builder = text_corpus.TextCorpus(
+        config=text_corpus.make_config(pattern, 20), data_dir=str(tmp_path / "tfds")
+    )
+    generators = builder._split_generators(None)
+    return {split: sorted(Path(key).name for key, _ in gen) for split, gen in generators.items()}
+
+  moved = tmp_path / "elsewhere" / "texts"
+  shutil.copytree(text_folder, moved)
+  here = split_names(str(text_folder))
+  assert here["train"] and here["validation"]
+  assert split_names(str(moved / "*.txt")) == here
