@@ -4,6 +4,7 @@ process's train iterator and eval batches. Every tool that reads a run's data go
 """
 
 import dataclasses
+import functools
 
 import grain
 import ml_collections
@@ -17,7 +18,7 @@ from data.tokenizer import Tokenizer, get_tokenizer
 from efficiency.errors import ConfigError
 from efficiency.evaluation import Evaluator
 from efficiency.workdir import files
-from efficiency.workdir.restore import restore
+from efficiency.workdir.restore import TrainedModel, restore
 
 
 def tokenizer_of(config: ml_collections.ConfigDict) -> Tokenizer:
@@ -40,11 +41,16 @@ class ReferenceScorer:
     steps = files.checkpoint_steps(workdir)
     self.key = [workdir, steps[-1] if steps else None]
 
-  def __call__(self, texts: list[str]) -> np.ndarray:
+  @functools.cached_property
+  def _model(self) -> tuple[TrainedModel, Tokenizer, Evaluator]:
+    """The reference run's model, tokenizer and evaluator, loaded once (a filter and a
+    difficulty scoring the same documents share them)."""
     hint = f"train one first: python train.py --workdir={self.workdir}"
     trained = restore(self.workdir, field="data.reference_workdir", hint=hint)
-    tokenizer = tokenizer_of(trained.config)
-    evaluator = Evaluator(trained.model)
+    return trained, tokenizer_of(trained.config), Evaluator(trained.model)
+
+  def __call__(self, texts: list[str]) -> np.ndarray:
+    trained, tokenizer, evaluator = self._model
     seq_len, batch_size = trained.config.seq_len, trained.config.batch_size
     losses = np.zeros(len(texts))
     for start in tqdm(range(0, len(texts), batch_size), desc="Reference losses", unit="batch"):
