@@ -48,8 +48,7 @@ def main(argv: list[str]) -> None:
     config = imported_config(default.get_config(), _FROM_HF.value, _SCAN.value, _PARAM_DTYPE.value)
     config.mesh.update(data=-1, fsdp=_FSDP.value, tensor=_TENSOR.value)
     config = resolve(config, jax.device_count(), jax.process_count())
-    out = import_checkpoint(_FROM_HF.value, _WORKDIR.value, config)
-    print(f"imported {_FROM_HF.value} into {out}")
+    print(json.dumps(import_checkpoint(_FROM_HF.value, _WORKDIR.value, config)))
     return
   if _SHARD_GB.value <= 0:
     sys.exit(f"error: --max_shard_gb={_SHARD_GB.value} must be positive")

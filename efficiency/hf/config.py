@@ -52,7 +52,7 @@ def model_section(hf: dict[str, Any]) -> dict[str, Any]:
     )
   for field in ("attention_bias", "mlp_bias"):
     if model_type == "llama" and hf.get(field):
-      raise _unsupported(field, True, "Llama biases (on o_proj and the MLP too) are not implemented")
+      raise _unsupported(field, True, "Llama's o_proj and MLP biases are not implemented")
   heads = int(hf["num_attention_heads"])
   d_model = int(hf["hidden_size"])
   return {
@@ -77,7 +77,8 @@ def check_exportable(config: ml_collections.ConfigDict) -> None:
   m = config.model
   reasons = []
   if m.attention not in EXPORTABLE_ATTENTION:
-    reasons.append(f"model.attention={m.attention!r} (exportable: {', '.join(EXPORTABLE_ATTENTION)})")
+    exportable = ", ".join(EXPORTABLE_ATTENTION)
+    reasons.append(f"model.attention={m.attention!r} (exportable: {exportable})")
   if m.position != "rope":
     reasons.append(f"model.position={m.position!r} (exportable: rope)")
   if m.moe.num_experts:

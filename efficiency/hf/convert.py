@@ -84,9 +84,13 @@ def load_params(shards: files.Shards, training: Training, progress: bool = True)
         for e in group
     ]
     host = np.stack(parts) if group[0].layer is not None else parts[0]
-    placed[path] = jax.make_array_from_callback(leaf.shape, shardings[path], lambda i: host[i])
-    del host, parts
+    placed[path] = _place(host, shardings[path])
   return unflatten_dict(placed)
+
+
+def _place(host: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
+  """`host` as a global array in `sharding`: each device (of every process) gets its slice."""
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def import_checkpoint(
@@ -94,17 +98,24 @@ def import_checkpoint(
     workdir: str | Path,
     config: ml_collections.ConfigDict,
     progress: bool = True,
-) -> Path:
+) -> dict:
   """Writes `workdir` from the checkpoint in `hf_dir` under the resolved `config`
   (`imported_config`): its tokenizer files, a step-0 checkpoint (fresh optimizer state) and
-  config.json, last. Returns the workdir."""
+  config.json, last. Returns what was imported."""
   hf_dir, workdir = Path(hf_dir).absolute(), Path(workdir).absolute()
   _check_new(workdir, "--workdir", workdir_files.CHECKPOINTS)
   training = Training(config)
   with files.Shards(hf_dir) as shards:
     base = load_params(shards, training, progress)
+  leaves = jax.tree.leaves(base)
+  report = {
+      "workdir": str(workdir),
+      "model_type": files.read_config(hf_dir)["model_type"],
+      "parameters": int(sum(x.size for x in leaves)),
+      "sharded_tensors": sum(not x.sharding.is_fully_replicated for x in leaves),
+  }
   state = training.init(config.seed, base)
-  del base
+  del base, leaves
   tokenizer_dir = workdir / TOKENIZER_DIR
   tokenizer_dir.mkdir(parents=True, exist_ok=True)
   for name in files.TOKENIZER_FILES:
@@ -114,7 +125,7 @@ def import_checkpoint(
   config.data.tokenizer_dir = str(tokenizer_dir)
   checkpoint.save_state(workdir, 0, state)
   workdir_files.write_json_atomic(workdir / workdir_files.CONFIG, config.to_dict())
-  return workdir
+  return report
 
 
 def export_checkpoint(
@@ -130,9 +141,9 @@ def export_checkpoint(
   when the run's tokenizer is an `hf` one, its tokenizer files. Returns what was written."""
   out = Path(out).absolute()
   _check_new(out, "--to_hf", files.CONFIG)
+  check_exportable(workdir_files.load_config(workdir))
   trained = restore(workdir, step)
   config = trained.config
-  check_exportable(config)
   dtype = dtype or config.model.param_dtype
   if dtype not in NUMPY_DTYPES:
     raise ConfigError(f"--dtype={dtype!r} is invalid; valid choices: {sorted(NUMPY_DTYPES)}")
