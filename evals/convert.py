@@ -8,9 +8,9 @@
 Import reads HF_DIR's config.json, safetensors shards and tokenizer files and writes a workdir
 that every tool accepts (`--config.init_from=OUT` for fine-tuning, `evals.generate`, `evals.cos`,
 `evals.quantize`, `evals.efficiency`): config.json (configs/default.py with the checkpoint's
-model and `data.tokenizer='hf'`), OUT/tokenizer/ and a step-0 checkpoint. Export writes a folder
-`transformers` loads as Qwen2 (models with QKV biases) or Llama (without), with the tokenizer
-when the run's is an `hf` one.
+model and `data.tokenizer='hf'`), OUT/tokenizer/ and a step-0 checkpoint of the weights alone.
+Export writes a folder `transformers` loads as Qwen2 (models with QKV biases) or Llama
+(without), with the tokenizer when the run's is an `hf` one.
 """
 
 import json

@@ -100,8 +100,9 @@ def import_checkpoint(
     progress: bool = True,
 ) -> dict:
   """Writes `workdir` from the checkpoint in `hf_dir` under the resolved `config`
-  (`imported_config`): its tokenizer files, a step-0 checkpoint (fresh optimizer state) and
-  config.json, last. Returns what was imported."""
+  (`imported_config`): its tokenizer files, a step-0 checkpoint of the weights alone (a
+  fine-tuning run starts its own optimizer state) and config.json, last. Returns what was
+  imported."""
   hf_dir, workdir = Path(hf_dir).absolute(), Path(workdir).absolute()
   _check_new(workdir, "--workdir", workdir_files.CHECKPOINTS)
   training = Training(config)
@@ -114,8 +115,7 @@ def import_checkpoint(
       "parameters": int(sum(x.size for x in leaves)),
       "sharded_tensors": sum(not x.sharding.is_fully_replicated for x in leaves),
   }
-  state = training.init(config.seed, base)
-  del base, leaves
+  del leaves
   tokenizer_dir = workdir / TOKENIZER_DIR
   tokenizer_dir.mkdir(parents=True, exist_ok=True)
   for name in files.TOKENIZER_FILES:
@@ -123,7 +123,7 @@ def import_checkpoint(
       shutil.copyfile(hf_dir / name, tokenizer_dir / name)
   config = ml_collections.ConfigDict(config.to_dict())
   config.data.tokenizer_dir = str(tokenizer_dir)
-  checkpoint.save_state(workdir, 0, state)
+  checkpoint.save_weights(workdir, 0, base)
   workdir_files.write_json_atomic(workdir / workdir_files.CONFIG, config.to_dict())
   return report
 
