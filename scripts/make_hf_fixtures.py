@@ -2,6 +2,10 @@
 
   pip install torch==2.14.1 transformers==5.23.0   # not dependencies of the project
   python scripts/make_hf_fixtures.py
+  python scripts/make_hf_fixtures.py --check=EXPORTED --against=qwen2|llama
+
+The second form checks an export by `evals.convert --to_hf` of an imported fixture: transformers
+loads the folder and its logits must equal the fixture's.
 
 Writes, for a tiny random Qwen2 (tied embeddings, QKV biases, one safetensors file) and a tiny
 random Llama (untied, no biases, head_dim != d_model / heads, two shards with an index):
@@ -11,6 +15,7 @@ the model folder as `save_pretrained` writes it, a small byte-level BPE tokenize
 `text_ids` (the tokenizer's ids of `TEXT`). The tests import the folders and must reproduce them.
 """
 
+import argparse
 import json
 from pathlib import Path
 
@@ -97,7 +102,25 @@ def make(name: str, config: transformers.PretrainedConfig, seed: int, shard_size
   print(f"{name}: {sum(p.numel() for p in model.parameters())} parameters -> {folder}")
 
 
+def check(folder: str, against: str) -> None:
+  """transformers' logits for `folder` (an exported fixture) against the frozen ones."""
+  expected = np.load(OUT / against / "expected.npz")
+  model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+  with torch.no_grad():
+    logits = model(torch.tensor(expected["input_ids"]).long()).logits.numpy()
+  diff = float(np.abs(logits - expected["logits"]).max())
+  print(f"{type(model).__name__} from {folder}: max |logits - {against}'s| = {diff:.3g}")
+  assert diff < 1e-4, diff
+
+
 def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--check", help="An exported folder to load with transformers.")
+  parser.add_argument("--against", choices=["qwen2", "llama"], default="qwen2")
+  args = parser.parse_args()
+  if args.check:
+    check(args.check, args.against)
+    return
   common = dict(
       vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,

@@ -13,6 +13,8 @@ from flax.traverse_util import flatten_dict
 from safetensors.numpy import load_file, save_file
 
 from configs.default import get_config
+from configs.finetune import get_config as get_finetune_config
+from data.tokenizer import HFTokenizer
 from efficiency.config import resolve
 from efficiency.errors import ConfigError, MissingPathError
 from efficiency.hf.convert import export_checkpoint, import_checkpoint, imported_config
@@ -24,7 +26,7 @@ from efficiency.train.inputs import tokenizer_of
 from efficiency.train.setup import Training
 from efficiency.workdir import files
 from efficiency.workdir.restore import restore
-from tests.helpers import ROOT, run_module, tiny_config
+from tests.helpers import ROOT, run_module, run_peft, tiny_config
 
 FIXTURES = ROOT / "tests" / "fixtures" / "hf"
 
@@ -218,3 +220,20 @@ def test_models_sharing_a_tokenizer_decode_together(imported):
   finetune.data.tokenizer_from = ""
   with pytest.raises(ConfigError, match=r"different vocabularies \(qwen2: tokenizer=hf"):
     check_same_tokenizer([qwen, finetune], ["qwen2", "finetune"])
+
+
+def test_lora_fine_tuning_starts_from_the_imported_weights(imported):
+  """`init_from` an imported workdir: its model and tokenizer, and LoRA's effective weights at
+  step 0 are exactly the checkpoint's."""
+  config = get_finetune_config()
+  config.update(init_from=str(imported["qwen2"]), batch_size=4, seq_len=16, steps=2)
+  config.peft.update(method="lora", rank=4)
+  config = resolve(config, 1)
+  assert config.model.vocab_size == 320 and config.model.qkv_bias
+  assert isinstance(tokenizer_of(config), HFTokenizer)
+  base = restore(imported["qwen2"]).params
+  initial, state, losses, training = run_peft(config, 2, base)
+  effective = flatten_dict(jax.device_get(training.effective_params(state)))
+  for path, value in flatten_dict(training.method.combine(initial.params, initial.frozen)).items():
+    np.testing.assert_array_equal(value, flatten_dict(base)[path])
+  assert np.isfinite(losses).all() and effective.keys() == flatten_dict(base).keys()
