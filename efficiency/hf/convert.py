@@ -16,7 +16,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from tqdm import tqdm
 
 from data.tokenizer import BOS_ID, EOS_ID, HFTokenizer
-from efficiency.errors import ConfigError
+from efficiency.errors import ConfigError, MissingPathError
 from efficiency.hf import files, params
 from efficiency.hf.config import check_exportable, hf_config, model_section
 from efficiency.train import checkpoint
@@ -39,6 +39,10 @@ def imported_config(
   (`data.tokenizer='hf'`); resolve it before `import_checkpoint`."""
   hf_dir = Path(hf_dir).absolute()
   section = model_section(files.read_config(hf_dir))
+  if not (hf_dir / HFTokenizer.FILE).is_file():
+    raise MissingPathError(
+        f"--from_hf={str(hf_dir)!r} has no {HFTokenizer.FILE}; the model needs its tokenizer"
+    )
   config = ml_collections.ConfigDict(base.to_dict())
   config.model.rope.base = section.pop("rope")["base"]
   config.model.update(section)
@@ -117,14 +121,15 @@ def import_checkpoint(
   }
   del leaves
   tokenizer_dir = workdir / TOKENIZER_DIR
-  tokenizer_dir.mkdir(parents=True, exist_ok=True)
-  for name in files.TOKENIZER_FILES:
-    if (hf_dir / name).is_file():
-      shutil.copyfile(hf_dir / name, tokenizer_dir / name)
   config = ml_collections.ConfigDict(config.to_dict())
   config.data.tokenizer_dir = str(tokenizer_dir)
   checkpoint.save_weights(workdir, 0, base)
-  workdir_files.write_json_atomic(workdir / workdir_files.CONFIG, config.to_dict())
+  if jax.process_index() == 0:
+    tokenizer_dir.mkdir(parents=True, exist_ok=True)
+    for name in files.TOKENIZER_FILES:
+      if (hf_dir / name).is_file():
+        shutil.copyfile(hf_dir / name, tokenizer_dir / name)
+    workdir_files.write_json_atomic(workdir / workdir_files.CONFIG, config.to_dict())
   return report
 
 

@@ -3,6 +3,8 @@ tokens, token ids), bitwise round trips, a sharded import, and bad checkpoints a
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -237,3 +239,25 @@ def test_lora_fine_tuning_starts_from_the_imported_weights(imported):
   for path, value in flatten_dict(training.method.combine(initial.params, initial.frozen)).items():
     np.testing.assert_array_equal(value, flatten_dict(base)[path])
   assert np.isfinite(losses).all() and effective.keys() == flatten_dict(base).keys()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--from_hf=/nonexistent", "--workdir=W"],
+         "error: --from_hf='/nonexistent' is not a folder"),
+        (["--workdir=W"], "error: give --workdir and exactly one of --from_hf (import) or --to_hf"),
+    ],
+)
+def test_convert_command_line_errors_are_one_line(args, message):
+  proc = subprocess.run([sys.executable, "-m", "evals.convert", *args], cwd=ROOT,
+                        capture_output=True, text=True)
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith(message)
+
+
+def test_import_needs_the_tokenizer(tmp_path):
+  folder = _broken(tmp_path)
+  (folder / "tokenizer.json").unlink()
+  with pytest.raises(MissingPathError, match=r"--from_hf='.*broken' has no tokenizer.json"):
+    _import(folder, tmp_path / "w")
