@@ -95,7 +95,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.data_dir = ""  # "": $EFFICIENCY_DATA_DIR or ~/.cache/efficiency/data
   c.data.corpus_root = ""  # stdlib only: "" = this interpreter's stdlib directory
   c.data.validation_percent = 5
-  c.data.tokenizer = "sentencepiece"  # sentencepiece | bytes
+  c.data.tokenizer = "sentencepiece"  # sentencepiece | bytes | hf
+  c.data.tokenizer_dir = ""  # tokenizer=hf: a folder with tokenizer.json and tokenizer_config.json
   c.data.shuffle = True
   c.data.shuffle_window = 1024  # rows; decorrelates rows cut from one long document
   c.data.worker_threads = 2

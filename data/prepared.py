@@ -84,6 +84,9 @@ def cache_key(config: ml_collections.ConfigDict, scorer: Scorer | None = None) -
       "field": c.field if c.difficulty == "field" else "",
       "reference": scorer.key if uses_reference(config) and scorer is not None else None,
   }
+  for field in ("tokenizer_from", "tokenizer_dir"):  # Whose vocabulary, when not the corpus's.
+    if d.get(field):
+      key[field] = d[field]
   return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -1,9 +1,12 @@
-"""Tokenizers by `data.tokenizer`: a lossless SentencePiece BPE fit to the corpus, or UTF-8 bytes.
+"""Tokenizers by `data.tokenizer`: a lossless SentencePiece BPE fit to the corpus, UTF-8 bytes,
+or a Hugging Face `tokenizer.json` (an imported model's own vocabulary).
 
-Both reserve ids 0 (padding), 1 (BOS) and 2 (EOS).
+The first two reserve ids 0 (padding), 1 (BOS) and 2 (EOS); `hf` takes its special ids from the
+`tokenizer_config.json` beside its `tokenizer.json`.
 """
 
 import io
+import json
 import os
 import re
 import time
@@ -13,12 +16,13 @@ from typing import Protocol
 import ml_collections
 import numpy as np
 import sentencepiece as spm
+import tokenizers
 from absl import logging
 from tqdm import tqdm
 
 from data import storage
 from data.sources import Records, document_bytes, load_source
-from efficiency.errors import ConfigError
+from efficiency.errors import ConfigError, MissingPathError
 
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 # Text the sentencepiece tokenizer trains on, at most: the first documents of the train split
@@ -81,6 +85,74 @@ class SentencePieceTokenizer:
 
   def decode(self, ids: Sequence[int] | np.ndarray) -> str:
     return self._sp.decode([i for i in np.asarray(ids).tolist() if i < self.vocab_size])
+
+
+class HFTokenizer:
+  """A Hugging Face tokenizer folder: `tokenizer.json` (read by the `tokenizers` library) and
+  `tokenizer_config.json`, whose `eos_token` (required), `bos_token` and `pad_token` name the
+  special ids. Without a BOS token, documents start with EOS (the separator Qwen2 trains with);
+  without a padding token, padding is EOS (padded positions carry weight 0 either way)."""
+
+  FILE = "tokenizer.json"
+  SETTINGS = "tokenizer_config.json"
+
+  def __init__(self, folder: str):
+    self.folder = folder
+    path = os.path.join(folder, self.FILE)
+    if not os.path.isfile(path):
+      raise MissingPathError(f"data.tokenizer_dir={folder!r} has no {self.FILE}")
+    try:
+      self._tokenizer = tokenizers.Tokenizer.from_file(path)
+    except Exception as e:  # tokenizers raises bare Exceptions on malformed files.
+      raise ConfigError(f"{path} is not a tokenizers file: {e}") from e
+    self.vocab_size = max(self._tokenizer.get_vocab(with_added_tokens=True).values()) + 1
+    settings_path = os.path.join(folder, self.SETTINGS)
+    settings = {}
+    if os.path.isfile(settings_path):
+      with open(settings_path) as f:
+        settings = json.load(f)
+    self.eos_id = self._special(settings, "eos_token", settings_path)
+    if self.eos_id is None:
+      raise ConfigError(f"{settings_path} names no eos_token; add one")
+    bos_id, pad_id = (self._special(settings, k, settings_path) for k in ("bos_token", "pad_token"))
+    self.bos_id = self.eos_id if bos_id is None else bos_id
+    self.pad_id = self.eos_id if pad_id is None else pad_id
+    self.token_bytes = self._token_bytes()
+
+  def _special(self, settings: dict, key: str, path: str) -> int | None:
+    token = settings.get(key)
+    if isinstance(token, dict):
+      token = token.get("content")
+    if token is None:
+      return None
+    token_id = self._tokenizer.token_to_id(token)
+    if token_id is None:
+      raise ConfigError(f"{path}: {key}={token!r} is not in {self.FILE}")
+    return token_id
+
+  def _token_bytes(self) -> np.ndarray:
+    """UTF-8 bytes per id: a byte-level vocabulary's tokens spell one byte per character;
+    otherwise (SentencePiece-style) a <0xNN> piece is one byte and U+2581 is a space."""
+    decoder = (json.loads(self._tokenizer.to_str()).get("decoder") or {}).get("type")
+    special = {i for i, t in self._tokenizer.get_added_tokens_decoder().items() if t.special}
+    counts = np.zeros(self.vocab_size, np.int32)
+    for token, i in self._tokenizer.get_vocab(with_added_tokens=True).items():
+      if i in special:
+        continue
+      if decoder == "ByteLevel":
+        counts[i] = len(token)
+      elif re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", token):
+        counts[i] = 1
+      else:
+        counts[i] = len(token.replace("\u2581", " ").encode("utf-8"))
+    return counts
+
+  def encode(self, text: str) -> np.ndarray:
+    return np.asarray(self._tokenizer.encode(text, add_special_tokens=False).ids, np.int32)
+
+  def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+    ids = [i for i in np.asarray(ids).tolist() if 0 <= i < self.vocab_size]
+    return self._tokenizer.decode(ids, skip_special_tokens=True)
 
 
 def train_sentencepiece(lines: Iterable[str], vocab_size: int) -> bytes:
@@ -167,9 +239,21 @@ def _bytes(config: ml_collections.ConfigDict) -> Tokenizer:
   return ByteTokenizer()
 
 
+def _hf(config: ml_collections.ConfigDict) -> Tokenizer:
+  """The Hugging Face tokenizer in `data.tokenizer_dir`, which must fit the model's vocabulary."""
+  tokenizer = HFTokenizer(config.data.tokenizer_dir)
+  if tokenizer.vocab_size > config.model.vocab_size:
+    raise ConfigError(
+        f"model.vocab_size={config.model.vocab_size} is smaller than the {tokenizer.vocab_size} "
+        f"ids of the tokenizer in data.tokenizer_dir={config.data.tokenizer_dir!r}"
+    )
+  return tokenizer
+
+
 TOKENIZERS: dict[str, Callable[[ml_collections.ConfigDict], Tokenizer]] = {
     "sentencepiece": _sentencepiece,
     "bytes": _bytes,
+    "hf": _hf,
 }
 
 

@@ -9,6 +9,8 @@ tokenizer). Checks that need the data itself (a corpus with no files, a tokenize
 the model's vocabulary) happen where the data is read.
 """
 
+import os
+
 import jax
 import ml_collections
 
@@ -17,9 +19,9 @@ from data.curriculum.pacing import PACINGS
 from data.filters import FILTERS, parse_chain
 from data.prepared import uses_reference
 from data.sources import SOURCES
-from data.tokenizer import TOKENIZERS, ByteTokenizer
+from data.tokenizer import TOKENIZERS, ByteTokenizer, HFTokenizer
 from efficiency.attention import ATTENTION, resolve_kv_heads
-from efficiency.errors import ConfigError
+from efficiency.errors import ConfigError, MissingPathError
 from efficiency.model.transformer import REMAT_POLICIES
 from efficiency.peft import BASE_QUANT, PEFT_METHODS, make_method
 from efficiency.position import POSITIONS
@@ -219,6 +221,13 @@ def _check_data(config: ml_collections.ConfigDict) -> None:
           f"model.vocab_size={config.model.vocab_size} is too small for the bytes tokenizer; "
           f"the minimum is {ByteTokenizer.vocab_size}"
       )
+    if d.tokenizer == "hf":
+      folder = d.get("tokenizer_dir", "")
+      if not folder or not os.path.isfile(os.path.join(folder, HFTokenizer.FILE)):
+        raise MissingPathError(
+            f"data.tokenizer='hf' needs data.tokenizer_dir: a folder with {HFTokenizer.FILE}; "
+            f"got {folder!r}"
+        )
   chain = parse_chain(d.filters)
   for name in chain:
     if name not in FILTERS:

@@ -1,14 +1,25 @@
 """Shared test fixtures (the helpers they use are in tests/helpers.py)."""
 
+import os
 import shutil
 import sysconfig
 from pathlib import Path
 
+import jax
 import ml_collections
 import numpy as np
 import pytest
 
-from tests.helpers import data_config, write_corpus
+from tests.helpers import ROOT, data_config, write_corpus
+
+# JAX's persistent compilation cache, shared by the test processes and the commands they start
+# (train.py runs, multi-device scripts): each program compiles once per suite run. It lives in an
+# ignored folder of the repository, so a fresh clone (CI) starts cold.
+COMPILATION_CACHE = ROOT / ".cache" / "jax-compilation"
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(COMPILATION_CACHE))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ LAYERS = [
     ("core", ["efficiency.model", "efficiency.attention", "efficiency.position", "efficiency.quant",
               "efficiency.sharding", "efficiency.metrics"]),
     ("data", ["data"]),
-    ("training", ["efficiency.train", "efficiency.peft", "efficiency.workdir",
+    ("training", ["efficiency.train", "efficiency.peft", "efficiency.workdir", "efficiency.hf",
                   "efficiency.evaluation"]),
     ("serving", ["efficiency.serving"]),
     ("config", ["efficiency.config", "efficiency.sweep", "efficiency.cli"]),

@@ -1,11 +1,14 @@
 """Loads the models that decode together (one function, so every decoding CLI loads alike)."""
 
+import hashlib
 from pathlib import Path
 
 import ml_collections
 
+from data.tokenizer import HFTokenizer
 from efficiency.errors import ConfigError
 from efficiency.serving import export
+from efficiency.train.inputs import tokenizer_config
 from efficiency.workdir.restore import TrainedModel, restore
 
 
@@ -15,9 +18,20 @@ def load_model(workdir: str | Path, quant_bits: int | None = None) -> TrainedMod
   return export.load_quantized(workdir, quant_bits) if quant_bits else restore(workdir)
 
 
+def _vocabulary(config: ml_collections.ConfigDict) -> tuple:
+  """What decides a model's token ids: the tokenizer it trained with (followed through
+  `data.tokenizer_from`; an `hf` one by its tokenizer.json's contents) and its vocabulary size."""
+  source = tokenizer_config(config)
+  if source.data.tokenizer == "hf":
+    path = Path(source.data.tokenizer_dir) / HFTokenizer.FILE
+    origin = hashlib.sha1(path.read_bytes()).hexdigest()[:12] if path.is_file() else str(path)
+    return ("hf", origin, config.model.vocab_size)
+  return (source.data.tokenizer, source.data.name, config.model.vocab_size)
+
+
 def check_same_tokenizer(configs: list[ml_collections.ConfigDict], names: list[str]) -> None:
   """Models decoding together must share a tokenizer: same kind, corpus and vocabulary."""
-  keys = [(c.data.tokenizer, c.data.name, c.model.vocab_size) for c in configs]
+  keys = [_vocabulary(c) for c in configs]
   if len(set(keys)) > 1:
     described = ", ".join(
         f"{n}: tokenizer={k[0]} corpus={k[1]} vocab_size={k[2]}"

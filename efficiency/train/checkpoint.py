@@ -4,6 +4,7 @@ from pathlib import Path
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from efficiency.train.state import TrainState
@@ -60,20 +61,39 @@ def restore_latest(
   return restored["state"], dict(restored["progress"])
 
 
-def restore_state(workdir: str | Path, step: int, abstract_state: TrainState) -> TrainState:
-  """The train state saved at `step` in `workdir` (nothing else), into the given shardings."""
+def restore_weights(workdir: str | Path, step: int, abstract_state: TrainState) -> dict:
+  """The weights saved at `step` in `workdir`, into the given shardings: `params` and, for a PEFT
+  run, `frozen`. The optimizer state is not read (a partial restore), so loading a model for
+  decoding or export takes half or less of a full state's memory and time."""
+  item = {"params": abstract_state.params}
+  if getattr(abstract_state, "frozen", None) is not None:
+    item["frozen"] = abstract_state.frozen
+  restore_args = jax.tree.map(lambda leaf: ocp.ArrayRestoreArgs(sharding=leaf.sharding), item)
   directory = Path(workdir).absolute() / files.CHECKPOINTS
   options = ocp.CheckpointManagerOptions(create=False)
   with ocp.CheckpointManager(directory, options=options) as manager:
     restored = manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(item, restore_args=restore_args, partial_restore=True)
+        ),
     )
-  return restored["state"]
+  return dict(restored["state"])
 
 
 def save_state(directory: str | Path, step: int, state: TrainState) -> None:
   """Writes `state` alone as the checkpoint of `step` under `directory` (a new workdir's
   checkpoints/), waiting until it is on disk."""
+  with ocp.CheckpointManager(Path(directory).absolute() / files.CHECKPOINTS) as manager:
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+    manager.wait_until_finished()
+
+
+def save_weights(directory: str | Path, step: int, params: dict) -> None:
+  """Writes `params` alone (no optimizer state, no data iterator) as the checkpoint of `step`
+  under `directory` (a new workdir's checkpoints/): what an imported model needs, since every
+  loader reads weights through `restore_weights`. Waits until it is on disk."""
+  state = {"step": np.asarray(step, np.int32), "params": params}
   with ocp.CheckpointManager(Path(directory).absolute() / files.CHECKPOINTS) as manager:
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
     manager.wait_until_finished()

@@ -21,13 +21,19 @@ from efficiency.workdir import files
 from efficiency.workdir.restore import TrainedModel, restore
 
 
-def tokenizer_of(config: ml_collections.ConfigDict) -> Tokenizer:
-  """The tokenizer `config` trains with: `data.tokenizer` on its corpus, or the one of the run in
-  `data.tokenizer_from` (followed to the run that trained it)."""
+def tokenizer_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config whose `data.tokenizer` `config` uses: its own, or that of the run in
+  `data.tokenizer_from` (followed to the run that made it)."""
   source = config.data.get("tokenizer_from")
   if source:
-    return tokenizer_of(files.load_config(source, "data.tokenizer_from", "give a train.py workdir"))
-  return get_tokenizer(config)
+    hint = "give a train.py workdir"
+    return tokenizer_config(files.load_config(source, "data.tokenizer_from", hint))
+  return config
+
+
+def tokenizer_of(config: ml_collections.ConfigDict) -> Tokenizer:
+  """The tokenizer `config` trains with (see `tokenizer_config`)."""
+  return get_tokenizer(tokenizer_config(config))
 
 
 class ReferenceScorer:

@@ -51,6 +51,6 @@ def restore(
   if step not in steps:
     raise ConfigError(f"step={step} is not saved in {str(workdir)!r}; saved steps: {steps}")
   training = Training(config)
-  state = checkpoint.restore_state(workdir, step, training.abstract_state)
-  params = jax.device_get(training.effective_params(state))
+  weights = checkpoint.restore_weights(workdir, step, training.abstract_state)
+  params = jax.device_get(training.method.combine(weights["params"], weights.get("frozen")))
   return TrainedModel(config, make_model(config), params, step, workdir)

@@ -1,0 +1,125 @@
+"""Hugging Face `config.json` <-> our `model` section, for the two architectures our Transformer
+is exactly: Qwen2 (QKV biases) and Llama (no biases). A field value we do not implement is one
+ConfigError line, never a silently different model."""
+
+from typing import Any
+
+import ml_collections
+
+from efficiency.attention import resolve_kv_heads
+from efficiency.attention.base import head_dim
+from efficiency.errors import ConfigError
+
+MODEL_TYPES = ("llama", "qwen2")
+EXPORTABLE_ATTENTION = ("gqa", "mha", "mqa")
+
+
+def _rope(hf: dict[str, Any]) -> tuple[float, dict | None]:
+  """(rope base, scaling) from either spelling: `rope_parameters` (transformers 5) or
+  `rope_theta` + `rope_scaling` (earlier)."""
+  params = hf.get("rope_parameters") or {}
+  scaling = hf.get("rope_scaling")
+  base = params.get("rope_theta", hf.get("rope_theta", 10_000.0))
+  kind = params.get("rope_type") or (scaling or {}).get("rope_type") or (scaling or {}).get("type")
+  return float(base), None if kind in (None, "default") else {"rope_type": kind}
+
+
+def _unsupported(field: str, value: Any, supported: str) -> ConfigError:
+  return ConfigError(f"the checkpoint's {field}={value!r} is not supported; {supported}")
+
+
+def model_section(hf: dict[str, Any]) -> dict[str, Any]:
+  """Our model fields for the HF config `hf`; raises ConfigError naming the first field whose
+  value our Transformer does not implement."""
+  model_type = hf.get("model_type")
+  if model_type not in MODEL_TYPES:
+    raise ConfigError(
+        f"the checkpoint's model_type={model_type!r} is not supported; valid choices: "
+        f"{', '.join(MODEL_TYPES)}"
+    )
+  act = hf.get("hidden_act", "silu")
+  if act != "silu":
+    raise _unsupported("hidden_act", act, "only silu (SwiGLU) is implemented")
+  base, scaling = _rope(hf)
+  if scaling is not None:
+    raise _unsupported("rope_type", scaling["rope_type"], "only the default rope is implemented")
+  if hf.get("use_sliding_window") or any(
+      kind != "full_attention" for kind in hf.get("layer_types") or ()
+  ):
+    raise _unsupported(
+        "use_sliding_window/layer_types", hf.get("layer_types"),
+        "only full attention in every layer is implemented",
+    )
+  for field in ("attention_bias", "mlp_bias"):
+    if model_type == "llama" and hf.get(field):
+      raise _unsupported(field, True, "Llama's o_proj and MLP biases are not implemented")
+  heads = int(hf["num_attention_heads"])
+  d_model = int(hf["hidden_size"])
+  return {
+      "num_layers": int(hf["num_hidden_layers"]),
+      "d_model": d_model,
+      "num_heads": heads,
+      "num_kv_heads": int(hf.get("num_key_value_heads") or heads),
+      "head_dim": int(hf.get("head_dim") or d_model // heads),
+      "d_ff": int(hf["intermediate_size"]),
+      "vocab_size": int(hf["vocab_size"]),
+      "attention": "gqa",
+      "position": "rope",
+      "rope": {"base": base},
+      "qkv_bias": model_type == "qwen2",
+      "tie_embeddings": bool(hf.get("tie_word_embeddings", False)),
+      "norm_eps": float(hf.get("rms_norm_eps", 1e-6)),
+  }
+
+
+def check_exportable(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError unless `config`'s model is one Qwen2 or Llama can hold."""
+  m = config.model
+  reasons = []
+  if m.attention not in EXPORTABLE_ATTENTION:
+    exportable = ", ".join(EXPORTABLE_ATTENTION)
+    reasons.append(f"model.attention={m.attention!r} (exportable: {exportable})")
+  if m.position != "rope":
+    reasons.append(f"model.position={m.position!r} (exportable: rope)")
+  if m.moe.num_experts:
+    reasons.append(f"model.moe.num_experts={m.moe.num_experts} (exportable: 0)")
+  if config.get("quant", {}).get("serve", "none") != "none":
+    reasons.append(f"quant.serve={config.quant.serve!r} (exportable: float weights)")
+  if reasons:
+    raise ConfigError(f"cannot export to Hugging Face: {'; '.join(reasons)}")
+
+
+def hf_config(
+    config: ml_collections.ConfigDict, bos_id: int | None, eos_id: int | None, dtype: str
+) -> dict[str, Any]:
+  """The `config.json` transformers loads as Qwen2 (with QKV biases) or Llama (without)."""
+  m = config.model
+  model_type = "qwen2" if m.qkv_bias else "llama"
+  hf = {
+      "architectures": ["Qwen2ForCausalLM" if m.qkv_bias else "LlamaForCausalLM"],
+      "model_type": model_type,
+      "hidden_act": "silu",
+      "hidden_size": m.d_model,
+      "intermediate_size": m.d_ff,
+      "num_hidden_layers": m.num_layers,
+      "num_attention_heads": m.num_heads,
+      "num_key_value_heads": resolve_kv_heads(m),
+      "head_dim": head_dim(m),
+      "vocab_size": m.vocab_size,
+      "rms_norm_eps": m.norm_eps,
+      "rope_parameters": {"rope_type": "default", "rope_theta": m.rope.base},
+      "rope_theta": m.rope.base,
+      "tie_word_embeddings": bool(m.tie_embeddings),
+      "max_position_embeddings": max(int(config.seq_len), 2048),
+      "attention_dropout": 0.0,
+      "bos_token_id": bos_id,
+      "eos_token_id": eos_id,
+      "dtype": dtype,
+      "torch_dtype": dtype,
+      "use_cache": True,
+  }
+  if model_type == "llama":
+    hf.update(attention_bias=False, mlp_bias=False, pretraining_tp=1)
+  else:
+    hf.update(use_sliding_window=False, sliding_window=None, max_window_layers=m.num_layers)
+  return hf
