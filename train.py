@@ -68,13 +68,16 @@ def main(argv: list[str]) -> None:
   import jax
 
   from efficiency.config import resolve
+  from efficiency.train.interrupts import Interrupted
   from efficiency.train.loop import train_and_evaluate
 
   config = resolve(_CONFIG.value, jax.device_count(), jax.process_count())
   try:
     summary = train_and_evaluate(config, _WORKDIR.value)
-  except KeyboardInterrupt:
-    sys.exit(f"interrupted: checkpoint saved in {_WORKDIR.value}; run again to resume")
+  except Interrupted as e:
+    safe = "no checkpoint yet" if e.step is None else f"step {e.step} is saved"
+    print(f"interrupted ({e}): {safe} in {_WORKDIR.value}; run again to resume", file=sys.stderr)
+    sys.exit(128 + e.signum)
   if jax.process_index() == 0:
     print(_describe(summary))
 

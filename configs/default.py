@@ -18,6 +18,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.log_every = 10
   c.checkpoint_every = 200
   c.keep_checkpoints = 2
+  c.on_nonfinite = "stop"  # stop | skip: a non-finite loss or gradient ends the run as diverged
+  c.max_nonfinite_skips = 10  # on_nonfinite=skip: steps in a row skipped before the run stops
 
   c.model = ml_collections.ConfigDict()
   c.model.num_layers = 4
@@ -79,7 +81,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.quant.group_size = 0  # serve=int4: rows per scale along the contracted dims; 0 = per channel
 
   c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.name = "adamw"
+  c.optimizer.name = "adamw"  # adamw | lion | sgd (momentum b1)
   c.optimizer.lr = 3e-3
   c.optimizer.min_lr_ratio = 0.1
   c.optimizer.warmup_steps = 50

@@ -28,10 +28,44 @@ from efficiency.position import POSITIONS
 from efficiency.quant import MODE_BACKENDS, QUANT_MODES
 from efficiency.quant.einsum import SERVE_MODES
 from efficiency.sharding.mesh import mesh_shape
-from efficiency.train.optimizer import SCHEDULES
+from efficiency.train.optimizer import OPTIMIZERS, SCHEDULES
 from efficiency.workdir.files import load_config
 
 DTYPES = ("float32", "bfloat16")
+NONFINITE_POLICIES = ("stop", "skip")
+
+# Range of every numeric field not checked with its feature: (field, low, high, kind) with
+# bounds inclusive unless the kind says otherwise; "int" fields must be integers.
+RANGES = (
+    ("seed", 0, None, "int"),
+    ("target_loss", 0, None, "low open"),
+    ("max_nonfinite_skips", 0, None, "int"),
+    ("model.norm_eps", 0, None, "low open"),
+    ("model.init_std", 0, None, "low open"),
+    ("model.rope.base", 1, None, "low open"),
+    ("optimizer.lr", 0, None, "low open"),
+    ("optimizer.min_lr_ratio", 0, 1, ""),
+    ("optimizer.warmup_steps", 0, None, "int"),
+    ("optimizer.b1", 0, 1, "high open"),
+    ("optimizer.b2", 0, 1, "high open"),
+    ("optimizer.eps", 0, None, "low open"),
+    ("optimizer.weight_decay", 0, None, ""),
+    ("optimizer.grad_clip", 0, None, "low open"),
+    ("data.shuffle_window", 1, None, "int"),
+    ("data.worker_threads", 0, None, "int"),
+    ("data.prefetch", 0, None, "int"),
+    ("data.max_doc_bytes", 1, None, "int"),
+    ("data.filter.min_tokens", 0, None, "int"),
+    ("data.filter.max_tokens", 1, None, "int"),
+    ("data.filter.near_dup_threshold", 0, 1, "low open"),
+    ("data.filter.near_dup_perms", 1, None, "int"),
+    ("data.filter.near_dup_bands", 1, None, "int"),
+    ("data.filter.max_symbol_ratio", 0, 1, ""),
+    ("data.filter.min_alnum_ratio", 0, 1, ""),
+    ("data.filter.max_line_chars", 1, None, "int"),
+    ("data.filter.max_repeated_line_ratio", 0, 1, ""),
+    ("peft.last_layers", 0, None, "int"),
+)
 
 
 def resolve(
@@ -51,7 +85,9 @@ def resolve(
   _check_model(config)
   _check_variants(config)
   _check_quant(config, backend or jax.default_backend())
+  _choice("optimizer.name", config.optimizer.name, OPTIMIZERS)
   _choice("optimizer.schedule", config.optimizer.schedule, SCHEDULES)
+  _check_ranges(config)
   _check_data(config)
   _check_peft(config)
   _check_mesh(config, num_devices, process_count)
@@ -78,6 +114,31 @@ def _positive(config: ml_collections.ConfigDict, *fields: str) -> None:
       raise ConfigError(f"{field}={value!r} is invalid; it must be a positive integer")
 
 
+def _check_ranges(config: ml_collections.ConfigDict) -> None:
+  """Every field of RANGES the config has lies in its range."""
+  for field, low, high, kind in RANGES:
+    node = config
+    for part in field.split("."):
+      node = node.get(part) if hasattr(node, "get") else None
+    if node is None:  # a section this config does not have (peft of a pretraining run)
+      continue
+    integer = kind == "int"
+    number = isinstance(node, int) if integer else isinstance(node, int | float)
+    low_ok = low is None or (node > low if "low open" in kind else node >= low)
+    high_ok = high is None or (node < high if "high open" in kind else node <= high)
+    if isinstance(node, bool) or not number or not (low_ok and high_ok):
+      left = "(" if "low open" in kind else "["
+      right = ")" if "high open" in kind or high is None else "]"
+      span = f"{left}{low}, {'inf' if high is None else high}{right}"
+      what = "an integer in" if integer else "in"
+      raise ConfigError(f"{field}={node!r} is out of range; it must be {what} {span}")
+  f = config.data.filter
+  if f.max_tokens <= f.min_tokens:
+    raise ConfigError(
+        f"data.filter.max_tokens={f.max_tokens} must exceed data.filter.min_tokens={f.min_tokens}"
+    )
+
+
 def _fraction(field: str, value: float) -> None:
   """A share in (0, 1]."""
   if not 0 < value <= 1:
@@ -100,6 +161,7 @@ def _check_run(config: ml_collections.ConfigDict) -> None:
       config, "steps", "batch_size", "seq_len", "grad_accum_steps", "eval_every", "eval_batches",
       "log_every", "checkpoint_every", "keep_checkpoints",
   )
+  _choice("on_nonfinite", config.get("on_nonfinite", "stop"), NONFINITE_POLICIES)
 
 
 def _check_model(config: ml_collections.ConfigDict) -> None:

@@ -288,6 +288,23 @@ def tiny_train_flags(corpus: Path, data_dir: Path, **overrides) -> list[str]:
   return [f"--config.{k}={v}" for k, v in values.items()]
 
 
+def tiny_train_config(corpus: Path, data_dir: Path, **overrides) -> ml_collections.ConfigDict:
+  """The resolved config of `tiny_train_flags` (overrides as `**{"optimizer.lr": 1.0}`), for
+  training in process."""
+  config = get_config()
+  values = dict(
+      flag[len("--config."):].split("=", 1) for flag in tiny_train_flags(corpus, data_dir)
+  )
+  values.update(overrides)
+  for field, value in values.items():
+    *parents, name = field.split(".")
+    node = config
+    for part in parents:
+      node = node[part]
+    node[name] = type(node[name])(value) if isinstance(value, str) else value
+  return resolve(config, jax.device_count())
+
+
 def tiny_overrides(corpus: Path, data_dir: Path, **overrides) -> dict[str, str]:
   """`tiny_train_flags` as {field: value}, for sweep files."""
   flags = tiny_train_flags(corpus, data_dir, **overrides)
@@ -335,3 +352,20 @@ def run_module(module: str, *args: str, devices: int = 1, timeout: int = 300) ->
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def assert_same_run(workdir: Path, reference: Path) -> None:
+  """`workdir` ended exactly as `reference`: summary numbers, every logged loss, the parameters
+  of the newest checkpoint bit for bit."""
+  summary = json.loads((workdir / "summary.json").read_text())
+  expected = json.loads((reference / "summary.json").read_text())
+  assert summary["status"] == "completed"
+  for key in ("steps", "final_eval_loss", "tokens_seen", "tokens_to_target"):
+    assert summary[key] == expected[key], key
+  losses = lambda w: {m["step"]: m["loss"] for m in read_metrics(w) if "loss" in m}
+  evals = lambda w: {m["step"]: m["eval_loss"] for m in read_metrics(w) if "eval_loss" in m}
+  assert losses(workdir) == losses(reference)
+  assert evals(workdir) == evals(reference)
+  leaves = lambda tree: [np.asarray(x) for x in jax.tree.leaves(tree)]
+  for x, y in zip(leaves(final_params(workdir)), leaves(final_params(reference)), strict=True):
+    np.testing.assert_array_equal(x, y)

@@ -5,7 +5,7 @@ what changes while the run goes: the state, its progress, the summary and the pe
 """
 
 import dataclasses
-import signal
+import math
 import time
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from absl import logging
 from tqdm import tqdm
 
 from efficiency.attention import kv_cache_bytes_per_token
+from efficiency.errors import DivergedError
 from efficiency.metrics.memory import peak_memory_bytes
 from efficiency.metrics.peak import mfu, peak_flops_total
 from efficiency.model.flops import flops_per_token
@@ -24,35 +25,16 @@ from efficiency.peft import peft_config
 from efficiency.sharding.mesh import make_mesh, to_global
 from efficiency.train import checkpoint
 from efficiency.train.inputs import Inputs, load_inputs
+from efficiency.train.interrupts import Interrupted, Interrupts
 from efficiency.train.setup import Training
 from efficiency.train.state import TrainState
 from efficiency.workdir import files
+from efficiency.workdir.lock import WorkdirLock
 from efficiency.workdir.restore import restore
+from efficiency.workdir.resume import check_resume
+from efficiency.workdir.storage import as_storage_error, remove_partial_saves
 from efficiency.workdir.summary import Summary
 from efficiency.workdir.writer import MetricWriter
-
-
-class StopOnSigterm:
-  """Turns SIGTERM into a flag the loop checks, so a preempted job checkpoints before exiting."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-
-  def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # signals can only be set from the main thread
-      self._previous = None
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
 
 
 class Throughput:
@@ -113,14 +95,57 @@ class Progress:
   tokens_to_target: int | None = None
   final_eval_loss: float | None = None
   final_eval_bpb: float | None = None
+  eval_step: int | None = None  # the step final_eval_loss was measured at
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
-  """Trains a resolved `config` in `workdir`, resuming from its newest checkpoint; returns the
-  summary (a rerun of a finished run returns its summary and trains nothing)."""
+  """Trains a resolved `config` in `workdir`, resuming from its newest checkpoint that restores;
+  returns the summary (a rerun of a finished run returns its summary and trains nothing).
+
+  Holds the workdir's lock for the whole run. Raises `Interrupted` on SIGINT/SIGTERM (after
+  saving, with the committed step), DivergedError on a non-finite loss (the finite checkpoints
+  kept), StorageError when the workdir cannot be written (the committed checkpoints kept); each
+  leaves summary.json with the run's status.
+  """
   started = time.perf_counter()
-  workdir = Path(workdir)
+  workdir = files.make_workdir(workdir)
   is_main = jax.process_index() == 0
+  with WorkdirLock(workdir, enabled=is_main), Interrupts() as interrupts:
+    try:
+      return _train(config, workdir, interrupts, started)
+    except Interrupted as e:
+      if e.step is None:  # stopped before the loop: the newest checkpoint is what is safe
+        steps = files.checkpoint_steps(workdir)
+        e.step = steps[-1] if steps else None
+        _set_status(workdir, "interrupted", is_main)
+      raise
+    except Exception as e:
+      error = as_storage_error(e, workdir)
+      if error is None:
+        raise
+      if is_main:
+        remove_partial_saves(workdir)
+      _set_status(workdir, "failed", is_main)
+      raise error from e
+
+
+def _set_status(workdir: Path, status: str, is_main: bool) -> None:
+  """Sets summary.json's status (writing a new summary if there is none), if it can."""
+  if not is_main:
+    return
+  try:
+    summary = files.read_json(workdir / files.SUMMARY) or dataclasses.asdict(Summary())
+    summary["status"] = status
+    files.write_json_atomic(workdir / files.SUMMARY, summary)
+  except (OSError, ValueError):
+    pass
+
+
+def _train(
+    config: ml_collections.ConfigDict, workdir: Path, interrupts: Interrupts, started: float
+) -> dict:
+  is_main = jax.process_index() == 0
+  check_resume(config, workdir)
   mesh = make_mesh(config.mesh)
   inputs = load_inputs(config, jax.process_index(), jax.process_count())
   training = Training(config, mesh)
@@ -135,6 +160,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     init_from = config.get("init_from", "")
     state = training.init(config.seed, restore(init_from).params if init_from else None)
     progress = Progress()
+    writer.drop_after(-1)  # records of an attempt that saved no checkpoint
   else:
     state, progress = restored[0], Progress(**restored[1])
     logging.info("Resumed from step %d in %s", int(state.step), workdir)
@@ -150,11 +176,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   summary.compile_time_s = compile_time_s
   summary.resumed_from_step = None if restored is None else summary.steps
   loop = Loop(config, training, compiled_step, inputs, writer, manager, summary, progress, started)
-  status = loop.run(state)
-  writer.close()
-  manager.close()
-  if status == "interrupted":
-    raise KeyboardInterrupt
+  try:
+    loop.run(state, interrupts)
+  finally:
+    writer.close()
+    manager.close()
   return dataclasses.asdict(summary)
 
 
@@ -198,8 +224,13 @@ def _start_summary(
 
 class Loop:
   """The steps of one run from the state's step to `config.steps`: train, log (one step late,
-  so reading metrics never waits on the device), evaluate, save. Ctrl-C and SIGTERM save a
-  checkpoint and end the run as `interrupted`."""
+  so reading metrics never waits on the device), evaluate, save.
+
+  Between steps it acts on a signal (save, wait until committed, end as `interrupted`). Before
+  every save and at every log line it checks that the loss and gradient norm are finite (with
+  `on_nonfinite=skip`, that no more than `max_nonfinite_skips` steps in a row were skipped);
+  otherwise it ends as `diverged` and saves nothing more.
+  """
 
   def __init__(
       self,
@@ -226,39 +257,60 @@ class Loop:
     self.pending = None  # (step, tokens_seen, device metrics): read after the next dispatch
     self.bar = None  # the progress bar, while `run` runs
 
-  def run(self, state: TrainState) -> str:
-    """Trains to the last step (or an interrupt); writes the final summary; returns the status."""
+  def run(self, state: TrainState, interrupts: Interrupts) -> None:
+    """Trains to the last step, a signal or a divergence; writes the final summary. Raises
+    Interrupted (after the checkpoint of the step it stopped at is committed), DivergedError or
+    the error that stopped a save."""
     config = self.config
     start_step = self.summary.steps
     self.bar = tqdm(
         total=config.steps, initial=start_step, desc="train", unit="step",
         disable=not self.is_main, dynamic_ncols=True, mininterval=1.0,
     )
-    status = "completed"
-    if self.summary.final_eval_loss is None:
-      self.evaluate(state, start_step)
-    self.throughput.reset_interval()
+    interrupts.defer()
+    step = start_step
     try:
-      with StopOnSigterm() as sigterm:
-        for step in range(start_step + 1, config.steps + 1):
-          state = self.step(state, step, warm=step > start_step + 1)
-          self.bar.update(1)
-          if sigterm.requested:
-            raise KeyboardInterrupt
-          if self.evaluates(step) or self.saves(step):
-            self.throughput.reset_interval()
-    except KeyboardInterrupt:
-      status = "interrupted"
-      logging.warning("Interrupted at step %d; saving a checkpoint.", int(state.step))
-      checkpoint.save(self.manager, state, self.train_iterator, self.checkpoint_progress(),
-                      force=True)
+      if self.needs_eval(start_step):
+        self.evaluate(state, start_step)
+      self.throughput.reset_interval()
+      while step < config.steps and not interrupts.requested:
+        step += 1
+        state = self.step(state, step, warm=step > start_step + 1)
+        self.bar.update(1)
+        if self.evaluates(step) or self.saves(step):
+          self.throughput.reset_interval()
+      if self.pending is not None:
+        self.log_pending()
+    except DivergedError as e:
+      self.end("diverged", step, self._committed())
+      raise DivergedError(f"{e}; newest finite checkpoint: {self._safe_step()}") from None
     finally:
       self.bar.close()
-      self.manager.wait_until_finished()
-    if self.pending is not None:
-      self.log_pending()
-    self.finish(state, status)
-    return status
+    if step < config.steps:  # stopped on a signal
+      logging.warning("Stopping at step %d; saving a checkpoint.", step)
+      checkpoint.save(self.manager, state, self.train_iterator, self.checkpoint_progress(),
+                      force=True)
+    committed = self._committed()
+    if step < config.steps:
+      self.end("interrupted", step, committed)
+      raise Interrupted(interrupts.signum, committed)
+    self.end("completed", step, committed)
+
+  def _committed(self) -> int | None:
+    """Waits for pending saves; the newest committed step."""
+    return checkpoint.committed_step(self.manager)
+
+  def _safe_step(self) -> str:
+    step = self.manager.latest_step()
+    return "none" if step is None else f"step {step}"
+
+  def needs_eval(self, step: int) -> bool:
+    """At the start: no eval yet, or the checkpoint's eval is not of the step it saved."""
+    progress = self.progress
+    if progress.final_eval_loss is None:
+      return True
+    stale = progress.eval_step is not None and progress.eval_step != step
+    return step > 0 and self.evaluates(step) and stale
 
   def evaluates(self, step: int) -> bool:
     return step % self.config.eval_every == 0 or step == self.config.steps
@@ -284,19 +336,37 @@ class Loop:
       # Steps still queued on the device count as training time, not eval or save time.
       jax.block_until_ready(state)
     self.throughput.add_step(tokens, time.perf_counter() - t0, t1 - t0, warm=warm)
-    if self.evaluates(step):
+    if self.evaluates(step) or self.saves(step):
       if self.pending is not None:
         self.log_pending()
+      self.check_finite(step, jax.device_get(metrics))  # before anything is saved
+    if self.evaluates(step):
       self.evaluate(state, step)
     if self.saves(step):
       checkpoint.save(self.manager, state, self.train_iterator, self.checkpoint_progress())
     return state
 
+  def check_finite(self, step: int, metrics: dict) -> None:
+    """Raises DivergedError if step `step`'s metrics show a divergence."""
+    if self.config.on_nonfinite == "skip":
+      skipped = int(metrics.get("consecutive_skips", 0))
+      if skipped > self.config.max_nonfinite_skips:
+        raise DivergedError(
+            f"training diverged: {skipped} steps in a row up to step {step} had a non-finite "
+            f"loss or gradient (max_nonfinite_skips={self.config.max_nonfinite_skips})"
+        )
+      return
+    for name in ("loss", "grad_norm"):
+      value = float(metrics[name])
+      if not math.isfinite(value):
+        raise DivergedError(f"training diverged: {name} is {value} at step {step}")
+
   def checkpoint_progress(self) -> dict:
     return dataclasses.asdict(self.progress)
 
   def log_pending(self) -> None:
-    """Writes the pending step's metrics (a log line, TensorBoard, the progress bar)."""
+    """Writes the pending step's metrics (a log line, TensorBoard, the progress bar), then checks
+    them for a divergence."""
     step, tokens_seen, metrics = self.pending
     self.pending = None
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "tokens"}
@@ -306,13 +376,19 @@ class Loop:
         loss=f"{metrics['loss']:.3f}", tok_s=f"{rates['tokens_per_sec']:,.0f}", refresh=False
     )
     self.throughput.reset_interval()
+    self.check_finite(step, metrics)
 
   def evaluate(self, state: TrainState, step: int) -> None:
     """Eval loss and bits per byte on the fixed eval batches, into metrics and the summary."""
     result = self.evaluate_state(state, self.eval_batches)
     eval_loss, eval_bpb = result["eval_loss"], result["eval_bpb"]
+    self.writer.write(step, {"tokens_seen": self.progress.tokens_seen, "eval_loss": eval_loss,
+                             "eval_bpb": eval_bpb})
+    if not math.isfinite(eval_loss):
+      raise DivergedError(f"training diverged: eval_loss is {eval_loss} at step {step}")
     progress, summary = self.progress, self.summary
     progress.final_eval_loss, progress.final_eval_bpb = eval_loss, eval_bpb
+    progress.eval_step = step
     if progress.tokens_to_target is None and eval_loss <= self.config.target_loss:
       progress.tokens_to_target = progress.tokens_seen
     summary.steps = step
@@ -320,8 +396,6 @@ class Loop:
     summary.tokens_to_target = progress.tokens_to_target
     summary.final_eval_loss, summary.final_eval_bpb = eval_loss, eval_bpb
     summary.wall_time_s = time.perf_counter() - self.started
-    self.writer.write(step, {"tokens_seen": progress.tokens_seen, "eval_loss": eval_loss,
-                             "eval_bpb": eval_bpb})
     self.writer.write_summary(dataclasses.asdict(summary))
     if self.is_main:
       tqdm.write(
@@ -329,13 +403,15 @@ class Loop:
           f"tokens_seen {progress.tokens_seen:,}"
       )
 
-  def finish(self, state: TrainState, status: str) -> None:
-    """The final summary: run-wide rates, the status, the step reached, peak memory."""
+  def end(self, status: str, step: int, committed: int | None) -> None:
+    """The final summary: run-wide rates, the status, the step reached and the newest committed
+    checkpoint, peak memory."""
     summary = self.summary
     for key, value in self.throughput.run().items():
       setattr(summary, key, value)
     summary.status = status
-    summary.steps = int(jax.device_get(state.step))
+    summary.steps = step
+    summary.checkpoint_step = committed
     summary.tokens_seen = self.progress.tokens_seen
     summary.peak_memory_bytes, summary.peak_memory_source = peak_memory_bytes()
     summary.wall_time_s = time.perf_counter() - self.started

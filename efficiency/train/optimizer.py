@@ -1,4 +1,6 @@
-"""AdamW with warmup + cosine (or constant) schedule, global-norm clipping and a decay mask."""
+"""The optimizer: global-norm clipping, then AdamW, Lion or SGD (`optimizer.name`) with a warmup
++ cosine (or constant) schedule and masked decoupled weight decay; with `on_nonfinite=skip`,
+updates from non-finite gradients are skipped and counted."""
 
 from collections.abc import Callable
 
@@ -58,22 +60,46 @@ def scale_by_tree(multipliers: Callable) -> optax.GradientTransformation:
   return optax.stateless(update)
 
 
+def _adamw(cfg: ml_collections.ConfigDict, schedule: optax.Schedule):
+  return optax.adamw(
+      schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
+      mask=weight_decay_mask,
+  )
+
+
+def _lion(cfg: ml_collections.ConfigDict, schedule: optax.Schedule):
+  return optax.lion(
+      schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=weight_decay_mask
+  )
+
+
+def _sgd(cfg: ml_collections.ConfigDict, schedule: optax.Schedule):
+  """SGD with momentum b1 (0: none) and masked decoupled weight decay."""
+  return optax.chain(
+      optax.add_decayed_weights(cfg.weight_decay, mask=weight_decay_mask),
+      optax.sgd(schedule, momentum=cfg.b1 or None),
+  )
+
+
+OPTIMIZERS: dict[str, Callable] = {"adamw": _adamw, "lion": _lion, "sgd": _sgd}
+
+
 def make_optimizer(
-    cfg: ml_collections.ConfigDict, total_steps: int, lr_multipliers: Callable | None = None
+    cfg: ml_collections.ConfigDict,
+    total_steps: int,
+    lr_multipliers: Callable | None = None,
+    skip_nonfinite: int | None = None,
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Clip by global norm, then AdamW with decoupled, masked weight decay; then, if given, scale
-  each update by `lr_multipliers(params)` (LoRA+ speeds up its B matrices this way)."""
+  """Clip by global norm, then the optimizer `cfg.name` names; then, if given, scale each update
+  by `lr_multipliers(params)` (LoRA+ speeds up its B matrices this way). With `skip_nonfinite`
+  (a count), a step whose gradients are not finite changes nothing, up to that many in a row
+  (optax.apply_if_finite; the state counts them)."""
   schedule = make_schedule(cfg, total_steps)
   tx = optax.chain(
       optax.clip_by_global_norm(cfg.grad_clip),
-      optax.adamw(
-          schedule,
-          b1=cfg.b1,
-          b2=cfg.b2,
-          eps=cfg.eps,
-          weight_decay=cfg.weight_decay,
-          mask=weight_decay_mask,
-      ),
+      OPTIMIZERS[cfg.name](cfg, schedule),
       *([scale_by_tree(lr_multipliers)] if lr_multipliers is not None else []),
   )
+  if skip_nonfinite is not None:
+    tx = optax.apply_if_finite(tx, max_consecutive_errors=skip_nonfinite)
   return tx, schedule

@@ -64,8 +64,9 @@ class Training:
       self.method, boxed_base = make_method(config)
       self.base_sharding = logical_shardings(boxed_base, self.mesh)
       self._param_count = int(sum(x.size for x in jax.tree.leaves(unboxed(boxed_base))))
+      skip = config.get("max_nonfinite_skips") if config.get("on_nonfinite") == "skip" else None
       self.tx, self.schedule = make_optimizer(
-          config.optimizer, config.steps, self.method.lr_multipliers
+          config.optimizer, config.steps, self.method.lr_multipliers, skip
       )
       self.rows_sharding = batch_sharding(self.mesh)
       init = functools.partial(_init_state, self.model, self.method, self.tx, config.seq_len)

@@ -116,6 +116,9 @@ def train_step(
       "lr": schedule(state.step),
       "tokens": weight_sum,
   }
+  if isinstance(opt_state, optax.ApplyIfFiniteState):  # on_nonfinite=skip
+    metrics["skipped_steps"] = opt_state.total_notfinite
+    metrics["consecutive_skips"] = opt_state.notfinite_count
   if "moe_aux_loss_sum" in stats:
     metrics["moe_aux_loss"] = stats["moe_aux_loss_sum"] / denom
     metrics["moe_dropped"] = stats["moe_dropped"]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import ml_collections
 
-from efficiency.errors import MissingPathError
+from efficiency.errors import ConfigError, MissingPathError
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -27,6 +27,27 @@ TENSORBOARD = "tensorboard"
 CHECKPOINTS = "checkpoints"
 EFFICIENCY = "efficiency.json"
 QUANT_REPORT = "quant_report.json"
+
+
+def make_workdir(workdir: str | Path, field: str = "workdir") -> Path:
+  """`workdir` as a writable directory, created if needed; a ConfigError naming the path if it
+  is empty, a file, under a file, or cannot be created or written."""
+  if not str(workdir).strip():
+    raise ConfigError(f"--{field} is empty; give a directory for the run's files")
+  path = Path(workdir)
+  if path.exists() and not path.is_dir():
+    raise ConfigError(f"--{field}={str(path)!r} is a file, not a directory")
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+  except (FileExistsError, NotADirectoryError):
+    raise ConfigError(
+        f"--{field}={str(path)!r} cannot be created: a parent of it is a file"
+    ) from None
+  except OSError as e:
+    raise ConfigError(f"--{field}={str(path)!r} cannot be created: {e.strerror}") from None
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise ConfigError(f"--{field}={str(path)!r} is not writable")
+  return path
 
 
 def write_json_atomic(path: Path, obj: dict) -> None:

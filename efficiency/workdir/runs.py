@@ -45,6 +45,14 @@ class Run:
     return [r for r in self.records if "eval_loss" in r]
 
 
+NONFINITE = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
+
+
+def _number(value):
+  """The metrics' "nan", "inf" and "-inf" strings as floats."""
+  return NONFINITE.get(value, value) if isinstance(value, str) else value
+
+
 def load_run(workdir: str | Path, name: str | None = None) -> Run:
   """Loads one workdir; missing files give an empty summary or no records."""
   workdir = Path(workdir)
@@ -52,10 +60,12 @@ def load_run(workdir: str | Path, name: str | None = None) -> Run:
   records = []
   if metrics_path.exists():
     by_key = {}  # a resumed run may log a step twice; the last record wins
-    for line in metrics_path.read_text().splitlines():
-      if line.strip():
-        record = json.loads(line)
-        by_key[(record["step"], "eval_loss" in record)] = record
+    for line in metrics_path.read_text(errors="replace").splitlines():
+      try:
+        record = {k: _number(v) for k, v in json.loads(line).items()}
+      except json.JSONDecodeError:  # a line a running or crashed run left half-written
+        continue
+      by_key[(record["step"], "eval_loss" in record)] = record
     records = sorted(by_key.values(), key=lambda r: (r["step"], "eval_loss" in r))
   reports = [json.loads(p.read_text()) for p in sorted(workdir.glob("quant_report*.json"))]
   read = lambda name: files.read_json(workdir / name)

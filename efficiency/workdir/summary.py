@@ -42,6 +42,7 @@ class Summary:
   compile_time_s: float | None = None
   wall_time_s: float | None = None
   resumed_from_step: int | None = None
+  checkpoint_step: int | None = None  # the newest committed checkpoint when the run ended
 
 
 SUMMARY_KEYS = tuple(f.name for f in dataclasses.fields(Summary))

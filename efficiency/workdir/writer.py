@@ -6,17 +6,19 @@ import os
 from pathlib import Path
 from typing import Any
 
+from absl import logging
 from tensorboardX import SummaryWriter
 
 from efficiency.workdir import files
 
 
 def _clean(value: Any) -> Any:
-  """JSON-safe: NaN and inf become null, numpy scalars become Python numbers."""
+  """JSON-safe: NaN and infinities become the strings "nan", "inf" and "-inf" (what
+  `efficiency.workdir.runs` reads back as floats), numpy scalars become Python numbers."""
   if hasattr(value, "item"):
     value = value.item()
   if isinstance(value, float) and not math.isfinite(value):
-    return None
+    return str(value)
   return value
 
 
@@ -39,7 +41,16 @@ class MetricWriter:
       return
     path = self.workdir / files.METRICS
     self._jsonl.close()
-    kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+    kept = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        logging.warning("Dropping line %d of %s: not a whole JSON record (%r).", number, path,
+                        line[:80])
+        continue
+      if record["step"] <= step:
+        kept.append(line)
     tmp = path.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     os.replace(tmp, path)
@@ -50,8 +61,8 @@ class MetricWriter:
       return
     record = {"step": int(step), **{k: _clean(v) for k, v in metrics.items()}}
     self._jsonl.write(json.dumps(record) + "\n")
-    for name, value in record.items():
-      if name != "step" and isinstance(value, int | float):
+    for name, value in metrics.items():
+      if isinstance(value, int | float):
         self._tb.add_scalar(name, value, step)
 
   def write_summary(self, summary: dict[str, Any]) -> None:
