@@ -24,12 +24,13 @@ from typing import Any
 
 import ml_collections
 import numpy as np
+from absl import logging
 from tqdm import tqdm
 
 from data import filters, storage
 from data.curriculum import difficulty
 from data.filters.documents import Scorer
-from data.sources import Records, Source, document_bytes, load_source
+from data.sources import BAD_KINDS, Records, Source, document_bytes, document_text, load_source
 from data.tokenizer import Tokenizer
 from efficiency.errors import ConfigError
 
@@ -97,22 +98,14 @@ def _read(
   bad = collections.Counter()
   indices, texts, tokens = [], [], []
   for i in tqdm(range(len(records)), desc=f"Reading {split}", unit="doc", disable=not progress):
-    raw = document_bytes(records[i])
-    if len(raw) > max_bytes:
-      bad["too_long"] += 1
-      continue
-    try:
-      text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-      bad["invalid_utf8"] += 1
-      continue
-    if not text.strip():
-      bad["empty"] += 1
+    text, kind = document_text(document_bytes(records[i]), max_bytes)
+    if text is None:
+      bad[kind] += 1
       continue
     indices.append(i)
     texts.append(text)
     tokens.append(tokenizer.encode(text))
-  counts = {k: bad[k] for k in ("empty", "invalid_utf8", "too_long")}
+  counts = {k: bad[k] for k in BAD_KINDS}
   return indices, texts, tokens, counts
 
 
@@ -156,10 +149,18 @@ def _compute(
   read = lambda split, records: _read(records, split, tokenizer, d.max_doc_bytes, progress)
   train_idx, texts, tokens, train_bad = read("train", source.train)
   valid_idx, valid_texts, valid_tokens, valid_bad = read("validation", source.validation)
-  if not train_idx or not valid_idx:
-    empty = "train" if not train_idx else "validation"
-    raise ConfigError(
-        f"the {empty} split has no usable documents (all empty, invalid or too long)"
+  for split, kept, bad in (("train", train_idx, train_bad), ("validation", valid_idx, valid_bad)):
+    if not kept:
+      counts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in bad.items() if n)
+      raise ConfigError(
+          f"the {split} split of data.name={d.name!r} has no usable documents ({counts or 'none'}"
+          f"; data.max_doc_bytes={d.max_doc_bytes}); add text files"
+      )
+  valid_tokens_total = sum(len(t) for t in valid_tokens)
+  if valid_tokens_total < config.seq_len * 2:
+    logging.warning(
+        "The validation split holds only %d tokens in %d documents: eval_loss will be noisy; "
+        "raise data.validation_percent or add files.", valid_tokens_total, len(valid_idx),
     )
   docs = filters.Documents(
       texts, tokens, np.array(train_idx, np.int64), source.train, config, scorer

@@ -111,6 +111,25 @@ def load_source(config: ml_collections.ConfigDict) -> Source:
   return SOURCES.get(config.data.name, _tfds)(config, storage.data_dir(config))
 
 
+BAD_KINDS = ("empty", "invalid_utf8", "binary", "too_long")
+
+
+def document_text(raw: bytes, max_bytes: int) -> tuple[str | None, str | None]:
+  """(text, None) for a usable document; (None, kind) for a bad one, kind one of BAD_KINDS:
+  longer than `max_bytes`, not UTF-8, binary (holds NUL bytes) or only whitespace."""
+  if len(raw) > max_bytes:
+    return None, "too_long"
+  try:
+    text = raw.decode("utf-8")
+  except UnicodeDecodeError:
+    return None, "invalid_utf8"
+  if "\x00" in text:
+    return None, "binary"
+  if not text.strip():
+    return None, "empty"
+  return text, None
+
+
 def document_bytes(record: Mapping[str, Any]) -> bytes:
   """A record's text as bytes (TFDS gives bytes; its mocks give str)."""
   text = record["text"]

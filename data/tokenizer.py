@@ -21,7 +21,7 @@ from absl import logging
 from tqdm import tqdm
 
 from data import storage
-from data.sources import Records, document_bytes, load_source
+from data.sources import Records, document_bytes, document_text, load_source
 from efficiency.errors import ConfigError, MissingPathError
 
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
@@ -195,15 +195,17 @@ def train_sentencepiece(lines: Iterable[str], vocab_size: int) -> bytes:
   return model.getvalue()
 
 
-def _training_lines(records: Records, max_bytes: int) -> Iterator[str]:
-  """The lines of the first documents of `records`, up to `max_bytes` of text."""
+def _training_lines(records: Records, max_bytes: int, max_doc_bytes: int) -> Iterator[str]:
+  """The lines of the first usable documents of `records` (those data preparation keeps), up
+  to `max_bytes` of text."""
   seen = 0
   for record in tqdm(records, desc="Reading tokenizer training text", unit="doc"):
     if seen >= max_bytes:
       return
-    text = document_bytes(record)
-    seen += len(text)
-    yield from text.decode("utf-8", errors="replace").split("\n")
+    text, _ = document_text(document_bytes(record), max_doc_bytes)
+    if text is not None:
+      seen += len(text)
+      yield from text.split("\n")
 
 
 def _sentencepiece(config: ml_collections.ConfigDict) -> Tokenizer:
@@ -217,7 +219,15 @@ def _sentencepiece(config: ml_collections.ConfigDict) -> Tokenizer:
       if not os.path.exists(path):
         logging.info("Training a %d-piece sentencepiece BPE tokenizer into %s", vocab_size, path)
         start = time.perf_counter()
-        proto = train_sentencepiece(_training_lines(source.train, MAX_TRAINING_BYTES), vocab_size)
+        lines = list(_training_lines(source.train, MAX_TRAINING_BYTES, config.data.max_doc_bytes))
+        if not lines:
+          where = f", data.text_glob={config.data.text_glob!r}" if config.data.text_glob else ""
+          raise ConfigError(
+              f"data.name={config.data.name!r}{where}: no usable text to train the tokenizer on; "
+              f"the train split's {len(source.train)} documents are all empty, binary, invalid "
+              "UTF-8 or longer than data.max_doc_bytes"
+          )
+        proto = train_sentencepiece(lines, vocab_size)
         with open(path + ".tmp", "wb") as f:
           f.write(proto)
         os.replace(path + ".tmp", path)

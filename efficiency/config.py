@@ -94,6 +94,34 @@ def resolve(
   return config
 
 
+def override(config: ml_collections.ConfigDict, field: str, value) -> None:
+  """Sets the dotted `field` of `config` to `value`, converted to the field's type as
+  `--config.FIELD=VALUE` would; ConfigError for a field the config lacks or a value of the wrong
+  kind."""
+  *parents, name = field.split(".")
+  node = config
+  for depth, part in enumerate([*parents, name]):
+    if not hasattr(node, "keys") or part not in node:
+      parent = ".".join([*parents, name][:depth]) or "config"
+      valid = sorted(node.keys()) if hasattr(node, "keys") else []
+      raise ConfigError(f"{field}: {parent} has no field {part!r}; valid fields: {valid}")
+    if depth < len(parents):
+      node = node[part]
+  old = node[name]
+  if isinstance(old, bool) and isinstance(value, str):
+    if value.lower() not in ("true", "false"):
+      raise ConfigError(f"{field}={value!r} is invalid; valid choices: true, false")
+    value = value.lower() == "true"
+  elif old is not None and not isinstance(old, bool) and type(value) is not type(old):
+    try:
+      value = type(old)(value)
+    except (TypeError, ValueError):
+      raise ConfigError(
+          f"{field}={value!r} is invalid; it must be a {type(old).__name__}"
+      ) from None
+  node[name] = value
+
+
 def _choice(field: str, value, choices) -> None:
   if value not in choices:
     raise ConfigError(f"{field}={value!r} is invalid; valid choices: {sorted(choices)}")

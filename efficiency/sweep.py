@@ -77,7 +77,33 @@ def load_sweep_file(path: str) -> dict:
   """Runs the sweep file and returns its `get_sweep()`."""
   if not Path(path).is_file():
     raise MissingPathError(f"--sweep={path}: no such sweep file")
-  return runpy.run_path(path)["get_sweep"]()
+  get_sweep = runpy.run_path(path).get("get_sweep")
+  if not callable(get_sweep):
+    raise ConfigError(f"--sweep={path} defines no get_sweep(); see efficiency/sweep.py")
+  sweep = get_sweep()
+  if not isinstance(sweep, dict):
+    raise ConfigError(f"--sweep={path}: get_sweep() returned {type(sweep).__name__}, not a dict")
+  return sweep
+
+
+def validate(base: str, points: list[Point]) -> None:
+  """Resolves every point's config as train.py would (on this machine's devices), so a bad
+  field or value fails the sweep before any point runs: ConfigError naming the point."""
+  import jax
+
+  from efficiency.config import override, resolve
+
+  path, _, arg = base.partition(":")
+  if not Path(path).is_file():
+    raise MissingPathError(f"sweep base {base!r}: no such config file")
+  for point in points:
+    config = runpy.run_path(path)["get_config"](arg or None)
+    try:
+      for field_name, value in point.overrides.items():
+        override(config, field_name, value)
+      resolve(config, jax.device_count())
+    except ConfigError as e:
+      raise ConfigError(f"sweep point {point.name!r}: {e}") from None
 
 
 def command(base: str, point: Point, root: Path) -> list[str]:
@@ -126,9 +152,12 @@ def write_results(root: Path, points: list[Point], errors: dict[str, str]) -> li
 
 
 def run_sweep(sweep_path: str, root: str | Path, parallel: int = 1, dry_run: bool = False) -> int:
-  """Runs every point; returns the number of failed points."""
+  """Checks every point's config, then runs every point; returns the number of failed points."""
+  if parallel < 1:
+    raise ConfigError(f"--parallel={parallel} is invalid; it must be at least 1")
   sweep = load_sweep_file(sweep_path)
   points = expand(sweep)
+  validate(sweep["base"], points)
   root = Path(root)
   if dry_run:
     for point in points:

@@ -6,6 +6,7 @@ Writes DIR/loss_vs_tokens.png and DIR/efficiency.png (DIR defaults to ROOT/plots
 """
 
 import sys
+from pathlib import Path
 
 import matplotlib
 
@@ -21,6 +22,8 @@ _OUT = flags.DEFINE_string("out", None, "Output directory; default ROOT/plots.")
 def main(argv: list[str]) -> None:
   if len(argv) != 2:
     sys.exit("usage: python -m evals.plot ROOT [--out=DIR]")
+  if not Path(argv[1]).is_dir():
+    sys.exit(f"error: ROOT={argv[1]!r} is not a directory (a sweep root or a workdir)")
   for path in plot_root(argv[1], _OUT.value):
     print(path)
 

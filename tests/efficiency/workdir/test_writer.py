@@ -1,19 +1,22 @@
-"""The metric writer: JSON lines, NaN as null, and rewinding past a resumed step."""
+"""The metric writer: JSON lines, non-finite values as strings, and rewinding past a resumed step."""
 
 import json
 import math
 
+from efficiency.workdir.runs import load_run
 from efficiency.workdir.writer import MetricWriter
 
 
-def test_records_are_json_lines_and_nan_becomes_null(tmp_path):
+def test_records_are_json_lines_and_nonfinite_values_are_strings(tmp_path):
   writer = MetricWriter(tmp_path)
-  writer.write(1, {"loss": 2.5, "grad_norm": math.nan})
+  writer.write(1, {"loss": 2.5, "grad_norm": math.nan, "lr": -math.inf})
   writer.write_summary({"status": "running", "mfu": math.inf})
   writer.close()
   lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-  assert json.loads(lines[0]) == {"step": 1, "loss": 2.5, "grad_norm": None}
-  assert json.loads((tmp_path / "summary.json").read_text()) == {"status": "running", "mfu": None}
+  assert json.loads(lines[0]) == {"step": 1, "loss": 2.5, "grad_norm": "nan", "lr": "-inf"}
+  assert json.loads((tmp_path / "summary.json").read_text()) == {"status": "running", "mfu": "inf"}
+  record = load_run(tmp_path).records[0]
+  assert math.isnan(record["grad_norm"]) and record["lr"] == -math.inf
 
 
 def test_drop_after_removes_records_a_crash_left_unsaved(tmp_path):
