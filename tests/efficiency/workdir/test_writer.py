@@ -1,4 +1,4 @@
-"""The metric writer: JSON lines, non-finite values as strings, and rewinding past a resumed step."""
+"""The metric writer: JSON lines, non-finite values as strings, rewinding past a resumed step."""
 
 import json
 import math
