@@ -30,19 +30,24 @@ flags.mark_flag_as_required("workdir")
 
 
 def _initialize_distributed() -> None:
-  """Joins a multi-process job when launched as one (flags, or a cluster jax detects itself)."""
+  """Joins a multi-process job when launched as one: by flags, by the generic environment
+  (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) or under a cluster manager that
+  `jax.distributed.initialize()` detects itself (SLURM, TPU pods, Open MPI, Kubernetes). CPU
+  devices of such a job talk through gloo."""
   import jax
 
-  if _NUM_PROCESSES.value and _NUM_PROCESSES.value > 1:
-    if jax.config.jax_platforms in (None, "", "cpu") and not os.environ.get("CUDA_VISIBLE_DEVICES"):
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  env = os.environ
+  address = _COORDINATOR.value or env.get("JAX_COORDINATOR_ADDRESS")
+  num_processes = _NUM_PROCESSES.value or int(env.get("JAX_NUM_PROCESSES", "0")) or None
+  process_id = _PROCESS_ID.value
+  if process_id is None and "JAX_PROCESS_ID" in env:
+    process_id = int(env["JAX_PROCESS_ID"])
+  slurm_job = "SLURM_JOB_ID" in env and int(env.get("SLURM_NTASKS", "1")) > 1
+  if (num_processes or 1) > 1 or address or slurm_job:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices only
     jax.distributed.initialize(
-        coordinator_address=_COORDINATOR.value,
-        num_processes=_NUM_PROCESSES.value,
-        process_id=_PROCESS_ID.value,
+        coordinator_address=address, num_processes=num_processes, process_id=process_id
     )
-  elif os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("SLURM_NTASKS", "1") != "1":
-    jax.distributed.initialize()
 
 
 class _QuietLibraries(logging_std.Filter):

@@ -328,12 +328,20 @@ def read_metrics(workdir: Path) -> list[dict]:
 
 
 def final_params(workdir: Path) -> dict:
+  """The parameters of the newest checkpoint, on this process's first device (whatever mesh and
+  process count saved them)."""
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   with ocp.CheckpointManager(workdir / "checkpoints") as manager:
-    step = manager.latest_step()
-    restored = manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
-    )
-  return restored["state"]["params"]
+    directory = Path(manager.directory) / str(manager.latest_step()) / "state"
+  with ocp.StandardCheckpointer() as checkpointer:
+    metadata = checkpointer.metadata(directory).item_metadata["params"]
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                        dict(metadata))
+  restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), target)
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    restored = checkpointer.restore(directory, args=ocp.args.PyTreeRestore(
+        {"params": target}, restore_args={"params": restore_args}, partial_restore=True))
+  return restored["params"]
 
 
 def free_port() -> int:

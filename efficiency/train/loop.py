@@ -273,12 +273,14 @@ class Loop:
       if self.needs_eval(start_step):
         self.evaluate(state, start_step)
       self.throughput.reset_interval()
-      while step < config.steps and not interrupts.requested:
+      while step < config.steps:
         step += 1
         state = self.step(state, step, warm=step > start_step + 1)
         self.bar.update(1)
         if self.evaluates(step) or self.saves(step):
           self.throughput.reset_interval()
+        if interrupts.stops_after(step):
+          break
       if self.pending is not None:
         self.log_pending()
     except DivergedError as e:

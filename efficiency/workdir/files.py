@@ -7,6 +7,8 @@ and writing them.
   data_report.json   what data preparation kept and dropped (`data.prepare`)
   tensorboard/       TensorBoard event files of the metrics
   checkpoints/       Orbax checkpoints, one directory per saved step
+  checkpoints_corrupt/  checkpoints a resume could not restore, moved aside (train.checkpoint)
+  lock               the running owner's pid and host (efficiency.workdir.lock)
   efficiency.json    the study's metrics, one section per mode (`evals.efficiency`)
   quant_report.json  a quantized export's size, quality and speed (`evals.quantize`)
 """
