@@ -121,6 +121,9 @@ def _cases(tmp, corpus, data_dir, trained) -> list[tuple[list[str], str]]:
       (["-m", "evals.convert", workdir], "--to_hf"),
       (["-m", "evals.cos", f"--models={trained}"], "models"),
       (["-m", "evals.plot", "/nonexistent/sweep"], "/nonexistent/sweep"),
+      (["-m", "evals.plan", "--devices=0"], "--devices"),
+      (["-m", "evals.plan", "--config.mesh.fsdp=3", "--devices=8"], "mesh"),
+      (["-m", "evals.plan", "--config.nosuch=1"], "nosuch"),
   ]
   return cases
 
