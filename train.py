@@ -26,6 +26,11 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process job.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in the job.")
+_DISTRIBUTED = flags.DEFINE_boolean(
+    "distributed", False,
+    "Join a multi-process job that jax.distributed detects itself (TPU pods, Open MPI, "
+    "Kubernetes); SLURM and the flags above are detected without it.",
+)
 flags.mark_flag_as_required("workdir")
 
 
@@ -43,7 +48,7 @@ def _initialize_distributed() -> None:
   if process_id is None and "JAX_PROCESS_ID" in env:
     process_id = int(env["JAX_PROCESS_ID"])
   slurm_job = "SLURM_JOB_ID" in env and int(env.get("SLURM_NTASKS", "1")) > 1
-  if (num_processes or 1) > 1 or address or slurm_job:
+  if (num_processes or 1) > 1 or address or slurm_job or _DISTRIBUTED.value:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices only
     jax.distributed.initialize(
         coordinator_address=address, num_processes=num_processes, process_id=process_id
