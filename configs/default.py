@@ -99,6 +99,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.validation_percent = 5
   c.data.tokenizer = "sentencepiece"  # sentencepiece | bytes | hf
   c.data.tokenizer_dir = ""  # tokenizer=hf: a folder with tokenizer.json and tokenizer_config.json
+  # Independent streams the batch is drawn from, so the data position survives a change of
+  # process count that divides it. 0: the process count of the run's first launch (kept after).
+  c.data.shards = 0
   c.data.shuffle = True
   c.data.shuffle_window = 1024  # rows; decorrelates rows cut from one long document
   c.data.worker_threads = 2

@@ -1,19 +1,26 @@
-"""Grain input pipelines: a packed, per-process, checkpointable train iterator and eval batches.
+"""Grain input pipelines: a packed, checkpointable train iterator and eval batches, both split
+into `data.shards` independent streams so that the data position does not depend on how many
+processes read it.
 
 Every batch is this process's share of the global batch: a dict of numpy arrays of shape
 [batch_size // process_count, seq_len] (see `data.packing` for what the features mean; the
-config is a resolved one, so the batch splits evenly over processes):
+config is a resolved one, so the batch splits evenly over processes and shards):
   inputs, targets, segment_ids, positions: int32; weights: float32.
-Each process reads only the documents `i` with `i % process_count == process_index` of the
-prepared document list (`data.prepared`: bad documents and filtered ones dropped; with a
-curriculum, the curriculum's order).
+Shard `s` of `S = data.shards` reads the documents `i` with `i % S == s` of the prepared document
+list (`data.prepared`: bad documents and filtered ones dropped; with a curriculum, the
+curriculum's order) and fills rows [s * B/S, (s+1) * B/S) of every global batch of B rows.
+Process p of P owns shards [p * S/P, (p+1) * S/P), so the global batches are the same for any
+process count that divides S.
 
-The train iterator's position is saved and restored with `get_state()` / `set_state()`, or by
-Orbax through `grain.checkpoint.CheckpointSave(iterator)` / `CheckpointRestore(iterator)`.
+The train iterator's position is the position of each of its shards. `ShardedIterator` saves it
+with `get_state()` (Orbax: `grain.checkpoint.CheckpointSave(iterator)`, one file per process) and
+restores it from the files of any process count with `restore_files`.
 """
 
 import functools
 import itertools
+import json
+from pathlib import Path
 
 import grain
 import ml_collections
@@ -39,17 +46,90 @@ def local_batch_size(config: ml_collections.ConfigDict, process_count: int) -> i
   return config.batch_size // process_count
 
 
+def shard_count(config: ml_collections.ConfigDict, process_count: int) -> int:
+  """`data.shards`, or the process count where it is 0 (a config not yet resolved)."""
+  return config.data.get("shards", 0) or process_count
+
+
+def local_shards(config: ml_collections.ConfigDict, process_index: int,
+                 process_count: int) -> range:
+  """The shards process `process_index` of `process_count` reads."""
+  shards = shard_count(config, process_count)
+  if shards % process_count or config.batch_size % shards:
+    raise ConfigError(
+        f"data.shards={shards} must be a multiple of process_count={process_count} and divide "
+        f"batch_size={config.batch_size}"
+    )
+  per_process = shards // process_count
+  return range(process_index * per_process, (process_index + 1) * per_process)
+
+
 def _shard(
-    records: Records, split: str, process_index: int, process_count: int
+    records: Records, split: str, shard_index: int, shards: int
 ) -> grain.MapDataset:
-  """This process's documents of a split, as a Grain MapDataset of records."""
-  docs = grain.MapDataset.source(records)[process_index::process_count]
+  """One shard's documents of a split, as a Grain MapDataset of records."""
+  docs = grain.MapDataset.source(records)[shard_index::shards]
   if not len(docs):
     raise ConfigError(
-        f"the {split} split has {len(records)} documents, too few for process {process_index} "
-        f"of process_count={process_count}"
+        f"the {split} split has {len(records)} documents, too few for shard {shard_index} of "
+        f"data.shards={shards}"
     )
   return docs
+
+
+def _concat(batches: list[Batch]) -> Batch:
+  if len(batches) == 1:
+    return batches[0]
+  return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+
+class ShardedIterator(grain.DatasetIterator):
+  """This process's train batches: the rows of its shards' iterators, concatenated in shard
+  order. Its state is each shard's position, by shard index."""
+
+  def __init__(self, shards: dict[int, grain.DatasetIterator]):
+    super().__init__()  # no parents: each shard keeps its own context
+    self.shards = shards
+
+  def __next__(self) -> Batch:
+    return _concat([next(iterator) for iterator in self.shards.values()])
+
+  def get_state(self) -> dict:
+    """{"shards": {index: position}}: what Grain's checkpoint handler saves per process."""
+    return {"shards": {str(i): iterator.get_state() for i, iterator in self.shards.items()}}
+
+  def set_state(self, state: dict) -> None:
+    self.set_shard_states(state["shards"])
+
+  def set_shard_states(self, states: dict[str, dict]) -> None:
+    """Moves every shard to its position in `states` (which may hold other shards too)."""
+    missing = [i for i in self.shards if str(i) not in states]
+    if missing:
+      raise ValueError(f"the saved data position has no state for shards {missing}")
+    for i, iterator in self.shards.items():
+      iterator.set_state(states[str(i)])
+
+  def start_prefetch(self) -> None:
+    for iterator in self.shards.values():
+      iterator.start_prefetch()
+
+  def close(self) -> None:
+    for iterator in self.shards.values():
+      iterator.close()
+    super().close()
+
+  def restore_files(self, directory: str | Path) -> None:
+    """Restores the position from the files every process of the saving job wrote into
+    `directory` (a checkpoint's data/), whatever that job's process count was. A file of a run
+    from before shards (one plain iterator state per process) holds shard p of P."""
+    states = {}
+    for path in Path(directory).glob("process_*-of-*.json"):
+      saved = json.loads(path.read_text())
+      if "shards" in saved:
+        states.update(saved["shards"])
+      else:
+        states[path.name.split("_")[1].split("-")[0]] = saved
+    self.set_shard_states(states)
 
 
 def _tokenize(record: dict, tokenizer: Tokenizer) -> packing.Row:
@@ -98,34 +178,39 @@ def make_train_iterator(
     process_index: int,
     process_count: int,
     prepared: Prepared | None = None,
-) -> grain.DatasetIterator:
-  """Endless local train batches: documents shuffled with `seed` anew each epoch, then packed.
+) -> ShardedIterator:
+  """Endless local train batches: in each shard, documents shuffled with `seed` anew each
+  epoch, then packed.
 
   With a curriculum (`data.curriculum.difficulty`), documents come in the curriculum's order
   instead; with `data.seq_len_warmup.start`, the first batches' segments are cut short.
-  `data.prefetch` batches are prepared ahead in a background thread. The sequence of batches
-  depends only on the config, the tokenizer and the process index and count. `prepared` is the
+  `data.prefetch` batches are prepared ahead in a background thread per shard. The global
+  sequence of batches depends only on the config and the tokenizer. `prepared` is the
   config's prepared data (read from its cache when not given).
   """
-  batch_size = local_batch_size(config, process_count)
+  shards = shard_count(config, process_count)
+  batch_size = config.batch_size // shards
   prepared = prepare(config, tokenizer) if prepared is None else prepared
   records = load_source(config).train
   if prepared.scores_N is None:
-    docs = _shard(Subset(records, prepared.train_N), "train", process_index, process_count)
-    if config.data.shuffle:
-      docs = docs.shuffle(seed=config.seed)
+    documents = Subset(records, prepared.train_N)
   else:
     order = curriculum_order(prepared.scores_N, prepared.train_tokens_N, config)
-    ordered = Subset(records, prepared.train_N[order])
-    docs = _shard(ordered, "train", process_index, process_count)
+    documents = Subset(records, prepared.train_N[order])
   row_seed = config.seed if config.data.shuffle else None
-  batches = _batches(docs.repeat(), config, tokenizer, batch_size, row_seed)
-  if config.data.seq_len_warmup.start:
-    batches = SeqLenWarmup(batches, config)
-  prefetched = grain.experimental.ThreadPrefetchIterDataset(
-      batches, prefetch_buffer_size=config.data.prefetch
-  )
-  return iter(prefetched)
+  iterators = {}
+  for shard in local_shards(config, process_index, process_count):
+    docs = _shard(documents, "train", shard, shards)
+    if prepared.scores_N is None and config.data.shuffle:
+      docs = docs.shuffle(seed=config.seed)
+    batches = _batches(docs.repeat(), config, tokenizer, batch_size, row_seed)
+    if config.data.seq_len_warmup.start:
+      batches = SeqLenWarmup(batches, config)
+    prefetched = grain.experimental.ThreadPrefetchIterDataset(
+        batches, prefetch_buffer_size=config.data.prefetch
+    )
+    iterators[shard] = iter(prefetched)
+  return ShardedIterator(iterators)
 
 
 def make_eval_batches(
@@ -143,25 +228,25 @@ def make_eval_batches(
 
   If the split is too small to fill them, it is repeated (and a warning says so).
   """
-  batch_size = local_batch_size(config, process_count)
+  shards = shard_count(config, process_count)
+  batch_size = config.batch_size // shards
   prepared = prepare(config, tokenizer) if prepared is None else prepared
   records = Subset(load_source(config).validation, prepared.validation_M)
-  docs = _shard(records, "validation", process_index, process_count)
-  batches = _take(
-      _batches(docs, config, tokenizer, batch_size, EVAL_ROW_SEED), config.eval_batches
-  )
-  if len(batches) < config.eval_batches:
-    logging.warning(
-        "The validation split (%d documents on this process) fills only %d of eval_batches=%d "
-        "batches of %d x %d tokens; repeating it",
-        len(docs),
-        len(batches),
-        config.eval_batches,
-        batch_size,
-        config.seq_len,
-    )
+  per_shard = []
+  for shard in local_shards(config, process_index, process_count):
+    docs = _shard(records, "validation", shard, shards)
     batches = _take(
-        _batches(docs.repeat(), config, tokenizer, batch_size, EVAL_ROW_SEED),
-        config.eval_batches,
+        _batches(docs, config, tokenizer, batch_size, EVAL_ROW_SEED), config.eval_batches
     )
-  return batches
+    if len(batches) < config.eval_batches:
+      logging.warning(
+          "The validation split (%d documents in shard %d) fills only %d of eval_batches=%d "
+          "batches of %d x %d tokens; repeating it",
+          len(docs), shard, len(batches), config.eval_batches, batch_size, config.seq_len,
+      )
+      batches = _take(
+          _batches(docs.repeat(), config, tokenizer, batch_size, EVAL_ROW_SEED),
+          config.eval_batches,
+      )
+    per_shard.append(batches)
+  return [_concat(list(step)) for step in zip(*per_shard, strict=True)]

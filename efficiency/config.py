@@ -51,6 +51,7 @@ RANGES = (
     ("optimizer.eps", 0, None, "low open"),
     ("optimizer.weight_decay", 0, None, ""),
     ("optimizer.grad_clip", 0, None, "low open"),
+    ("data.shards", 0, None, "int"),
     ("data.shuffle_window", 1, None, "int"),
     ("data.worker_threads", 0, None, "int"),
     ("data.prefetch", 0, None, "int"),
@@ -388,4 +389,10 @@ def _check_mesh(config: ml_collections.ConfigDict, num_devices: int, process_cou
   if config.batch_size % process_count:
     raise ConfigError(
         f"batch_size={config.batch_size} is not divisible by process_count={process_count}"
+    )
+  shards = config.data.get("shards", 0)
+  if shards and (shards % process_count or config.batch_size % shards):
+    raise ConfigError(
+        f"data.shards={shards} must be a multiple of process_count={process_count} and divide "
+        f"batch_size={config.batch_size}"
     )

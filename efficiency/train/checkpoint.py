@@ -16,6 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from data.pipeline import ShardedIterator
 from efficiency.train.state import TrainState
 from efficiency.workdir import files
 
@@ -32,7 +33,7 @@ def make_manager(workdir: str | Path, keep: int) -> ocp.CheckpointManager:
 def save(
     manager: ocp.CheckpointManager,
     state: TrainState,
-    data_iterator: grain.DatasetIterator,
+    data_iterator: ShardedIterator,
     progress: dict,
     force: bool = False,
 ) -> bool:
@@ -58,10 +59,11 @@ CORRUPT = "checkpoints_corrupt"
 def restore_latest(
     manager: ocp.CheckpointManager,
     abstract_state: TrainState,
-    data_iterator: grain.DatasetIterator,
+    data_iterator: ShardedIterator,
 ) -> tuple[TrainState, dict] | None:
-  """Restores the newest checkpoint that restores completely into the given shardings and
-  iterator; None if there is none. Newer ones that fail are logged and moved aside; if every
+  """Restores the newest checkpoint that restores completely into the given shardings (any
+  mesh) and iterator (any process count: its shards' positions are read from every process's
+  file); None if there is none. Newer ones that fail are logged and moved aside; if every
   checkpoint fails, raises CorruptCheckpointError (nothing is moved)."""
   steps = sorted(manager.all_steps(), reverse=True)
   failures = []
@@ -71,10 +73,10 @@ def restore_latest(
           step,
           args=ocp.args.Composite(
               state=ocp.args.StandardRestore(abstract_state),
-              data=grain.checkpoint.CheckpointRestore(data_iterator),
               progress=ocp.args.JsonRestore(),
           ),
       )
+      data_iterator.restore_files(Path(manager.directory) / str(step) / "data")
     except Exception as e:  # noqa: BLE001  (any failure to read a step means: try an older one)
       reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
       logging.warning("Checkpoint of step %d does not restore (%s); trying an older one.",

@@ -31,7 +31,7 @@ from efficiency.train.state import TrainState
 from efficiency.workdir import files
 from efficiency.workdir.lock import WorkdirLock
 from efficiency.workdir.restore import restore
-from efficiency.workdir.resume import check_resume
+from efficiency.workdir.resume import check_resume, fill_shards
 from efficiency.workdir.storage import as_storage_error, remove_partial_saves
 from efficiency.workdir.summary import Summary
 from efficiency.workdir.writer import MetricWriter
@@ -145,6 +145,8 @@ def _train(
     config: ml_collections.ConfigDict, workdir: Path, interrupts: Interrupts, started: float
 ) -> dict:
   is_main = jax.process_index() == 0
+  config = ml_collections.ConfigDict(config.to_dict())
+  fill_shards(config, workdir, jax.process_count())
   check_resume(config, workdir)
   mesh = make_mesh(config.mesh)
   inputs = load_inputs(config, jax.process_index(), jax.process_count())
@@ -254,7 +256,8 @@ class Loop:
     self.throughput = Throughput(
         summary.flops_per_token, summary.peak_flops, config.batch_size * config.seq_len
     )
-    self.pending = None  # (step, tokens_seen, device metrics): read after the next dispatch
+    self.pending = None  # (step, device metrics, unread counts): read after the next dispatch
+    self.unread_tokens = []  # each step's global token count, on device until read
     self.bar = None  # the progress bar, while `run` runs
 
   def run(self, state: TrainState, interrupts: Interrupts) -> None:
@@ -330,10 +333,10 @@ class Loop:
     state, metrics = self.compiled_step(state, batch)
     if self.pending is not None:
       self.log_pending()  # reads the previous step's metrics while this step runs
-    tokens = int(local_batch["weights"].sum()) * jax.process_count()
-    self.progress.tokens_seen += tokens
+    tokens = int(local_batch["weights"].sum()) * jax.process_count()  # for rates only
+    self.unread_tokens.append(metrics["tokens"])
     if step % config.log_every == 0 or step == config.steps:
-      self.pending = (step, self.progress.tokens_seen, metrics)
+      self.pending = (step, metrics, len(self.unread_tokens))
     if self.evaluates(step) or self.saves(step):
       # Steps still queued on the device count as training time, not eval or save time.
       jax.block_until_ready(state)
@@ -341,6 +344,7 @@ class Loop:
     if self.evaluates(step) or self.saves(step):
       if self.pending is not None:
         self.log_pending()
+      self.read_tokens()
       self.check_finite(step, jax.device_get(metrics))  # before anything is saved
     if self.evaluates(step):
       self.evaluate(state, step)
@@ -363,14 +367,24 @@ class Loop:
       if not math.isfinite(value):
         raise DivergedError(f"training diverged: {name} is {value} at step {step}")
 
+  def read_tokens(self, count: int | None = None) -> int:
+    """Adds the first `count` (default: all) unread steps' token counts to `tokens_seen`; returns
+    it. The counts are the global batches' real targets, summed on device in each step."""
+    count = len(self.unread_tokens) if count is None else count
+    read, self.unread_tokens = self.unread_tokens[:count], self.unread_tokens[count:]
+    self.progress.tokens_seen += int(sum(float(t) for t in jax.device_get(read)))
+    return self.progress.tokens_seen
+
   def checkpoint_progress(self) -> dict:
+    self.read_tokens()
     return dataclasses.asdict(self.progress)
 
   def log_pending(self) -> None:
     """Writes the pending step's metrics (a log line, TensorBoard, the progress bar), then checks
     them for a divergence."""
-    step, tokens_seen, metrics = self.pending
+    step, metrics, counts = self.pending
     self.pending = None
+    tokens_seen = self.read_tokens(counts)
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "tokens"}
     rates = self.throughput.interval()
     self.writer.write(step, {"tokens_seen": tokens_seen, **metrics, **rates})
@@ -414,7 +428,7 @@ class Loop:
     summary.status = status
     summary.steps = step
     summary.checkpoint_step = committed
-    summary.tokens_seen = self.progress.tokens_seen
+    summary.tokens_seen = self.read_tokens()
     summary.peak_memory_bytes, summary.peak_memory_source = peak_memory_bytes()
     summary.wall_time_s = time.perf_counter() - self.started
     self.writer.write_summary(dataclasses.asdict(summary))

@@ -42,6 +42,18 @@ def differing_fields(config: ml_collections.ConfigDict, saved: dict) -> list[str
   return sorted(k for k in new.keys() & old.keys() if new[k] != old[k] and not resumable(k))
 
 
+def fill_shards(config: ml_collections.ConfigDict, workdir: str | Path, process_count: int) -> None:
+  """Sets `data.shards` where it is 0 (auto): the saved run's value when resuming, else the
+  process count, so a resumed run reads the same streams on any process count."""
+  if config.data.get("shards", 0):
+    return
+  workdir = Path(workdir)
+  saved = 0
+  if files.checkpoint_steps(workdir) and (workdir / files.CONFIG).is_file():
+    saved = files.read_json(workdir / files.CONFIG).get("data", {}).get("shards", 0)
+  config.data.shards = saved or process_count
+
+
 def check_resume(config: ml_collections.ConfigDict, workdir: str | Path) -> None:
   """Raises ConfigError naming the fields that differ from the saved config.json, when `workdir`
   holds checkpoints to resume from; does nothing for a new or never-saved workdir."""
