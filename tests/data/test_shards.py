@@ -47,7 +47,11 @@ def sharded_config(config):
   return config
 
 
-def test_any_process_count_assembles_the_same_global_batches(sharded_config):
+@pytest.mark.parametrize("ordering", ["shuffled", "curriculum_and_warmup"])
+def test_any_process_count_assembles_the_same_global_batches(sharded_config, ordering):
+  if ordering == "curriculum_and_warmup":
+    sharded_config.data.curriculum.difficulty = "length"
+    sharded_config.data.seq_len_warmup.update(start=4, steps=3)
   tokenizer = tokenizer_lib.get_tokenizer(sharded_config)
   one, two, four = (_iterators(sharded_config, tokenizer, p) for p in (1, 2, 4))
   for _ in range(4):
