@@ -23,7 +23,7 @@ import numpy as np
 from absl import flags
 
 from efficiency import cli
-from efficiency.errors import ConfigError
+from efficiency.errors import ConfigError, MissingPathError
 from efficiency.serving.collaborative import collaboration
 from efficiency.serving.compare import compare, table
 from efficiency.serving.loading import check_same_tokenizer, load_model
@@ -52,6 +52,8 @@ def main(argv: list[str]) -> None:
   if len(_MODELS.value) < 2:
     raise ConfigError(f"models={_MODELS.value}: collaborative decoding needs 2 or more")
   check_gamma(_GAMMA.value)
+  if _PROMPTS.value and not Path(_PROMPTS.value).is_file():
+    raise MissingPathError(f"prompts={_PROMPTS.value!r} is not a file")
   loaded = [load_model(d) for d in _MODELS.value]
   configs = [m.config for m in loaded]
   check_same_tokenizer(configs, _MODELS.value)
