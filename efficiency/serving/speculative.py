@@ -54,19 +54,25 @@ def check_vocabularies(target: nn.Module, draft: nn.Module) -> None:
 
 
 def accept(
-    keys_B: jnp.ndarray, drafts_Bg: jnp.ndarray, q_BgV: jnp.ndarray, p_BGV: jnp.ndarray
+    keys_B: jnp.ndarray, drafts_Bg: jnp.ndarray, q_BgV: jnp.ndarray, p_BGV: jnp.ndarray,
+    lengths_B: jnp.ndarray | None = None,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
   """Per row: how many leading drafts are kept (a, 0..gamma) and the token after them (from
-  the residual at the first rejection, from p at the bonus position when all are kept)."""
+  the residual at the first rejection, from p at the bonus position when all are kept). Only
+  the first lengths_B[b] drafts of row b count (all when None)."""
   b, gamma = drafts_Bg.shape
   p_draft_Bg = jnp.take_along_axis(p_BGV[:, :gamma], drafts_Bg[..., None], -1)[..., 0]
   q_draft_Bg = jnp.take_along_axis(q_BgV, drafts_Bg[..., None], -1)[..., 0]
   u_Bg = jax.vmap(lambda k: jax.random.uniform(k, (gamma,)))(step_keys(keys_B, gamma))
   kept_Bg = u_Bg * q_draft_Bg < p_draft_Bg
+  if lengths_B is not None:
+    kept_Bg &= jnp.arange(gamma) < lengths_B[:, None]
   a_B = jnp.cumprod(kept_Bg.astype(jnp.int32), axis=-1).sum(-1)
   rows_B = jnp.arange(b)
   p_BV = p_BGV[rows_B, a_B]
   q_BV = jnp.concatenate([q_BgV, jnp.zeros_like(q_BgV[:, :1])], axis=1)[rows_B, a_B]
+  if lengths_B is not None:
+    q_BV = jnp.where((a_B < lengths_B)[:, None], q_BV, 0.0)
   residual_BV = jnp.maximum(p_BV - q_BV, 0.0)
   total_B1 = residual_BV.sum(-1, keepdims=True)
   residual_BV = jnp.where(total_B1 > 0, residual_BV / jnp.where(total_B1 > 0, total_B1, 1), p_BV)
