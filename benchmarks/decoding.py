@@ -13,9 +13,12 @@
   and 8 (the prompts cycled to fill the batch); acceptance and target calls per token.
 - `quant`: greedy on-device decode of int8 (AQT serve) and int4 (packed) weights against bf16,
   batch 1 and 8.
-- `cos`: collaborative decoding (host engine, batch 1): standard, naive and CoS (alternate);
-  contrastive decoding of default (expert) and small (amateur, mu 0.1) and, with --seed1, the
-  weighted ensemble of default + seed1; temperature 0, gamma 5.
+- `cos`: collaborative decoding on device, batch 1 (each prompt its own request): standard
+  against CoS (two models alternating), weighted ensemble (lambda 0.5) of default and small (or
+  --seed1) and contrastive decoding of default (expert) and small (amateur, mu 0.1); temperature
+  0 at gamma 1, 2, 3, 5, 8 and temperature 1 at gamma 3 and 5. CoS starts with small proposing.
+- `host_cos` (not in the default parts): the host engine (numpy acceptance, batch 1) on CD T=0
+  gamma 5, for what the machinery used to cost.
 """
 
 import argparse
@@ -28,6 +31,7 @@ import jax
 import numpy as np
 
 from efficiency.serving import export
+from efficiency.serving.collaborate import collaborate
 from efficiency.serving.collaborative import Contrastive, WeightedEnsemble
 from efficiency.serving.compare import compare
 from efficiency.serving.generate import run
@@ -42,27 +46,28 @@ from efficiency.train.inputs import tokenizer_of
 GREEDY = Sampling(0.0)
 
 
-def median_time(fn, rounds: int) -> float:
-  """Median seconds of `fn()` over `rounds` calls after one warm-up call."""
-  fn()
-  times = []
-  for _ in range(rounds):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
-def median_decode(rounds: int, fn, *args):
-  """The last result of `fn(*args)` (a Generated or Speculated) and the median of its decode_s
-  (compilation excluded) over `rounds` calls after one warm-up call."""
-  fn(*args)
-  results = [fn(*args) for _ in range(rounds)]
-  return results[-1], statistics.median(r.decode_s for r in results)
-
-
-def batch_of(prompts: list[np.ndarray], b: int) -> list[np.ndarray]:
-  return [prompts[i % len(prompts)] for i in range(b)]
+def interleaved(rounds: int, b: int, prompts: list[np.ndarray], methods: dict) -> dict:
+  """Each method `methods[name](chunk)` (returning a Generated, Speculated or Collaborated) on
+  the prompts in chunks of `b`, the methods taking turns call by call (so they share the
+  machine's load): per method, tokens, the median decode seconds per chunk summed over chunks,
+  tokens/s and the results (for acceptance and calls). One warm-up call each first."""
+  out = {name: {"tokens": 0, "seconds": 0.0, "results": []} for name in methods}
+  for i in range(0, len(prompts), b):
+    chunk = prompts[i : i + b]
+    runs = {name: [] for name in methods}
+    for turn in range(rounds + 1):
+      for name, fn in methods.items():
+        result = fn(chunk)
+        if turn:
+          runs[name].append(result)
+    for name, results in runs.items():
+      o = out[name]
+      o["tokens"] += sum(map(len, results[-1].tokens))
+      o["seconds"] += statistics.median(r.decode_s for r in results)
+      o["results"].append(results[-1])
+  for o in out.values():
+    o["tokens_per_s"] = o["tokens"] / o["seconds"]
+  return out
 
 
 def limit(model, params, prompt: np.ndarray, new: int, rounds: int) -> dict:
@@ -86,12 +91,25 @@ def limit(model, params, prompt: np.ndarray, new: int, rounds: int) -> dict:
     step_runner.cache = cache
     jax.block_until_ready(logits)
 
-  seconds = {"device_b1": median_decode(rounds, run, model, params, [prompt], new, GREEDY,
-                                       None)[1] / new,
-             "device_b8": median_decode(rounds, run, model, params, [prompt] * 8, new, GREEDY,
-                                       None)[1] / (8 * new),
-             "host_loop_b1": median_time(host_loop, rounds) / new,
-             "step_alone_b1": median_time(step_alone, rounds) / new}
+  def timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+  measures = {  # seconds per generated token, taking turns (one warm-up turn)
+      "device_b1": lambda: run(model, params, [prompt], new, GREEDY, None).decode_s / new,
+      "device_b8": lambda: run(model, params, [prompt] * 8, new, GREEDY, None).decode_s
+      / (8 * new),
+      "host_loop_b1": lambda: timed(host_loop) / new,
+      "step_alone_b1": lambda: timed(step_alone) / new,
+  }
+  times = {name: [] for name in measures}
+  for turn in range(rounds + 1):
+    for name, measure in measures.items():
+      t = measure()
+      if turn:
+        times[name].append(t)
+  seconds = {name: statistics.median(t) for name, t in times.items()}
   out = {f"{k}_tokens_per_s": 1 / v for k, v in seconds.items()}
   out.update(
       device_over_step_alone=seconds["step_alone_b1"] / seconds["device_b1"],
@@ -106,19 +124,20 @@ def speculative(target, draft, prompts, new: int, eos: int, rounds: int) -> list
   for t in (0.0, 1.0):
     sampling = Sampling(t)
     for b in (1, 4, 8):
-      chunk = batch_of(prompts, b)
-      plain, alone = median_decode(rounds, run, *target, chunk, new, sampling, eos)
-      alone_tokens = sum(map(len, plain.tokens))
+      methods = {"alone": lambda c, s=sampling: run(*target, c, new, s, eos)}
       for gamma in (3, 5):
-        spec, spec_s = median_decode(rounds, speculate, target, draft, chunk, new, sampling,
-                                     gamma, eos)
-        tokens = sum(map(len, spec.tokens))
+        methods[gamma] = lambda c, s=sampling, g=gamma: speculate(target, draft, c, new, s, g, eos)
+      measured = interleaved(rounds, b, prompts, methods)
+      alone = measured.pop("alone")
+      for gamma, spec in measured.items():
+        verified = sum(r.verified for r in spec["results"])
+        target_calls = sum(r.rounds for r in spec["results"])
         row = {"temperature": t, "batch": b, "gamma": gamma,
-               "speedup": (tokens / spec_s) / (alone_tokens / alone),
-               "acceptance": spec.acceptance,
-               "tokens_per_target_call": tokens / b / spec.rounds,
-               "target_alone_tokens_per_s": alone_tokens / alone,
-               "speculative_tokens_per_s": tokens / spec_s}
+               "speedup": spec["tokens_per_s"] / alone["tokens_per_s"],
+               "acceptance": sum(r.accepted for r in spec["results"]) / verified,
+               "tokens_per_target_call": spec["tokens"] / target_calls / b,
+               "target_alone_tokens_per_s": alone["tokens_per_s"],
+               "speculative_tokens_per_s": spec["tokens_per_s"]}
         print(json.dumps(row), flush=True)
         rows.append(row)
   return rows
@@ -130,30 +149,55 @@ def quant(trained, prompts, new: int, rounds: int) -> list[dict]:
             "int4": export.convert(trained, 4, "bfloat16")}
   rows = []
   for b in (1, 8):
-    chunk = batch_of(prompts, b)
-    seconds = {name: median_decode(rounds, run, m.model, m.params, chunk, new, GREEDY, None)[1]
-               for name, m in models.items()}
-    for name, s in seconds.items():
-      row = {"weights": name, "batch": b, "tokens_per_s": b * new / s,
-             "over_bf16": seconds["bf16"] / s,
+    measured = interleaved(rounds, b, prompts, {
+        name: lambda c, m=m: run(m.model, m.params, c, new, GREEDY, None)
+        for name, m in models.items()})
+    for name, m in measured.items():
+      row = {"weights": name, "batch": b, "tokens_per_s": m["tokens_per_s"],
+             "over_bf16": m["tokens_per_s"] / measured["bf16"]["tokens_per_s"],
              "weight_bytes": export.weight_bytes(models[name].params)}
       print(json.dumps(row), flush=True)
       rows.append(row)
   return rows
 
 
-def cos(pairs: dict, prompts, new: int, eos: int, max_len: int) -> list[dict]:
+def cos(pairs: dict, prompts, new: int, eos: int, rounds: int, gammas) -> list[dict]:
+  """On device, batch 1: standard collaborative decoding against CoS for each gamma."""
   rows = []
   for label, (collab, members, proposer) in pairs.items():
-    report = compare(Engine(collab, members, max_len), prompts, new, 5, proposer, 0, eos)
-    row = {"setting": label, **{
-        name: {k: report[name][k] for k in ("tokens_per_s", "speedup", "acceptance",
-                                            "tokens_per_call")}
-        for name in ("standard", "naive", "cos")},
-        "same_tokens_as_standard": report["same_tokens_as_standard"]}
-    print(json.dumps(row), flush=True)
-    rows.append(row)
+    methods = {"standard": lambda c, k=collab, m=members: collaborate(k, m, c, new, "standard",
+                                                                      eos)}
+    for gamma in gammas:
+      methods[gamma] = lambda c, k=collab, m=members, g=gamma, p=proposer: collaborate(
+          k, m, c, new, "cos", eos, g, p)
+    measured = interleaved(rounds, 1, prompts, methods)
+    standard = measured.pop("standard")
+    std_calls = sum(r.calls for r in standard["results"])
+    for gamma, fast in measured.items():
+      calls = sum(r.calls for r in fast["results"])
+      row = {"setting": label, "gamma": gamma,
+             "speedup": fast["tokens_per_s"] / standard["tokens_per_s"],
+             "acceptance": sum(r.accepted for r in fast["results"])
+             / sum(r.verified for r in fast["results"]),
+             "tokens_per_call": {"standard": standard["tokens"] / std_calls,
+                                 "cos": fast["tokens"] / calls},
+             "standard_tokens_per_s": standard["tokens_per_s"],
+             "cos_tokens_per_s": fast["tokens_per_s"]}
+      if collab.sampling.temperature == 0:
+        row["same_tokens_as_standard"] = all(
+            np.array_equal(a, b)
+            for x, y in zip(fast["results"], standard["results"], strict=True)
+            for a, b in zip(x.tokens, y.tokens, strict=True))
+      print(json.dumps(row), flush=True)
+      rows.append(row)
   return rows
+
+
+def host_cos(collab, members, proposer, prompts, new: int, eos: int, max_len: int) -> dict:
+  """The host engine (batch 1, numpy acceptance) on the same setting, for the machinery's cost."""
+  report = compare(Engine(collab, members, max_len), prompts, new, 5, proposer, 0, eos)
+  return {name: {k: report[name][k] for k in ("tokens_per_s", "speedup", "acceptance")}
+          for name in ("standard", "naive", "cos")}
 
 
 def main() -> None:
@@ -185,12 +229,17 @@ def main() -> None:
   if "quant" in parts:
     results["quant"] = quant(default, prompts, new, args.rounds)
   if "cos" in parts:
-    greedy = Sampling(0.0)
-    pairs = {"cd T=0 gamma=5": (Contrastive(0.1, greedy), [target, draft], 1)}
-    if args.seed1:
-      seed1 = (loaded[2].model, loaded[2].params)
-      pairs["we T=0 gamma=5"] = (WeightedEnsemble((0.5, 0.5), greedy), [target, seed1], 0)
-    results["cos"] = cos(pairs, prompts, new, eos, args.prompt_tokens + new + 48)
+    partner = (loaded[2].model, loaded[2].params) if args.seed1 else draft
+    results["cos"] = []
+    for t, gammas in ((0.0, (1, 2, 3, 5, 8)), (1.0, (3, 5))):
+      sampling = Sampling(t)
+      pairs = {f"we T={t:g}": (WeightedEnsemble((0.5, 0.5), sampling), [target, partner], 1),
+               f"cd T={t:g}": (Contrastive(0.1, sampling), [target, draft], 1)}
+      results["cos"] += cos(pairs, prompts, new, eos, args.rounds, gammas)
+  if "host_cos" in parts:
+    results["host_cos"] = host_cos(Contrastive(0.1, Sampling(0.0)), [target, draft], 1,
+                                   prompts, new, eos, args.prompt_tokens + new + 48)
+    print(json.dumps(results["host_cos"]), flush=True)
   Path(args.out).write_text(json.dumps(results, indent=2))
 
 

@@ -39,7 +39,8 @@ def test_cos_writes_report(sweep_root, tmp_path):
              "--prompt_tokens=8", "--max_new_tokens=4", "--gamma=2", f"--output={out}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = json.loads(out.read_text())
-  assert report["same_tokens_as_standard"] == {"standard": True, "naive": True, "cos": True}
+  assert report["same_tokens_as_standard"] == {"standard": True, "cos": True}
+  assert report["settings"]["on_device"]
   assert report["settings"]["weights"] == [0.5, 0.5]
   assert "speedup (CoS over standard)" in proc.stdout
 
