@@ -44,6 +44,7 @@ from efficiency.serving.generate import (
 from efficiency.serving.runner import cached_forward
 from efficiency.serving.speculation import check_gamma
 from efficiency.serving.speculative import accept
+from efficiency.serving.unpack import decode_form
 
 METHODS = ("standard", "cos")
 
@@ -195,11 +196,14 @@ def program(models: tuple, collab: Collaboration, method: str, gamma: int, propo
             max_new_tokens: int, max_len: int):
   """The jitted decoding: (params tuple, tokens_BP, lengths_B, eos_id, seed, rows_B) -> (new
   tokens [B, max_new_tokens], [rounds or steps, verified, accepted])."""
+  forms = [decode_form(m) for m in models]
+  models = tuple(m for m, _ in forms)
   if method == "standard":
-    fn = functools.partial(_standard, models, collab, max_new_tokens, max_len)
+    core = functools.partial(_standard, models, collab, max_new_tokens, max_len)
   else:
-    fn = functools.partial(_cos, models, collab, gamma, proposer, max_new_tokens, max_len)
-  return jax.jit(fn)
+    core = functools.partial(_cos, models, collab, gamma, proposer, max_new_tokens, max_len)
+  return jax.jit(lambda params, *args: core(
+      tuple(unpack(p) for (_, unpack), p in zip(forms, params, strict=True)), *args))
 
 
 @dataclasses.dataclass

@@ -21,6 +21,7 @@ from efficiency.serving import device_sampling
 from efficiency.serving.cache import init_cache
 from efficiency.serving.runner import bucket, cached_forward
 from efficiency.serving.sampling import Sampling
+from efficiency.serving.unpack import decode_form
 
 NO_TOKEN = -1  # fills the output after a row stops
 NEVER = -2  # the EOS id when there is none (no sampled token equals it)
@@ -114,7 +115,9 @@ def _generate(
 def program(model: nn.Module, sampling: Sampling, max_new_tokens: int, max_len: int):
   """The jitted generation of `model` for these settings: (params, tokens_BP, lengths_B,
   eos_id, seed, rows_B) -> new tokens [B, max_new_tokens]."""
-  return jax.jit(functools.partial(_generate, model, sampling, max_new_tokens, max_len))
+  model, unpack = decode_form(model)
+  core = functools.partial(_generate, model, sampling, max_new_tokens, max_len)
+  return jax.jit(lambda params, *args: core(unpack(params), *args))
 
 
 def eos_arg(eos_id: int | None) -> np.int32:

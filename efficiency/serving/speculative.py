@@ -41,6 +41,7 @@ from efficiency.serving.generate import (
 from efficiency.serving.runner import cached_forward
 from efficiency.serving.sampling import Sampling
 from efficiency.serving.speculation import check_gamma
+from efficiency.serving.unpack import decode_form
 
 
 def check_vocabularies(target: nn.Module, draft: nn.Module) -> None:
@@ -168,9 +169,12 @@ def program(
 ):
   """The jitted speculative generation: (target_params, draft_params, tokens_BP, lengths_B,
   eos_id, seed, rows_B) -> (new tokens [B, max_new_tokens], [rounds, verified, accepted])."""
-  return jax.jit(functools.partial(
+  (target, unpack_target), (draft, unpack_draft) = decode_form(target), decode_form(draft)
+  core = functools.partial(
       _speculate, target, draft, sampling, draft_sampling, gamma, max_new_tokens, max_len
-  ))
+  )
+  return jax.jit(lambda target_params, draft_params, *args: core(
+      unpack_target(target_params), unpack_draft(draft_params), *args))
 
 
 @dataclasses.dataclass

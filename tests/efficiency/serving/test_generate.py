@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 
 from efficiency.errors import ConfigError
-from efficiency.serving import device_sampling
+from efficiency.serving import device_sampling, export
 from efficiency.serving import generate as generate_lib
 from efficiency.serving.collaborative import Single
 from efficiency.serving.generate import check_context, generate, run
@@ -20,7 +20,7 @@ from efficiency.serving.sampling import Sampling, distribution
 from tests.efficiency.serving.exactness import ALPHA, analytic, chi_square_p
 from tests.efficiency.serving.host_decode import host_generate
 from tests.efficiency.serving.test_cache import make_model
-from tests.helpers import tiny_model
+from tests.helpers import quant_config, tiny_model, trained_model
 
 GREEDY = Sampling(temperature=0.0)
 PROMPTS = [np.array([1, 3, 2], np.int32), np.array([4, 4, 7, 1, 9], np.int32),
@@ -74,6 +74,17 @@ def test_greedy_equals_host_decode(attention):
     np.testing.assert_array_equal(g, e)
   np.testing.assert_array_equal(generate(model, params, PROMPTS[1:2], 12, GREEDY, None)[0],
                                 expected[1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bits", [8, 4])
+def test_greedy_served_model_equals_host_decode(bits):
+  config = quant_config(mode="int8" if bits == 8 else "none")
+  served = export.convert(trained_model(config), bits, "float32")
+  expected = host_generate(served.model, served.params, PROMPTS, 10, GREEDY, None)
+  got = generate(served.model, served.params, PROMPTS, 10, GREEDY, None)
+  for g, e in zip(got, expected, strict=True):
+    np.testing.assert_array_equal(g, e)
 
 
 @pytest.fixture(scope="module")
