@@ -7,7 +7,8 @@
 - `limit`: default model, greedy: the on-device generation (one jitted program per request,
   prefill included) at batch 1 and 8, against the host loop it replaced (one jitted step per
   token, logits read to the host, argmax there) and the jitted one-token cached step alone
-  (chained on device, read once: the floor of any per-token loop).
+  (chained on device, read once: the floor of any per-token loop); and the small model's
+  generation against the default's (what a draft step costs).
 - `speculative`: the small model drafts for the default one, on device and batched, against the
   default model alone (on-device generation) at temperatures 0 and 1, gamma 3 and 5, batch 1, 4
   and 8 (the prompts cycled to fill the batch); acceptance and target calls per token.
@@ -119,6 +120,18 @@ def limit(model, params, prompt: np.ndarray, new: int, rounds: int) -> dict:
   return out
 
 
+def step_costs(target, draft, prompts, new: int, rounds: int) -> dict:
+  """Greedy on-device decode of the draft against the target, batch 1: how much cheaper a
+  draft step is than a target step."""
+  measured = interleaved(rounds, 1, prompts, {
+      "target": lambda c: run(*target, c, new, GREEDY, None),
+      "draft": lambda c: run(*draft, c, new, GREEDY, None)})
+  return {"target_tokens_per_s": measured["target"]["tokens_per_s"],
+          "draft_tokens_per_s": measured["draft"]["tokens_per_s"],
+          "draft_step_over_target_step":
+          measured["target"]["tokens_per_s"] / measured["draft"]["tokens_per_s"]}
+
+
 def speculative(target, draft, prompts, new: int, eos: int, rounds: int) -> list[dict]:
   rows = []
   for t in (0.0, 1.0):
@@ -224,6 +237,8 @@ def main() -> None:
   if "limit" in parts:
     results["limit"] = limit(*target, prompts[0], new, args.rounds)
     print(json.dumps(results["limit"]), flush=True)
+    results["step_costs"] = step_costs(target, draft, prompts[:4], new, args.rounds)
+    print(json.dumps(results["step_costs"]), flush=True)
   if "speculative" in parts:
     results["speculative"] = speculative(target, draft, prompts, new, eos, args.rounds)
   if "quant" in parts:

@@ -67,7 +67,8 @@ def _standard(
   keys_B = row_keys(seed, rows_B)
   logits, caches = _prefill(models, params, tokens_BP, max_len)
   last = [x[jnp.arange(b), lengths_B - 1] for x in logits]
-  first_B = device_sampling.draw(step_keys(keys_B, 0), target_probs(collab, last))
+  greedy = collab.sampling.temperature == 0
+  first_B = device_sampling.draw(step_keys(keys_B, 0), target_probs(collab, last), greedy)
   out_BN = jnp.full((b, max_new_tokens), NO_TOKEN, jnp.int32).at[:, 0].set(first_B)
 
   def cond(state):
@@ -80,7 +81,7 @@ def _standard(
       x_B1V, c = cached_forward(m, p, jnp.maximum(last_B, 0)[:, None], c, lengths_B + step - 1)
       logits.append(x_B1V[:, 0])
       new_caches.append(c)
-    next_B = device_sampling.draw(step_keys(keys_B, step), target_probs(collab, logits))
+    next_B = device_sampling.draw(step_keys(keys_B, step), target_probs(collab, logits), greedy)
     next_B = jnp.where(done_B, NO_TOKEN, next_B)
     out_BN = jax.lax.dynamic_update_index_in_dim(out_BN, next_B, step, axis=1)
     return step + 1, new_caches, out_BN, next_B, done_B | (next_B == eos_id)
@@ -103,6 +104,7 @@ def _cos(
   seq_BL = jnp.zeros((b, max_len), jnp.int32).at[:, :p].set(tokens_BP)
   end_B = lengths_B + max_new_tokens
   g = gamma + 1  # pending tokens at most: a carried one and gamma drafts
+  greedy = collab.sampling.temperature == 0  # every distribution is one-hot
   window = jnp.arange(g)
 
   def draft(pi, round_keys_B, seq_BL, n_B, carry_B, cache):
@@ -114,7 +116,7 @@ def _cos(
     at_n_BV = logits_B3V[rows, n_B - 1 - start_B]
     first_BV = jnp.where(carry_B[:, None], logits_B3V[rows, n_B - start_B], at_n_BV)
     first_B = device_sampling.draw(step_keys(round_keys_B, 0),
-                                   proposal_probs(collab, pi, first_BV))
+                                   proposal_probs(collab, pi, first_BV), greedy)
     h_B = carry_B.astype(jnp.int32)
 
     def step(state, i):
@@ -122,7 +124,7 @@ def _cos(
       x_B1V, cache = cached_forward(models[pi], params[pi], last_B[:, None], cache,
                                     n_B + h_B + i - 1)
       token_B = device_sampling.draw(step_keys(round_keys_B, i),
-                                     proposal_probs(collab, pi, x_B1V[:, 0]))
+                                     proposal_probs(collab, pi, x_B1V[:, 0]), greedy)
       return (cache, token_B), (token_B, x_B1V[:, 0])
 
     (cache, _), (rest_gB, rest_gBV) = jax.lax.scan(step, (cache, first_B), jnp.arange(1, gamma))
@@ -148,11 +150,11 @@ def _cos(
     ordered = [proposer_BGV, verifier_BHV[:, :g]][:: 1 if pi == 0 else -1]
     r_BGV = target_probs(collab, ordered)
     q_BGV = proposal_probs(collab, pi, proposer_BGV)
-    a_B, next_B = accept(round_keys_B, pending_BG, q_BGV, r_BGV, m_B)
+    a_B, next_B = accept(round_keys_B, pending_BG, q_BGV, r_BGV, m_B, greedy)
     kept_all_B = a_B == m_B
     carried_B = device_sampling.draw(
-        step_keys(round_keys_B, g + 2), proposal_probs(collab, vi, verifier_BHV[rows, m_B])
-    )
+        step_keys(round_keys_B, g + 2), proposal_probs(collab, vi, verifier_BHV[rows, m_B]),
+        greedy)
     new_BG = jnp.where(window < a_B[:, None], pending_BG, next_B[:, None])
     count_B = jnp.where(kept_all_B, m_B, a_B + 1)
     eos_BG = (new_BG == eos_id) & (window < count_B[:, None])

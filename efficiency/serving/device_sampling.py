@@ -38,10 +38,16 @@ def probabilities(logits_BV: jnp.ndarray, sampling: Sampling) -> jnp.ndarray:
   return probs_BV
 
 
-def draw(keys_B: jnp.ndarray, probs_BV: jnp.ndarray) -> jnp.ndarray:
-  """One token per row from probs_BV [B, V], row b drawn with keys_B[b]: int32 [B]."""
-  logp_BV = jnp.log(probs_BV)
-  return jax.vmap(jax.random.categorical)(keys_B, logp_BV).astype(jnp.int32)
+def draw(keys_B: jnp.ndarray, probs_BV: jnp.ndarray, one_hot: bool = False) -> jnp.ndarray:
+  """One token per row from probs_BV [B, V], row b drawn with keys_B[b]: int32 [B]. With
+  `one_hot` (every row one-hot, as greedy settings give) the argmax, drawing nothing."""
+  if one_hot:
+    return jnp.argmax(probs_BV, axis=-1).astype(jnp.int32)
+  # Inverse CDF on one uniform per row (a Gumbel draw would cost V random numbers per row).
+  cdf_BV = jnp.cumsum(probs_BV.astype(jnp.float32), axis=-1)
+  u_B1 = jax.vmap(jax.random.uniform)(keys_B)[:, None] * cdf_BV[:, -1:]
+  token_B = jnp.sum(cdf_BV <= u_B1, axis=-1)
+  return jnp.minimum(token_B, probs_BV.shape[-1] - 1).astype(jnp.int32)
 
 
 def sample(keys_B: jnp.ndarray, logits_BV: jnp.ndarray, sampling: Sampling) -> jnp.ndarray:

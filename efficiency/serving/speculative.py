@@ -56,15 +56,19 @@ def check_vocabularies(target: nn.Module, draft: nn.Module) -> None:
 
 def accept(
     keys_B: jnp.ndarray, drafts_Bg: jnp.ndarray, q_BgV: jnp.ndarray, p_BGV: jnp.ndarray,
-    lengths_B: jnp.ndarray | None = None,
+    lengths_B: jnp.ndarray | None = None, one_hot: bool = False,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
   """Per row: how many leading drafts are kept (a, 0..gamma) and the token after them (from
   the residual at the first rejection, from p at the bonus position when all are kept). Only
-  the first lengths_B[b] drafts of row b count (all when None)."""
+  the first lengths_B[b] drafts of row b count (all when None). `one_hot`: p and q are one-hot
+  (greedy), so a draft is kept iff p has it, and no uniform is drawn."""
   b, gamma = drafts_Bg.shape
   p_draft_Bg = jnp.take_along_axis(p_BGV[:, :gamma], drafts_Bg[..., None], -1)[..., 0]
   q_draft_Bg = jnp.take_along_axis(q_BgV, drafts_Bg[..., None], -1)[..., 0]
-  u_Bg = jax.vmap(lambda k: jax.random.uniform(k, (gamma,)))(step_keys(keys_B, gamma))
+  if one_hot:
+    u_Bg = jnp.zeros((b, gamma))
+  else:
+    u_Bg = jax.vmap(lambda k: jax.random.uniform(k, (gamma,)))(step_keys(keys_B, gamma))
   kept_Bg = u_Bg * q_draft_Bg < p_draft_Bg
   if lengths_B is not None:
     kept_Bg &= jnp.arange(gamma) < lengths_B[:, None]
@@ -77,7 +81,7 @@ def accept(
   residual_BV = jnp.maximum(p_BV - q_BV, 0.0)
   total_B1 = residual_BV.sum(-1, keepdims=True)
   residual_BV = jnp.where(total_B1 > 0, residual_BV / jnp.where(total_B1 > 0, total_B1, 1), p_BV)
-  return a_B, device_sampling.draw(step_keys(keys_B, gamma + 1), residual_BV)
+  return a_B, device_sampling.draw(step_keys(keys_B, gamma + 1), residual_BV, one_hot)
 
 
 def _speculate(
@@ -101,6 +105,7 @@ def _speculate(
   seq_BL = jnp.zeros((b, max_len), jnp.int32).at[:, :p].set(tokens_BP)
   end_B = lengths_B + max_new_tokens
   window = jnp.arange(gamma + 1)
+  greedy = sampling.temperature == 0 and draft_sampling.temperature == 0
 
   def draft_tokens(round_keys_B, seq_BL, n_B, cache):
     """gamma drafts per row from the draft model, their q, and the draft's cache."""
@@ -109,13 +114,13 @@ def _speculate(
     logits_B2V, cache = cached_forward(draft, draft_params, pair_B2, cache, start_B)
     q_BV = device_sampling.probabilities(logits_B2V[batch_rows, n_B - 1 - start_B],
                                          draft_sampling)
-    first_B = device_sampling.draw(step_keys(round_keys_B, 0), q_BV)
+    first_B = device_sampling.draw(step_keys(round_keys_B, 0), q_BV, greedy)
 
     def step(carry, i):
       cache, last_B = carry
       logits_B1V, cache = cached_forward(draft, draft_params, last_B[:, None], cache, n_B + i - 1)
       q_BV = device_sampling.probabilities(logits_B1V[:, 0], draft_sampling)
-      token_B = device_sampling.draw(step_keys(round_keys_B, i), q_BV)
+      token_B = device_sampling.draw(step_keys(round_keys_B, i), q_BV, greedy)
       return (cache, token_B), (token_B, q_BV)
 
     (cache, _), (rest_gB, rest_gBV) = jax.lax.scan(step, (cache, first_B), jnp.arange(1, gamma))
@@ -135,7 +140,7 @@ def _speculate(
         target, target_params, verify_BG, target_cache, n_B - 1
     )
     p_BGV = device_sampling.probabilities(logits_BGV, sampling)
-    a_B, next_B = accept(round_keys_B, drafts_Bg, q_BgV, p_BGV)
+    a_B, next_B = accept(round_keys_B, drafts_Bg, q_BgV, p_BGV, one_hot=greedy)
     new_BG = jnp.where(window < a_B[:, None], jnp.pad(drafts_Bg, ((0, 0), (0, 1))), next_B[:, None])
     count_B = a_B + 1
     eos_BG = (new_BG == eos_id) & (window < count_B[:, None])
