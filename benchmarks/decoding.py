@@ -1,19 +1,25 @@
-"""Decoding benchmarks on trained workdirs: CoS against standard collaborative decoding, a gamma
-sweep, plain speculative decoding against the target alone, and cached decode steps against
-forward passes.
+"""Decoding benchmarks on trained workdirs, every part side by side in one process (ratios).
 
-  python benchmarks/decoding.py --default DIR --seed1 DIR --small DIR
-      [--prompts 8 --prompt_tokens 64 --max_new_tokens 64 --out decoding.json]
+  python benchmarks/decoding.py --default DIR --small DIR [--seed1 DIR]
+      [--prompts 8 --prompt_tokens 64 --max_new_tokens 64 --parts limit,speculative,quant,cos
+       --out decoding.json]
 
-- `cos`: weighted ensemble of default + seed1 (lambda 0.5) and contrastive decoding of default
-  (expert) and small (amateur, mu 0.1), at temperatures 0 and 1, gamma 5: standard, naive and
-  CoS (alternate) on the same validation prompts, interleaved prompt by prompt.
-- `gamma`: the same at temperature 0 for gamma 1, 2, 3, 5, 8.
-- `speculative`: small drafts for default vs default alone, temperatures 0 and 1, gamma 3 and 5.
-- `limit`: default model: the generation loop's tokens/s at batch 1 and 8 (greedy, prefill
-  included), the jitted one-token cached step alone, and one forward pass over all the tokens
-  (prompt + new) in parallel.
-All numbers are ratios measured side by side in one process.
+- `limit`: default model, greedy: the on-device generation (one jitted program per request,
+  prefill included) at batch 1 and 8, against the host loop it replaced (one jitted step per
+  token, logits read to the host, argmax there) and the jitted one-token cached step alone
+  (chained on device, read once: the floor of any per-token loop); and the small model's
+  generation against the default's (what a draft step costs).
+- `speculative`: the small model drafts for the default one, on device and batched, against the
+  default model alone (on-device generation) at temperatures 0 and 1, gamma 3 and 5, batch 1, 4
+  and 8 (the prompts cycled to fill the batch); acceptance and target calls per token.
+- `quant`: greedy on-device decode of int8 (AQT serve) and int4 (packed) weights against bf16,
+  batch 1 and 8.
+- `cos`: collaborative decoding on device, batch 1 (each prompt its own request): standard
+  against CoS (two models alternating), weighted ensemble (lambda 0.5) of default and small (or
+  --seed1) and contrastive decoding of default (expert) and small (amateur, mu 0.1); temperature
+  0 at gamma 1, 2, 3, 5, 8 and temperature 1 at gamma 3 and 5. CoS starts with small proposing.
+- `host_cos` (not in the default parts): the host engine (numpy acceptance, batch 1) on CD T=0
+  gamma 5, for what the machinery used to cost.
 """
 
 import argparse
@@ -22,125 +28,233 @@ import statistics
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
-from efficiency.serving.collaborative import Contrastive, Single, WeightedEnsemble
+from efficiency.serving import export
+from efficiency.serving.collaborate import collaborate
+from efficiency.serving.collaborative import Contrastive, WeightedEnsemble
 from efficiency.serving.compare import compare
-from efficiency.serving.generate import generate
+from efficiency.serving.generate import run
 from efficiency.serving.loading import check_same_tokenizer, load_model
 from efficiency.serving.prompts import validation_prompts
-from efficiency.serving.runner import Runner
+from efficiency.serving.runner import Runner, compiled_forward
 from efficiency.serving.sampling import Sampling
 from efficiency.serving.speculation import Engine
+from efficiency.serving.speculative import speculate
 from efficiency.train.inputs import tokenizer_of
 
-GAMMAS = (1, 2, 3, 5, 8)
+GREEDY = Sampling(0.0)
 
 
-def row(label: str, report: dict) -> dict:
-  out = {"setting": label}
-  for name in ("standard", "naive", "cos"):
-    if name in report:
-      r = report[name]
-      out[name] = {k: r[k] for k in ("tokens_per_s", "speedup", "acceptance", "tokens_per_call")}
-  out["same_tokens_as_standard"] = report["same_tokens_as_standard"]
+def interleaved(rounds: int, b: int, prompts: list[np.ndarray], methods: dict) -> dict:
+  """Each method `methods[name](chunk)` (returning a Generated, Speculated or Collaborated) on
+  the prompts in chunks of `b`, the methods taking turns call by call (so they share the
+  machine's load): per method, tokens, the median decode seconds per chunk summed over chunks,
+  tokens/s and the results (for acceptance and calls). One warm-up call each first."""
+  out = {name: {"tokens": 0, "seconds": 0.0, "results": []} for name in methods}
+  for i in range(0, len(prompts), b):
+    chunk = prompts[i : i + b]
+    runs = {name: [] for name in methods}
+    for turn in range(rounds + 1):
+      for name, fn in methods.items():
+        result = fn(chunk)
+        if turn:
+          runs[name].append(result)
+    for name, results in runs.items():
+      o = out[name]
+      o["tokens"] += sum(map(len, results[-1].tokens))
+      o["seconds"] += statistics.median(r.decode_s for r in results)
+      o["results"].append(results[-1])
+  for o in out.values():
+    o["tokens_per_s"] = o["tokens"] / o["seconds"]
   return out
 
 
-def limit(model, params, prompt: np.ndarray, new: int, rounds: int = 5) -> dict:
-  """Batch-1 decode loop vs the bare jitted step vs one prefill pass over the same tokens."""
-  greedy = Sampling(0.0)
-  generate(model, params, [prompt], new, greedy, None)  # compile
-  generate(model, params, [prompt] * 8, new, greedy, None)
-  loop_s, batch8_s, step_s, prefill_s = [], [], [], []
-  length = len(prompt) + new
-  tokens = np.random.default_rng(0).integers(3, 100, size=(1, length)).astype(np.int32)
-  step_runner = Runner(model, params, 1, length + 40)
-  prefill_runner = Runner(model, params, 1, length + 40)
-  step_runner.feed(tokens[:, :1], np.array([0]))
-  prefill_runner.feed(tokens, np.array([0]))
-  for _ in range(rounds):
+def limit(model, params, prompt: np.ndarray, new: int, rounds: int) -> dict:
+  """Tokens/s of the on-device loop (batch 1, 8), the host loop and the bare step."""
+  def host_loop():
+    runner = Runner(model, params, 1, len(prompt) + new + 32)
+    logits = runner.feed(prompt[None], np.zeros(1, np.int32))[:, -1]
+    for i in range(new - 1):
+      token = np.argmax(logits, -1).astype(np.int32)[:, None]
+      logits = runner.feed(token, np.array([len(prompt) + i], np.int32))[:, 0]
+
+  forward = compiled_forward(model)
+  step_runner = Runner(model, params, 1, len(prompt) + new + 32)
+  token = jax.device_put(np.ones((1, 1), np.int32))
+  starts = [jax.device_put(np.array([len(prompt) + i], np.int32)) for i in range(new)]
+
+  def step_alone():
+    cache = step_runner.cache
+    for start in starts:
+      logits, cache = forward(params, token, cache, start)
+    step_runner.cache = cache
+    jax.block_until_ready(logits)
+
+  def timed(fn):
     start = time.perf_counter()
-    generate(model, params, [prompt], new, greedy, None)
-    loop_s.append((time.perf_counter() - start) / new)
-    start = time.perf_counter()
-    generate(model, params, [prompt] * 8, new, greedy, None)
-    batch8_s.append((time.perf_counter() - start) / (8 * new))
-    start = time.perf_counter()
-    for i in range(new):
-      step_runner.feed(tokens[:, i : i + 1], np.array([len(prompt) + i]))
-    step_s.append((time.perf_counter() - start) / new)
-    start = time.perf_counter()
-    prefill_runner.feed(tokens, np.array([0]))
-    prefill_s.append((time.perf_counter() - start) / length)
-  loop, batch8, step, prefill = map(statistics.median, (loop_s, batch8_s, step_s, prefill_s))
-  return {
-      "decode_loop_tokens_per_s": 1 / loop,
-      "decode_loop_batch8_tokens_per_s": 1 / batch8,
-      "cached_step_tokens_per_s": 1 / step,
-      "prefill_tokens_per_s": 1 / prefill,
-      "decode_loop_over_step": step / loop,
-      "prefill_over_decode_loop": loop / prefill,
-      "tokens_per_pass": length,
+    fn()
+    return time.perf_counter() - start
+
+  measures = {  # seconds per generated token, taking turns (one warm-up turn)
+      "device_b1": lambda: run(model, params, [prompt], new, GREEDY, None).decode_s / new,
+      "device_b8": lambda: run(model, params, [prompt] * 8, new, GREEDY, None).decode_s
+      / (8 * new),
+      "host_loop_b1": lambda: timed(host_loop) / new,
+      "step_alone_b1": lambda: timed(step_alone) / new,
   }
+  times = {name: [] for name in measures}
+  for turn in range(rounds + 1):
+    for name, measure in measures.items():
+      t = measure()
+      if turn:
+        times[name].append(t)
+  seconds = {name: statistics.median(t) for name, t in times.items()}
+  out = {f"{k}_tokens_per_s": 1 / v for k, v in seconds.items()}
+  out.update(
+      device_over_step_alone=seconds["step_alone_b1"] / seconds["device_b1"],
+      device_over_host_loop=seconds["host_loop_b1"] / seconds["device_b1"],
+      batch8_over_batch1=seconds["device_b1"] / seconds["device_b8"],
+  )
+  return out
+
+
+def step_costs(target, draft, prompts, new: int, rounds: int) -> dict:
+  """Greedy on-device decode of the draft against the target, batch 1: how much cheaper a
+  draft step is than a target step."""
+  measured = interleaved(rounds, 1, prompts, {
+      "target": lambda c: run(*target, c, new, GREEDY, None),
+      "draft": lambda c: run(*draft, c, new, GREEDY, None)})
+  return {"target_tokens_per_s": measured["target"]["tokens_per_s"],
+          "draft_tokens_per_s": measured["draft"]["tokens_per_s"],
+          "draft_step_over_target_step":
+          measured["target"]["tokens_per_s"] / measured["draft"]["tokens_per_s"]}
+
+
+def speculative(target, draft, prompts, new: int, eos: int, rounds: int) -> list[dict]:
+  rows = []
+  for t in (0.0, 1.0):
+    sampling = Sampling(t)
+    for b in (1, 4, 8):
+      methods = {"alone": lambda c, s=sampling: run(*target, c, new, s, eos)}
+      for gamma in (3, 5):
+        methods[gamma] = lambda c, s=sampling, g=gamma: speculate(target, draft, c, new, s, g, eos)
+      measured = interleaved(rounds, b, prompts, methods)
+      alone = measured.pop("alone")
+      for gamma, spec in measured.items():
+        verified = sum(r.verified for r in spec["results"])
+        target_calls = sum(r.rounds for r in spec["results"])
+        row = {"temperature": t, "batch": b, "gamma": gamma,
+               "speedup": spec["tokens_per_s"] / alone["tokens_per_s"],
+               "acceptance": sum(r.accepted for r in spec["results"]) / verified,
+               "tokens_per_target_call": spec["tokens"] / target_calls / b,
+               "target_alone_tokens_per_s": alone["tokens_per_s"],
+               "speculative_tokens_per_s": spec["tokens_per_s"]}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+  return rows
+
+
+def quant(trained, prompts, new: int, rounds: int) -> list[dict]:
+  models = {"bf16": export.cast_float(trained, "bfloat16"),
+            "int8": export.convert(trained, 8, "bfloat16"),
+            "int4": export.convert(trained, 4, "bfloat16")}
+  rows = []
+  for b in (1, 8):
+    measured = interleaved(rounds, b, prompts, {
+        name: lambda c, m=m: run(m.model, m.params, c, new, GREEDY, None)
+        for name, m in models.items()})
+    for name, m in measured.items():
+      row = {"weights": name, "batch": b, "tokens_per_s": m["tokens_per_s"],
+             "over_bf16": m["tokens_per_s"] / measured["bf16"]["tokens_per_s"],
+             "weight_bytes": export.weight_bytes(models[name].params)}
+      print(json.dumps(row), flush=True)
+      rows.append(row)
+  return rows
+
+
+def cos(pairs: dict, prompts, new: int, eos: int, rounds: int, gammas) -> list[dict]:
+  """On device, batch 1: standard collaborative decoding against CoS for each gamma."""
+  rows = []
+  for label, (collab, members, proposer) in pairs.items():
+    methods = {"standard": lambda c, k=collab, m=members: collaborate(k, m, c, new, "standard",
+                                                                      eos)}
+    for gamma in gammas:
+      methods[gamma] = lambda c, k=collab, m=members, g=gamma, p=proposer: collaborate(
+          k, m, c, new, "cos", eos, g, p)
+    measured = interleaved(rounds, 1, prompts, methods)
+    standard = measured.pop("standard")
+    std_calls = sum(r.calls for r in standard["results"])
+    for gamma, fast in measured.items():
+      calls = sum(r.calls for r in fast["results"])
+      row = {"setting": label, "gamma": gamma,
+             "speedup": fast["tokens_per_s"] / standard["tokens_per_s"],
+             "acceptance": sum(r.accepted for r in fast["results"])
+             / sum(r.verified for r in fast["results"]),
+             "tokens_per_call": {"standard": standard["tokens"] / std_calls,
+                                 "cos": fast["tokens"] / calls},
+             "standard_tokens_per_s": standard["tokens_per_s"],
+             "cos_tokens_per_s": fast["tokens_per_s"]}
+      if collab.sampling.temperature == 0:
+        row["same_tokens_as_standard"] = all(
+            np.array_equal(a, b)
+            for x, y in zip(fast["results"], standard["results"], strict=True)
+            for a, b in zip(x.tokens, y.tokens, strict=True))
+      print(json.dumps(row), flush=True)
+      rows.append(row)
+  return rows
+
+
+def host_cos(collab, members, proposer, prompts, new: int, eos: int, max_len: int) -> dict:
+  """The host engine (batch 1, numpy acceptance) on the same setting, for the machinery's cost."""
+  report = compare(Engine(collab, members, max_len), prompts, new, 5, proposer, 0, eos)
+  return {name: {k: report[name][k] for k in ("tokens_per_s", "speedup", "acceptance")}
+          for name in ("standard", "naive", "cos")}
 
 
 def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument("--default", required=True)
-  parser.add_argument("--seed1", required=True)
   parser.add_argument("--small", required=True)
+  parser.add_argument("--seed1")
   parser.add_argument("--prompts", type=int, default=8)
   parser.add_argument("--prompt_tokens", type=int, default=64)
   parser.add_argument("--max_new_tokens", type=int, default=64)
-  parser.add_argument("--parts", default="cos,gamma,speculative,limit")
+  parser.add_argument("--rounds", type=int, default=3)
+  parser.add_argument("--parts", default="limit,speculative,quant,cos")
   parser.add_argument("--out", default="decoding.json")
   args = parser.parse_args()
-  names = [args.default, args.seed1, args.small]
-  default, seed1, small = ((m.model, m.params, m.config) for m in map(load_model, names))
-  check_same_tokenizer([default[2], seed1[2], small[2]], names)
-  tokenizer = tokenizer_of(default[2])
-  prompts = validation_prompts(default[2], tokenizer, args.prompts, args.prompt_tokens)
-  max_len = args.prompt_tokens + args.max_new_tokens + max(GAMMAS) + 40
-  new, eos = args.max_new_tokens, tokenizer.eos_id
-  results: dict[str, list | dict] = {}
-  parts = args.parts.split(",")
-
-  def run(label, engine, gamma, proposer, methods=None):
-    kw = {} if methods is None else {"methods": methods}
-    report = compare(engine, prompts, new, gamma, proposer, 0, eos, **kw)
-    print(json.dumps(row(label, report)), flush=True)
-    return row(label, report)
-
-  pairs = {
-      "we": (lambda s: WeightedEnsemble((0.5, 0.5), s), [default[:2], seed1[:2]], 0),
-      "cd": (lambda s: Contrastive(0.1, s), [default[:2], small[:2]], 1),
-  }
-  if "cos" in parts:
-    results["cos"] = [
-        run(f"{kind} T={t} gamma=5", Engine(make(Sampling(t)), members, max_len), 5, proposer)
-        for kind, (make, members, proposer) in pairs.items()
-        for t in (0.0, 1.0)
-    ]
-  if "gamma" in parts:
-    results["gamma"] = [
-        run(f"{kind} T=0 gamma={g}", Engine(make(Sampling(0.0)), members, max_len), g, proposer)
-        for kind, (make, members, proposer) in pairs.items()
-        for g in GAMMAS
-    ]
-  if "speculative" in parts:
-    results["speculative"] = []
-    for t in (0.0, 1.0):
-      s = Sampling(t)
-      engine = Engine(Single(s), [default[:2]], max_len, draft=small[:2], draft_sampling=s)
-      for g in (3, 5):
-        results["speculative"].append(run(
-            f"small drafts for default T={t} gamma={g}", engine, g, 0,
-            {"standard": "standard", "naive": "naive"},
-        ))
+  names = [args.default, args.small] + ([args.seed1] if args.seed1 else [])
+  loaded = [load_model(n) for n in names]
+  check_same_tokenizer([m.config for m in loaded], names)
+  default, small = loaded[0], loaded[1]
+  tokenizer = tokenizer_of(default.config)
+  prompts = validation_prompts(default.config, tokenizer, args.prompts, args.prompt_tokens)
+  new, eos, parts = args.max_new_tokens, tokenizer.eos_id, args.parts.split(",")
+  target, draft = (default.model, default.params), (small.model, small.params)
+  results: dict = {"settings": vars(args)}
   if "limit" in parts:
-    results["limit"] = limit(default[0], default[1], prompts[0], new)
+    results["limit"] = limit(*target, prompts[0], new, args.rounds)
     print(json.dumps(results["limit"]), flush=True)
+    results["step_costs"] = step_costs(target, draft, prompts[:4], new, args.rounds)
+    print(json.dumps(results["step_costs"]), flush=True)
+  if "speculative" in parts:
+    results["speculative"] = speculative(target, draft, prompts, new, eos, args.rounds)
+  if "quant" in parts:
+    results["quant"] = quant(default, prompts, new, args.rounds)
+  if "cos" in parts:
+    partner = (loaded[2].model, loaded[2].params) if args.seed1 else draft
+    results["cos"] = []
+    for t, gammas in ((0.0, (1, 2, 3, 5, 8)), (1.0, (3, 5))):
+      sampling = Sampling(t)
+      pairs = {f"we T={t:g}": (WeightedEnsemble((0.5, 0.5), sampling), [target, partner], 1),
+               f"cd T={t:g}": (Contrastive(0.1, sampling), [target, draft], 1)}
+      results["cos"] += cos(pairs, prompts, new, eos, args.rounds, gammas)
+  if "host_cos" in parts:
+    results["host_cos"] = host_cos(Contrastive(0.1, Sampling(0.0)), [target, draft], 1,
+                                   prompts, new, eos, args.prompt_tokens + new + 48)
+    print(json.dumps(results["host_cos"]), flush=True)
   Path(args.out).write_text(json.dumps(results, indent=2))
 
 

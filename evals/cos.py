@@ -5,12 +5,15 @@
        --prompt_tokens=64 --max_new_tokens=64 --seed=0 --output=cos_report.json]
 
 `we` is the weighted ensemble sum_k w_k softmax(l_k) (weights default to uniform); `cd` is
-contrastive decoding softmax(l_1 - mu l_2) with DIR1 the expert and DIR2 the amateur. Three
-methods run side by side in one process, each prompt by all methods in turn (after one warm-up
-prompt that compiles every shape):
+contrastive decoding softmax(l_1 - mu l_2) with DIR1 the expert and DIR2 the amateur. The
+methods run side by side in one process, each prompt by all methods in turn (compilation
+excluded from the timings):
   standard   token by token, every model called for every token (the baseline);
   naive      speculation with a fixed proposer (the first model for we, the amateur for cd);
   cos        the alternate proposal framework (models take turns proposing and verifying).
+With two models, standard and cos run on device (one jitted program per prompt, acceptance on
+device; `efficiency.serving.collaborate`, which has no naive schedule); with three or more, all
+three run on the host engine (`efficiency.serving.speculation`).
 Prompts are lines of --prompts, or the first --prompt_tokens tokens of validation documents.
 Writes a JSON report and prints tokens/s, speedup over standard, acceptance rate and tokens per
 model call.
@@ -23,9 +26,9 @@ import numpy as np
 from absl import flags
 
 from efficiency import cli
-from efficiency.errors import ConfigError
+from efficiency.errors import ConfigError, MissingPathError
 from efficiency.serving.collaborative import collaboration
-from efficiency.serving.compare import compare, table
+from efficiency.serving.compare import compare, compare_on_device, table
 from efficiency.serving.loading import check_same_tokenizer, load_model
 from efficiency.serving.prompts import validation_prompts
 from efficiency.serving.sampling import Sampling
@@ -52,6 +55,8 @@ def main(argv: list[str]) -> None:
   if len(_MODELS.value) < 2:
     raise ConfigError(f"models={_MODELS.value}: collaborative decoding needs 2 or more")
   check_gamma(_GAMMA.value)
+  if _PROMPTS.value and not Path(_PROMPTS.value).is_file():
+    raise MissingPathError(f"prompts={_PROMPTS.value!r} is not a file")
   loaded = [load_model(d) for d in _MODELS.value]
   configs = [m.config for m in loaded]
   check_same_tokenizer(configs, _MODELS.value)
@@ -65,15 +70,19 @@ def main(argv: list[str]) -> None:
     prompts = [np.asarray(tokenizer.encode(x), np.int32) for x in lines]
   else:
     prompts = validation_prompts(configs[0], tokenizer, _NUM_PROMPTS.value, _PROMPT_TOKENS.value)
-  max_len = max(map(len, prompts)) + _MAX_NEW.value + _GAMMA.value + 40
-  engine = Engine(collab, [(m.model, m.params) for m in loaded], max_len)
-  report = compare(engine, prompts, _MAX_NEW.value, _GAMMA.value, proposer, _SEED.value,
-                   tokenizer.eos_id)
+  members = [(m.model, m.params) for m in loaded]
+  if len(members) == 2:
+    report = compare_on_device(collab, members, prompts, _MAX_NEW.value, _GAMMA.value, proposer,
+                               _SEED.value, tokenizer.eos_id)
+  else:
+    max_len = max(map(len, prompts)) + _MAX_NEW.value + _GAMMA.value + 40
+    report = compare(Engine(collab, members, max_len), prompts, _MAX_NEW.value, _GAMMA.value,
+                     proposer, _SEED.value, tokenizer.eos_id)
   report["settings"] = {
       "models": _MODELS.value, "method": _METHOD.value, "weights": list(collab.weights)
       if _METHOD.value == "we" else None, "mu": _MU.value if _METHOD.value == "cd" else None,
       "gamma": _GAMMA.value, "temperature": _TEMPERATURE.value, "prompts": len(prompts),
-      "max_new_tokens": _MAX_NEW.value,
+      "max_new_tokens": _MAX_NEW.value, "on_device": len(members) == 2,
   }
   Path(_OUTPUT.value).write_text(json.dumps(report, indent=2))
   print(table(report))

@@ -2,27 +2,30 @@
 
   python -m evals.generate --workdir=DIR --prompt=TEXT [--prompt=TEXT ...]
       [--max_new_tokens=64 --temperature=1 --top_k=0 --top_p=1 --seed=0 --batch=8]
-      [--draft=DIR2 --gamma=5] [--quant=8|4]
+      [--draft=DIR2 --gamma=5] [--quant=8|4] [--report=FILE]
 
-Prompts are decoded in batches of --batch rows (right-padded; each row at its own positions) and
-stop at EOS. With --draft, each prompt is decoded on its own: the draft model proposes --gamma
-tokens and the target verifies them in one pass; the output distribution is the target's.
-With --quant, the target is converted to int8 (AQT serving) or packed int4 weights first and
-decodes through the same path.
+Prompts are decoded in batches of --batch rows (right-padded; each row at its own positions),
+each batch one jitted program on device (prefill, generation and sampling; rows stop at EOS) and
+one read of its tokens. With --draft, the draft model proposes --gamma tokens per round and the
+target verifies them in one pass, every row accepting its own number; the output distribution is
+the target's. With --quant, the target is converted to int8 (AQT serving) or packed int4 weights
+first and decodes through the same path. --report writes tokens/s (decoding only, compilation
+excluded), the batch and, with --draft, the acceptance and the calls per model as JSON.
 """
 
+import json
 import sys
+from pathlib import Path
 
-import numpy as np
 from absl import flags
 
 from efficiency import cli
 from efficiency.errors import ConfigError
-from efficiency.serving.collaborative import Single
-from efficiency.serving.generate import generate
+from efficiency.serving.generate import check_context, run
 from efficiency.serving.loading import check_same_tokenizer, load_model
 from efficiency.serving.sampling import Sampling
-from efficiency.serving.speculation import Engine, check_gamma
+from efficiency.serving.speculation import check_gamma
+from efficiency.serving.speculative import speculate
 from efficiency.train.inputs import tokenizer_of
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A train.py workdir with a checkpoint.")
@@ -36,6 +39,7 @@ _BATCH = flags.DEFINE_integer("batch", 8, "Prompts decoded together.")
 _DRAFT = flags.DEFINE_string("draft", None, "A draft model's workdir: speculative decoding.")
 _GAMMA = flags.DEFINE_integer("gamma", 5, "Draft tokens per verification (with --draft).")
 _QUANT = flags.DEFINE_enum("quant", "none", ["none", "8", "4"], "Weight bits of the target.")
+_REPORT = flags.DEFINE_string("report", None, "Write tokens/s (and acceptance) as JSON here.")
 flags.mark_flag_as_required("workdir")
 
 
@@ -53,30 +57,35 @@ def main(argv: list[str]) -> None:
   prompts = [tokenizer.encode(p) for p in _PROMPT.value]
   if any(len(p) == 0 for p in prompts):
     raise ConfigError("a --prompt encodes to no tokens")
+  check_context(_MAX_NEW.value, target.config.seq_len)
+  draft = None
   if _DRAFT.value:
     draft = load_model(_DRAFT.value)
     check_same_tokenizer([target.config, draft.config], [_WORKDIR.value, _DRAFT.value])
-    max_len = max(map(len, prompts)) + _MAX_NEW.value + _GAMMA.value + 40
-    engine = Engine(Single(sampling), [(target.model, target.params)], max_len,
-                    (draft.model, draft.params), sampling)
-    rng = np.random.default_rng(_SEED.value)
-    outputs = []
-    for prompt in prompts:
-      tokens, stats = engine.decode(
-          prompt, _MAX_NEW.value, rng, "naive", _GAMMA.value, tokenizer.eos_id
-      )
-      outputs.append(tokens)
-      print(f"[acceptance {stats.acceptance or 0:.2f}, target calls {stats.calls[0]}, "
-            f"draft calls {stats.calls[1]}, tokens {stats.tokens}]", file=sys.stderr)
-  else:
-    outputs = []
-    for start in range(0, len(prompts), _BATCH.value):
-      outputs += generate(
-          target.model, target.params, prompts[start : start + _BATCH.value], _MAX_NEW.value,
-          sampling, tokenizer.eos_id, seed=_SEED.value + start, progress=True,
-      )
-  for text, tokens in zip(_PROMPT.value, outputs, strict=True):
-    print(text + tokenizer.decode([t for t in tokens if t != tokenizer.eos_id]))
+  outputs, tokens, seconds, rounds, verified, accepted = [], 0, 0.0, 0, 0, 0
+  for start in range(0, len(prompts), _BATCH.value):
+    chunk = prompts[start : start + _BATCH.value]
+    if draft is None:
+      result = run(target.model, target.params, chunk, _MAX_NEW.value, sampling,
+                   tokenizer.eos_id, seed=_SEED.value, first_row=start)
+    else:
+      result = speculate((target.model, target.params), (draft.model, draft.params), chunk,
+                         _MAX_NEW.value, sampling, _GAMMA.value, tokenizer.eos_id,
+                         seed=_SEED.value, first_row=start)
+      rounds, verified = rounds + result.rounds, verified + result.verified
+      accepted += result.accepted
+    outputs += result.tokens
+    tokens, seconds = tokens + sum(map(len, result.tokens)), seconds + result.decode_s
+  report = {"tokens": tokens, "tokens_per_s": tokens / seconds, "batch": _BATCH.value}
+  if draft is not None:
+    report.update(acceptance=accepted / verified if verified else None, gamma=_GAMMA.value,
+                  calls={"target": rounds, "draft": rounds * _GAMMA.value})
+    print(f"[acceptance {report['acceptance'] or 0:.2f}, target calls {rounds}, draft calls "
+          f"{rounds * _GAMMA.value}, tokens {tokens}]", file=sys.stderr)
+  if _REPORT.value:
+    Path(_REPORT.value).write_text(json.dumps(report, indent=2))
+  for text, new in zip(_PROMPT.value, outputs, strict=True):
+    print(text + tokenizer.decode([t for t in new if t != tokenizer.eos_id]))
     print("---")
 
 

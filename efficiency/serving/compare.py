@@ -1,10 +1,12 @@
 """Decoding methods side by side on the same prompts: standard collaborative decoding, naive
 speculation and CoS (the alternate proposal framework), with tokens/s, speedup over standard,
-acceptance and tokens per model call."""
+acceptance and tokens per model call. `compare_on_device` runs standard and CoS of two models on
+device (`collaborate`); `compare` runs the host engine (any number of models, and `naive`)."""
 
 import numpy as np
 from tqdm import tqdm
 
+from efficiency.serving.collaborate import collaborate
 from efficiency.serving.speculation import Engine
 
 # Report names of the methods, and the engine's names for them.
@@ -40,6 +42,11 @@ def compare(
       t["verified"] += stats.verified
       t["accepted"] += stats.accepted
       t["calls"] += sum(stats.calls)
+  return _summarize(totals, outputs)
+
+
+def _summarize(totals: dict, outputs: dict) -> dict:
+  """Per-method rates, speedups over `standard` and greedy identity, from summed totals."""
   report = {}
   for name, t in totals.items():
     report[name] = {
@@ -55,6 +62,30 @@ def compare(
       name: outputs[name] == outputs["standard"] for name in outputs if "standard" in outputs
   }
   return report
+
+
+def compare_on_device(
+    collab, members: list, prompts: list[np.ndarray], max_new_tokens: int, gamma: int,
+    proposer: int, seed: int, eos_id: int | None,
+) -> dict:
+  """Standard and CoS on device, each prompt its own request (batch 1, as the paper measures),
+  compilation excluded; the same report as `compare`."""
+  methods = ("standard", "cos")
+  totals = {name: {"tokens": 0, "decode_s": 0.0, "verified": 0, "accepted": 0, "calls": 0}
+            for name in methods}
+  outputs = {name: [] for name in methods}
+  for i, prompt in enumerate(tqdm(prompts, desc="prompts", leave=False)):
+    for name in methods:
+      out = collaborate(collab, members, [prompt], max_new_tokens, name, eos_id, gamma,
+                        proposer, seed=seed, first_row=i)
+      outputs[name].append(out.tokens[0].tolist())
+      t = totals[name]
+      t["tokens"] += len(out.tokens[0])
+      t["decode_s"] += out.decode_s
+      t["verified"] += out.verified
+      t["accepted"] += out.accepted
+      t["calls"] += out.calls
+  return _summarize(totals, outputs)
 
 
 def table(report: dict) -> str:

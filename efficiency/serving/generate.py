@@ -1,13 +1,179 @@
-"""Batched autoregressive generation: one prefill of right-padded prompts, then one cached decode
-step per token for all rows, each row at its own position; rows stop at EOS."""
+"""Batched autoregressive generation on device: one jitted program runs the prefill of the
+right-padded prompts and the whole generation (a `lax.while_loop` of cached one-token steps,
+each row at its own position), samples on device from a `jax.random` key per row, and stops each
+row at EOS. The host sends the prompts once and reads the tokens back once per request.
+
+Row b of a request draws its tokens from `fold_in(key(seed), first_row + b)`, so a prompt gets
+the same tokens whatever batch it decodes in.
+"""
+
+import dataclasses
+import functools
+import time
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
 
 from efficiency.errors import ConfigError
-from efficiency.serving.runner import Runner
-from efficiency.serving.sampling import Sampling, distribution, sample
+from efficiency.serving import device_sampling
+from efficiency.serving.cache import init_cache
+from efficiency.serving.runner import bucket, cached_forward
+from efficiency.serving.sampling import Sampling
+from efficiency.serving.unpack import decode_form
+
+NO_TOKEN = -1  # fills the output after a row stops
+NEVER = -2  # the EOS id when there is none (no sampled token equals it)
+
+
+def check_request(prompts: list[np.ndarray], max_new_tokens: int) -> None:
+  """At least one prompt, each with a token, and at least one new token."""
+  if not prompts or any(len(p) == 0 for p in prompts):
+    raise ConfigError("every prompt needs at least one token")
+  if max_new_tokens < 1:
+    raise ConfigError(f"max_new_tokens={max_new_tokens} must be >= 1")
+
+
+def check_context(max_new_tokens: int, context: int) -> None:
+  """New tokens fit the model's context (the sequence length it trained at)."""
+  if max_new_tokens > context:
+    raise ConfigError(
+        f"max_new_tokens={max_new_tokens} exceeds the model's context of {context} tokens"
+    )
+
+
+def pad_prompts(prompts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+  """Right-padded prompts [B, bucket(max length)] (few shapes compile) and their lengths [B]."""
+  lengths_B = np.array([len(p) for p in prompts], np.int32)
+  tokens_BP = np.zeros((len(prompts), bucket(int(lengths_B.max()))), np.int32)
+  for i, p in enumerate(prompts):
+    tokens_BP[i, : len(p)] = p
+  return tokens_BP, lengths_B
+
+
+def row_ids(first_row: int, batch: int) -> np.ndarray:
+  """The rows' indices in the whole request list, which pick their keys (see `row_keys`)."""
+  return np.arange(first_row, first_row + batch, dtype=np.int32)
+
+
+def row_keys(seed: jnp.ndarray, rows_B: jnp.ndarray) -> jnp.ndarray:
+  """One key per row: fold_in(key(seed), rows_B[b]) (traced under jit)."""
+  return jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(seed), rows_B)
+
+
+def step_keys(keys_B: jnp.ndarray, step: jnp.ndarray) -> jnp.ndarray:
+  """Each row's key for one decode step."""
+  return jax.vmap(jax.random.fold_in, (0, None))(keys_B, step)
+
+
+def trim(tokens_N: np.ndarray, eos_id: int | None) -> np.ndarray:
+  """A row's new tokens: up to the first NO_TOKEN, and up to and including EOS."""
+  stop = np.flatnonzero(tokens_N == NO_TOKEN)
+  tokens_N = tokens_N[: stop[0]] if len(stop) else tokens_N
+  if eos_id is not None:
+    eos = np.flatnonzero(tokens_N == eos_id)
+    tokens_N = tokens_N[: eos[0] + 1] if len(eos) else tokens_N
+  return tokens_N.astype(np.int32)
+
+
+def _generate(
+    model: nn.Module, sampling: Sampling, max_new_tokens: int, max_len: int,
+    params: dict, tokens_BP: jnp.ndarray, lengths_B: jnp.ndarray, eos_id: jnp.ndarray,
+    seed: jnp.ndarray, rows_B: jnp.ndarray,
+) -> jnp.ndarray:
+  """New tokens [B, max_new_tokens], NO_TOKEN after a row's EOS (traced under jit)."""
+  b = tokens_BP.shape[0]
+  keys_B = row_keys(seed, rows_B)
+  cache = init_cache(model.config, b, max_len)
+  logits_BPV, cache = cached_forward(model, params, tokens_BP, cache, jnp.zeros(b, jnp.int32))
+  first_B = device_sampling.sample(
+      step_keys(keys_B, 0), logits_BPV[jnp.arange(b), lengths_B - 1], sampling
+  )
+  out_BN = jnp.full((b, max_new_tokens), NO_TOKEN, jnp.int32).at[:, 0].set(first_B)
+
+  def cond(state):
+    step, _, _, _, done_B = state
+    return (step < max_new_tokens) & ~done_B.all()
+
+  def body(state):
+    step, cache, out_BN, last_B, done_B = state
+    positions_B = lengths_B + step - 1
+    logits_B1V, cache = cached_forward(
+        model, params, jnp.maximum(last_B, 0)[:, None], cache, positions_B
+    )
+    next_B = device_sampling.sample(step_keys(keys_B, step), logits_B1V[:, 0], sampling)
+    next_B = jnp.where(done_B, NO_TOKEN, next_B)
+    out_BN = jax.lax.dynamic_update_index_in_dim(out_BN, next_B, step, axis=1)
+    return step + 1, cache, out_BN, next_B, done_B | (next_B == eos_id)
+
+  state = (jnp.int32(1), cache, out_BN, first_B, first_B == eos_id)
+  return jax.lax.while_loop(cond, body, state)[2]
+
+
+@functools.cache
+def program(model: nn.Module, sampling: Sampling, max_new_tokens: int, max_len: int):
+  """The jitted generation of `model` for these settings: (params, tokens_BP, lengths_B,
+  eos_id, seed, rows_B) -> new tokens [B, max_new_tokens]."""
+  model, unpack = decode_form(model)
+  core = functools.partial(_generate, model, sampling, max_new_tokens, max_len)
+  return jax.jit(lambda params, *args: core(unpack(params), *args))
+
+
+def eos_arg(eos_id: int | None) -> np.int32:
+  """The EOS id as the programs take it (NEVER when there is none)."""
+  return np.int32(NEVER if eos_id is None else eos_id)
+
+
+_EXECUTABLES: dict = {}
+
+
+def executable(jitted, *args) -> tuple:
+  """The compiled executable of `jitted` for these arguments' shapes (compiled once, cached) and
+  the seconds its compilation took now (0 when cached)."""
+  leaves, treedef = jax.tree.flatten(args)
+  key = (jitted, treedef, tuple((x.shape, x.dtype) for x in leaves))
+  if key in _EXECUTABLES:
+    return _EXECUTABLES[key], 0.0
+  start = time.perf_counter()
+  _EXECUTABLES[key] = jitted.lower(*args).compile()
+  return _EXECUTABLES[key], time.perf_counter() - start
+
+
+@dataclasses.dataclass
+class Generated:
+  """A request's new tokens per row, and its time: decoding (prefill included) and compiling."""
+
+  tokens: list[np.ndarray]
+  decode_s: float
+  compile_s: float
+
+  @property
+  def tokens_per_s(self) -> float:
+    return sum(map(len, self.tokens)) / self.decode_s
+
+
+def run(
+    model: nn.Module,
+    params: dict,
+    prompts: list[np.ndarray],
+    max_new_tokens: int,
+    sampling: Sampling,
+    eos_id: int | None,
+    seed: int = 0,
+    first_row: int = 0,
+) -> Generated:
+  """Decodes every prompt in one batch on device; see the module docstring."""
+  check_request(prompts, max_new_tokens)
+  tokens_BP, lengths_B = pad_prompts(prompts)
+  max_len = tokens_BP.shape[1] + max_new_tokens
+  args = jax.device_put((params, tokens_BP, lengths_B, eos_arg(eos_id), np.int32(seed),
+                         row_ids(first_row, len(prompts))))
+  compiled, compile_s = executable(program(model, sampling, max_new_tokens, max_len), *args)
+  start = time.perf_counter()
+  out_BN = jax.device_get(compiled(*args))  # the request's one device-to-host transfer
+  decode_s = time.perf_counter() - start
+  return Generated([trim(row, eos_id) for row in out_BN], decode_s, compile_s)
 
 
 def generate(
@@ -18,31 +184,7 @@ def generate(
     sampling: Sampling,
     eos_id: int | None,
     seed: int = 0,
-    progress: bool = False,
+    first_row: int = 0,
 ) -> list[np.ndarray]:
   """New tokens for each prompt (up to and including EOS, at most max_new_tokens)."""
-  if not prompts or any(len(p) == 0 for p in prompts):
-    raise ConfigError("every prompt needs at least one token")
-  if max_new_tokens < 1:
-    raise ConfigError(f"max_new_tokens={max_new_tokens} must be >= 1")
-  rng = np.random.default_rng(seed)
-  lengths_B = np.array([len(p) for p in prompts], np.int32)
-  b, t = len(prompts), int(lengths_B.max())
-  runner = Runner(model, params, b, t + max_new_tokens + 32)
-  tokens_BT = np.zeros((b, t), np.int32)
-  for i, p in enumerate(prompts):
-    tokens_BT[i, : len(p)] = p
-  logits_BTV = runner.feed(tokens_BT, np.zeros(b, np.int32))
-  logits_BV = logits_BTV[np.arange(b), lengths_B - 1]
-  out = [[] for _ in range(b)]
-  done = np.zeros(b, bool)
-  for step in tqdm(range(max_new_tokens), desc="decode", disable=not progress, leave=False):
-    next_B = np.array([sample(distribution(logits_BV[i], sampling), rng) for i in range(b)])
-    for i in np.flatnonzero(~done):
-      out[i].append(int(next_B[i]))
-      done[i] |= next_B[i] == eos_id
-    if done.all() or step == max_new_tokens - 1:
-      break
-    logits_BV = runner.feed(next_B[:, None].astype(np.int32), lengths_B)[:, 0]
-    lengths_B = lengths_B + 1
-  return [np.array(o, np.int32) for o in out]
+  return run(model, params, prompts, max_new_tokens, sampling, eos_id, seed, first_row).tokens

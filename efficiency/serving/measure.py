@@ -1,6 +1,7 @@
 """The efficiency study's inference metrics of a run (evals.efficiency --mode=infer): greedy
 KV-cache generation requests of its newest checkpoint (optionally converted to int8 or int4),
-timed while a background sampler reads memory, utilization and power."""
+each one jitted on-device program (`efficiency.serving.generate`), timed while a background
+sampler reads memory, utilization and power."""
 
 import time
 from pathlib import Path
@@ -81,7 +82,8 @@ def measure_infer(
                               if pcu is not None else "null: no NVML utilization on this device"),
           "AL": study.metric(study.al(iterations), "s",
                              f"mean wall time per request: prefill of {batch} x {prompt_len} "
-                             f"tokens and {new_tokens} greedy KV-cache decode steps"),
+                             f"tokens and {new_tokens} greedy KV-cache decode steps, one "
+                             "jitted on-device loop per request (compiled before timing)"),
           "IT": study.metric(study.it(tokens, seconds), "tokens/s",
                              "generated tokens / wall seconds over all requests"),
           "AEC": study.metric(study.aec(samples), "W",

@@ -12,7 +12,7 @@ import numpy as np
 from efficiency.serving.cache import init_cache
 
 
-def _cached_forward(
+def cached_forward(
     model: nn.Module, params: dict, tokens_BT: jnp.ndarray, cache: dict, start_B: jnp.ndarray
 ) -> tuple[jnp.ndarray, dict]:
   """Logits [B, T, V] of tokens_BT placed at positions start_B[b] + t, and the updated cache."""
@@ -26,7 +26,7 @@ def _cached_forward(
 def compiled_forward(model: nn.Module):
   """The jitted cached forward pass of `model` (one per model, shared by its runners; the cache
   argument is donated)."""
-  return jax.jit(functools.partial(_cached_forward, model), donate_argnums=2)
+  return jax.jit(functools.partial(cached_forward, model), donate_argnums=2)
 
 
 def bucket(length: int) -> int:

@@ -11,8 +11,9 @@ from efficiency.serving.generate import generate
 from efficiency.serving.sampling import Sampling
 
 METHOD = (
-    "greedy KV-cache decoding (efficiency.serving.generate): one prefill of the prompt, then one "
-    "jitted cached step per new token, no EOS stop; compile excluded"
+    "greedy KV-cache decoding (efficiency.serving.generate): one jitted on-device program per "
+    "request (prefill of the prompt, then a while loop of cached one-token steps), no EOS "
+    "stop; compile excluded"
 )
 
 

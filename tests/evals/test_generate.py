@@ -12,17 +12,23 @@ def run(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
                         timeout=timeout)
 
 
-def test_greedy_generation_and_speculative_agree(sweep_root):
+def test_greedy_generation_and_speculative_agree(sweep_root, tmp_path):
   target, draft = sweep_root / "num_kv_heads-2", sweep_root / "num_kv_heads-1"
   common = ["--prompt=def main(", "--prompt=import os\nx = 1", "--max_new_tokens=6",
             "--temperature=0"]
   plain = run("evals.generate", f"--workdir={target}", "--batch=2", *common)
   assert plain.returncode == 0, plain.stderr[-3000:]
   assert plain.stdout.count("---") == 2 and plain.stdout.startswith("def main(")
-  spec = run("evals.generate", f"--workdir={target}", f"--draft={draft}", "--gamma=3", *common)
+  report = tmp_path / "report.json"
+  spec = run("evals.generate", f"--workdir={target}", f"--draft={draft}", "--gamma=3", *common,
+             f"--report={report}")
   assert spec.returncode == 0, spec.stderr[-3000:]
   assert spec.stdout == plain.stdout
   assert "acceptance" in spec.stderr
+  written = json.loads(report.read_text())
+  assert written["batch"] == 8 and written["tokens"] == 12 and written["tokens_per_s"] > 0
+  assert 0 <= written["acceptance"] <= 1 and written["calls"]["draft"] == 3 * written["calls"][
+      "target"]
 
 
 @pytest.mark.slow
@@ -33,7 +39,8 @@ def test_cos_writes_report(sweep_root, tmp_path):
              "--prompt_tokens=8", "--max_new_tokens=4", "--gamma=2", f"--output={out}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = json.loads(out.read_text())
-  assert report["same_tokens_as_standard"] == {"standard": True, "naive": True, "cos": True}
+  assert report["same_tokens_as_standard"] == {"standard": True, "cos": True}
+  assert report["settings"]["on_device"]
   assert report["settings"]["weights"] == [0.5, 0.5]
   assert "speedup (CoS over standard)" in proc.stdout
 
@@ -46,3 +53,14 @@ def test_clear_errors(sweep_root):
   proc = run("evals.cos", f"--models={models}", "--weights=0.9,0.2", timeout=60)
   last = proc.stderr.strip().splitlines()[-1]
   assert last == "error: weights=[0.9, 0.2] must be >= 0 and sum to 1"
+  proc = run("evals.cos", f"--models={models}", "--prompts=/nonexistent", timeout=60)
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines() == ["error: prompts='/nonexistent' is not a file"]
+  target = sweep_root / "num_kv_heads-2"
+  seq_len = json.loads((target / "config.json").read_text())["seq_len"]
+  proc = run("evals.generate", f"--workdir={target}", "--prompt=x", "--max_new_tokens=100000",
+             timeout=60)
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines()[-1] == (
+      f"error: max_new_tokens=100000 exceeds the model's context of {seq_len} tokens")
+  assert "Traceback" not in proc.stderr

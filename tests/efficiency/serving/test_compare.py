@@ -3,7 +3,7 @@
 import numpy as np
 
 from efficiency.serving.collaborative import Contrastive
-from efficiency.serving.compare import compare, table
+from efficiency.serving.compare import compare, compare_on_device, table
 from efficiency.serving.sampling import Sampling
 from efficiency.serving.speculation import Engine
 from tests.helpers import tiny_model
@@ -22,3 +22,15 @@ def test_compare_reports_every_method_and_greedy_identity():
   assert 0 < report["cos"]["acceptance"] <= 1
   assert report["standard"]["tokens_per_call"] == 24 / 44  # 11 calls per model per prompt
   assert "speedup" in table(report)
+
+
+def test_compare_on_device_reports_standard_and_cos():
+  members = [tiny_model(0, vocab=11, layers=2), tiny_model(1, vocab=11)]
+  prompts = [np.array([1, 2, 3], np.int32), np.array([4, 5, 6, 7, 8], np.int32)]
+  report = compare_on_device(Contrastive(0.1, Sampling(0.0)), members, prompts, 12, gamma=2,
+                             proposer=1, seed=0, eos_id=None)
+  assert report["same_tokens_as_standard"] == {"standard": True, "cos": True}
+  assert report["standard"]["tokens"] == report["cos"]["tokens"] == 24
+  assert report["standard"]["tokens_per_call"] == 24 / 44  # 11 steps x 2 models per prompt
+  assert 0 < report["cos"]["acceptance"] <= 1 and report["cos"]["speedup"] > 0
+  assert "cos" in table(report) and "naive" not in table(report)

@@ -1,8 +1,6 @@
 """Exactness of speculative decoding and CoS: acceptance math, sampled distributions against the
 analytic target, greedy identity with the baseline, and clear errors."""
 
-import itertools
-
 import ml_collections
 import numpy as np
 import pytest
@@ -14,50 +12,22 @@ from efficiency.serving.generate import generate
 from efficiency.serving.loading import check_same_tokenizer
 from efficiency.serving.sampling import Sampling
 from efficiency.serving.speculation import Engine, accept_or_resample, residual
+from tests.efficiency.serving import exactness
 from tests.helpers import tiny_model
 
 VOCAB = 4
 K = 2  # the first K generated tokens are compared with the analytic target (VOCAB**K cells)
 SAMPLES = 2000
-ALPHA = 1e-3  # significance of the chi-square goodness-of-fit test (seeds fixed: deterministic)
+ALPHA = exactness.ALPHA
 PROMPT = np.array([1, 3, 2], np.int32)
 
 
-def next_logits(model, params, seqs: np.ndarray) -> np.ndarray:
-  """Uncached forward pass: logits after the last token of each row [B, V]."""
-  b, t = seqs.shape
-  positions = np.broadcast_to(np.arange(t, dtype=np.int32), (b, t))
-  return np.asarray(model.apply({"params": params}, seqs, np.ones_like(seqs), positions))[:, -1]
-
-
 def analytic(collab, members, k: int = K) -> np.ndarray:
-  """P(first k tokens) under r, by enumeration with uncached forward passes: [VOCAB**k]."""
-  joint = {(): 1.0}
-  for _ in range(k):
-    prefixes = list(joint)
-    seqs = np.array([[*PROMPT, *p] for p in prefixes], np.int32)
-    logits = [next_logits(m, p, seqs) for m, p in members]
-    joint = {
-        (*prefix, x): joint[prefix] * collab.target([lg[i] for lg in logits])[x]
-        for i, prefix in enumerate(prefixes)
-        for x in range(VOCAB)
-    }
-  return np.array([joint[c] for c in itertools.product(range(VOCAB), repeat=k)])
+  return exactness.analytic(collab, members, PROMPT, k, VOCAB)
 
 
 def chi_square_p(samples: list[tuple[int, ...]], expected_probs: np.ndarray) -> float:
-  """Goodness-of-fit p-value; cells expecting fewer than 5 samples are pooled."""
-  cells = {c: i for i, c in enumerate(itertools.product(range(VOCAB), repeat=K))}
-  observed = np.bincount([cells[s] for s in samples], minlength=len(cells))
-  if observed[expected_probs == 0].any():
-    return 0.0  # a sample the distribution cannot produce
-  expected = expected_probs * len(samples)
-  small = expected < 5
-  observed = np.append(observed[~small], observed[small].sum())
-  expected = np.append(expected[~small], expected[small].sum())
-  if expected[-1] == 0:
-    observed, expected = observed[:-1], expected[:-1]
-  return stats.chisquare(observed, expected).pvalue
+  return exactness.chi_square_p(samples, expected_probs, K, VOCAB)
 
 
 def run_many(engine: Engine, method: str, gamma: int, proposer: int = 0, seed: int = 0):
@@ -167,15 +137,6 @@ def test_greedy_speculative_is_token_identical_to_target():
     got, st = engine.decode(prompt, 20, np.random.default_rng(0), "naive", gamma=4)
     np.testing.assert_array_equal(got, want)
     assert st.calls[0] < 20  # the target ran fewer times than tokens
-
-
-def test_generation_stops_at_eos_per_row():
-  model, params = tiny_model(0, vocab=11)
-  full = generate(model, params, [PROMPT], 12, GREEDY, eos_id=None)[0]
-  eos = int(full[3])
-  rows = generate(model, params, [PROMPT, PROMPT[:1]], 12, GREEDY, eos_id=eos)
-  assert list(rows[0]) == list(full[: list(full).index(eos) + 1])
-  assert len(rows[1]) <= 12 and (len(rows[1]) == 12 or rows[1][-1] == eos)
 
 
 def test_clear_errors():

@@ -1,0 +1,283 @@
+"""Collaborative decoding on device, batched: standard (every model scores every token, one
+token drawn from r) for any number of models, and CoS, the alternate proposal framework, for two.
+
+CoS (one jitted `lax.while_loop`, rounds alternate the two models' roles): the proposer P drafts
+`gamma` tokens (one call that also scores the pending carried token, then a `lax.scan` of
+one-token steps); the verifier V scores all pending tokens in one call; each row keeps its
+leading tokens with probability min(1, r / q_P) and at the first rejection draws the residual of
+r - q_P. When a row keeps everything, V's own next-token sample (drawn from V's q, since r needs
+P's logits there) is not emitted: it is carried as V's proposal, and V proposes in the next round
+(scoring it first). After a rejection V proposes next too (the model that found it), so the two
+roles alternate every round for every row, as in the paper's two-model schedule. Keeping with
+min(q, r) plus the residual gives exactly r: outputs are those of standard collaborative decoding
+in distribution, token for token at temperature 0.
+
+Row b of the batch holds its committed length n[b], whether a carried token waits at slot n[b]
+of its sequence buffer, and both models' caches, valid through n - 3 between rounds; a
+rejection only moves n (stale entries are masked, then overwritten).
+"""
+
+import dataclasses
+import functools
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from efficiency.errors import ConfigError
+from efficiency.serving import device_sampling
+from efficiency.serving.cache import init_cache
+from efficiency.serving.device_collaborative import Collaboration, proposal_probs, target_probs
+from efficiency.serving.generate import (
+  NO_TOKEN,
+  check_request,
+  eos_arg,
+  executable,
+  pad_prompts,
+  row_ids,
+  row_keys,
+  step_keys,
+  trim,
+)
+from efficiency.serving.runner import cached_forward
+from efficiency.serving.speculation import check_gamma
+from efficiency.serving.speculative import accept
+from efficiency.serving.unpack import decode_form
+
+METHODS = ("standard", "cos")
+
+
+def _prefill(models, params, tokens_BP: jnp.ndarray, max_len: int) -> tuple[list, list]:
+  """Every model's logits [B, P, V] and cache after the prompts."""
+  b = tokens_BP.shape[0]
+  out = [cached_forward(m, p, tokens_BP, init_cache(m.config, b, max_len),
+                        jnp.zeros(b, jnp.int32)) for m, p in zip(models, params, strict=True)]
+  return [x[0] for x in out], [x[1] for x in out]
+
+
+def _standard(
+    models: tuple, collab: Collaboration, max_new_tokens: int, max_len: int, params: tuple,
+    tokens_BP: jnp.ndarray, lengths_B: jnp.ndarray, eos_id: jnp.ndarray, seed: jnp.ndarray,
+    rows_B: jnp.ndarray,
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """New tokens [B, max_new_tokens] and the steps run (traced under jit)."""
+  b = tokens_BP.shape[0]
+  keys_B = row_keys(seed, rows_B)
+  logits, caches = _prefill(models, params, tokens_BP, max_len)
+  last = [x[jnp.arange(b), lengths_B - 1] for x in logits]
+  greedy = collab.sampling.temperature == 0
+  first_B = device_sampling.draw(step_keys(keys_B, 0), target_probs(collab, last), greedy)
+  out_BN = jnp.full((b, max_new_tokens), NO_TOKEN, jnp.int32).at[:, 0].set(first_B)
+
+  def cond(state):
+    return (state[0] < max_new_tokens) & ~state[4].all()
+
+  def body(state):
+    step, caches, out_BN, last_B, done_B = state
+    logits, new_caches = [], []
+    for m, p, c in zip(models, params, caches, strict=True):
+      x_B1V, c = cached_forward(m, p, jnp.maximum(last_B, 0)[:, None], c, lengths_B + step - 1)
+      logits.append(x_B1V[:, 0])
+      new_caches.append(c)
+    next_B = device_sampling.draw(step_keys(keys_B, step), target_probs(collab, logits), greedy)
+    next_B = jnp.where(done_B, NO_TOKEN, next_B)
+    out_BN = jax.lax.dynamic_update_index_in_dim(out_BN, next_B, step, axis=1)
+    return step + 1, new_caches, out_BN, next_B, done_B | (next_B == eos_id)
+
+  state = (jnp.int32(1), caches, out_BN, first_B, first_B == eos_id)
+  steps, _, out_BN, _, _ = jax.lax.while_loop(cond, body, state)
+  return out_BN, jnp.stack([steps - 1, jnp.int32(0), jnp.int32(0)])
+
+
+def _cos(
+    models: tuple, collab: Collaboration, gamma: int, proposer: int, max_new_tokens: int,
+    max_len: int, params: tuple, tokens_BP: jnp.ndarray, lengths_B: jnp.ndarray,
+    eos_id: jnp.ndarray, seed: jnp.ndarray, rows_B: jnp.ndarray,
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """New tokens [B, max_new_tokens] and [rounds, verified, accepted] (traced under jit)."""
+  b, p = tokens_BP.shape
+  keys_B = row_keys(seed, rows_B)
+  rows = jnp.arange(b)
+  _, caches = _prefill(models, params, tokens_BP, max_len)
+  seq_BL = jnp.zeros((b, max_len), jnp.int32).at[:, :p].set(tokens_BP)
+  end_B = lengths_B + max_new_tokens
+  g = gamma + 1  # pending tokens at most: a carried one and gamma drafts
+  greedy = collab.sampling.temperature == 0  # every distribution is one-hot
+  window = jnp.arange(g)
+
+  def draft(pi, round_keys_B, seq_BL, n_B, carry_B, cache):
+    """P scores x[n-2], x[n-1] and the carried token, then drafts gamma tokens: the pending
+    tokens [B, g] (carried first), P's logits for each, and P's cache."""
+    start_B = jnp.maximum(n_B - 2, 0)
+    feed_B3 = jax.vmap(lambda s, i: jax.lax.dynamic_slice_in_dim(s, i, 3))(seq_BL, start_B)
+    logits_B3V, cache = cached_forward(models[pi], params[pi], feed_B3, cache, start_B)
+    at_n_BV = logits_B3V[rows, n_B - 1 - start_B]
+    first_BV = jnp.where(carry_B[:, None], logits_B3V[rows, n_B - start_B], at_n_BV)
+    first_B = device_sampling.draw(step_keys(round_keys_B, 0),
+                                   proposal_probs(collab, pi, first_BV), greedy)
+    h_B = carry_B.astype(jnp.int32)
+
+    def step(state, i):
+      cache, last_B = state
+      x_B1V, cache = cached_forward(models[pi], params[pi], last_B[:, None], cache,
+                                    n_B + h_B + i - 1)
+      token_B = device_sampling.draw(step_keys(round_keys_B, i),
+                                     proposal_probs(collab, pi, x_B1V[:, 0]), greedy)
+      return (cache, token_B), (token_B, x_B1V[:, 0])
+
+    (cache, _), (rest_gB, rest_gBV) = jax.lax.scan(step, (cache, first_B), jnp.arange(1, gamma))
+    drafts_Bg = jnp.concatenate([first_B[:, None], rest_gB.T], axis=1)
+    logits_BgV = jnp.concatenate([first_BV[:, None], rest_gBV.transpose(1, 0, 2)], axis=1)
+    carried = carry_B[:, None]
+    pending_Bg1 = jnp.where(carried, jnp.concatenate([seq_BL[rows, n_B][:, None], drafts_Bg], 1),
+                            jnp.pad(drafts_Bg, ((0, 0), (0, 1))))
+    logits_Bg1V = jnp.where(carried[..., None],
+                            jnp.concatenate([at_n_BV[:, None], logits_BgV], 1),
+                            jnp.concatenate([logits_BgV, logits_BgV[:, -1:]], 1))
+    return pending_Bg1, logits_Bg1V, cache
+
+  def half_round(pi, state):
+    """One round with model pi proposing and the other verifying."""
+    vi = 1 - pi
+    rounds, seq_BL, n_B, carry_B, done_B, caches, verified, accepted = state
+    round_keys_B = step_keys(keys_B, rounds)
+    pending_BG, proposer_BGV, cache_p = draft(pi, round_keys_B, seq_BL, n_B, carry_B, caches[pi])
+    m_B = gamma + carry_B.astype(jnp.int32)
+    verify_BH = jnp.concatenate([seq_BL[rows, n_B - 1][:, None], pending_BG], axis=1)
+    verifier_BHV, cache_v = cached_forward(models[vi], params[vi], verify_BH, caches[vi], n_B - 1)
+    ordered = [proposer_BGV, verifier_BHV[:, :g]][:: 1 if pi == 0 else -1]
+    r_BGV = target_probs(collab, ordered)
+    q_BGV = proposal_probs(collab, pi, proposer_BGV)
+    a_B, next_B = accept(round_keys_B, pending_BG, q_BGV, r_BGV, m_B, greedy)
+    kept_all_B = a_B == m_B
+    carried_B = device_sampling.draw(
+        step_keys(round_keys_B, g + 2), proposal_probs(collab, vi, verifier_BHV[rows, m_B]),
+        greedy)
+    new_BG = jnp.where(window < a_B[:, None], pending_BG, next_B[:, None])
+    count_B = jnp.where(kept_all_B, m_B, a_B + 1)
+    eos_BG = (new_BG == eos_id) & (window < count_B[:, None])
+    has_eos_B = eos_BG.any(-1)
+    count_B = jnp.where(has_eos_B, jnp.argmax(eos_BG, -1) + 1, count_B)
+    live_B = ~done_B
+    count_B = jnp.where(live_B, jnp.minimum(count_B, end_B - n_B), 0)
+    seq_BL = jax.vmap(lambda s, x, i: jax.lax.dynamic_update_slice_in_dim(s, x, i, 0))(
+        seq_BL, new_BG, n_B
+    )
+    seq_BL = jax.vmap(lambda s, x, i: jax.lax.dynamic_update_slice_in_dim(s, x[None], i, 0))(
+        seq_BL, carried_B, n_B + count_B
+    )
+    n_B = n_B + count_B
+    done_B = done_B | has_eos_B | (n_B >= end_B)
+    carry_B = kept_all_B & ~done_B
+    verified += jnp.where(live_B, jnp.minimum(a_B + 1, m_B), 0).sum()
+    accepted += jnp.where(live_B, a_B, 0).sum()
+    caches = [cache_p, cache_v][:: 1 if pi == 0 else -1]
+    rounds += live_B.any().astype(jnp.int32)
+    return rounds, seq_BL, n_B, carry_B, done_B, caches, verified, accepted
+
+  def cond(state):
+    return ~state[4].all()
+
+  def body(state):
+    return half_round(1 - proposer, half_round(proposer, state))
+
+  state = (jnp.int32(0), seq_BL, lengths_B, jnp.zeros(b, bool), jnp.zeros(b, bool), caches,
+           jnp.int32(0), jnp.int32(0))
+  rounds, seq_BL, n_B, _, _, _, verified, accepted = jax.lax.while_loop(cond, body, state)
+  out_BN = jax.vmap(lambda s, i: jax.lax.dynamic_slice_in_dim(s, i, max_new_tokens))(
+      seq_BL, lengths_B
+  )
+  out_BN = jnp.where(jnp.arange(max_new_tokens) < (n_B - lengths_B)[:, None], out_BN, NO_TOKEN)
+  return out_BN, jnp.stack([rounds, verified, accepted])
+
+
+@functools.cache
+def program(models: tuple, collab: Collaboration, method: str, gamma: int, proposer: int,
+            max_new_tokens: int, max_len: int):
+  """The jitted decoding: (params tuple, tokens_BP, lengths_B, eos_id, seed, rows_B) -> (new
+  tokens [B, max_new_tokens], [rounds or steps, verified, accepted])."""
+  forms = [decode_form(m) for m in models]
+  models = tuple(m for m, _ in forms)
+  if method == "standard":
+    core = functools.partial(_standard, models, collab, max_new_tokens, max_len)
+  else:
+    core = functools.partial(_cos, models, collab, gamma, proposer, max_new_tokens, max_len)
+  return jax.jit(lambda params, *args: core(
+      tuple(unpack(p) for (_, unpack), p in zip(forms, params, strict=True)), *args))
+
+
+@dataclasses.dataclass
+class Collaborated:
+  """A request's new tokens per row; rounds (CoS: gamma proposer calls and one verifier call
+  each) or steps (standard: one call per model each), for the whole batch; drafts verified and
+  kept over all rows; and its time."""
+
+  tokens: list[np.ndarray]
+  method: str
+  rounds: int
+  gamma: int
+  num_models: int
+  verified: int
+  accepted: int
+  decode_s: float
+  compile_s: float
+
+  @property
+  def acceptance(self) -> float | None:
+    return self.accepted / self.verified if self.verified else None
+
+  @property
+  def calls(self) -> int:
+    """Batched model calls after the prefill, all models together."""
+    per = self.num_models if self.method == "standard" else self.gamma + 1
+    return self.rounds * per
+
+  @property
+  def tokens_per_s(self) -> float:
+    return sum(map(len, self.tokens)) / self.decode_s
+
+
+def collaborate(
+    collab: Collaboration,
+    members: list[tuple[nn.Module, dict]],
+    prompts: list[np.ndarray],
+    max_new_tokens: int,
+    method: str,
+    eos_id: int | None,
+    gamma: int = 5,
+    proposer: int = 0,
+    seed: int = 0,
+    first_row: int = 0,
+) -> Collaborated:
+  """Decodes every prompt in one batch from r = `collab` of `members` (in its order) by
+  `method` (`standard`, or `cos` with two models, `proposer` drafting first)."""
+  if method not in METHODS:
+    raise ConfigError(f"method={method!r} is unknown; valid choices: {list(METHODS)}")
+  check_request(prompts, max_new_tokens)
+  check_gamma(gamma)
+  if len(members) != collab.num_models:
+    raise ConfigError(f"{len(members)} models given; the target needs {collab.num_models}")
+  if method == "cos" and len(members) != 2:
+    raise ConfigError(f"method=cos on device takes 2 models; got {len(members)}")
+  vocabs = [m.config.vocab_size for m, _ in members]
+  if len(set(vocabs)) > 1:
+    raise ConfigError(
+        f"models have different vocabularies (vocab_size {vocabs}); collaborative decoding "
+        "needs one shared tokenizer"
+    )
+  if proposer not in range(len(members)):
+    raise ConfigError(f"proposer={proposer} is invalid; valid choices: 0..{len(members) - 1}")
+  tokens_BP, lengths_B = pad_prompts(prompts)
+  max_len = tokens_BP.shape[1] + max_new_tokens + gamma + 3
+  models = tuple(m for m, _ in members)
+  jitted = program(models, collab, method, gamma, proposer, max_new_tokens, max_len)
+  args = jax.device_put((tuple(p for _, p in members), tokens_BP, lengths_B, eos_arg(eos_id),
+                         np.int32(seed), row_ids(first_row, len(prompts))))
+  compiled, compile_s = executable(jitted, *args)
+  start = time.perf_counter()
+  out_BN, (rounds, verified, accepted) = jax.device_get(compiled(*args))  # one transfer
+  decode_s = time.perf_counter() - start
+  return Collaborated([trim(row, eos_id) for row in out_BN], method, int(rounds), gamma,
+                      len(members), int(verified), int(accepted), decode_s, compile_s)

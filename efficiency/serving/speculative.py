@@ -1,0 +1,240 @@
+"""Speculative decoding on device, batched: a draft model proposes `gamma` tokens per round (one
+`lax.scan` of cached draft steps), the target scores them in one call over gamma + 1 positions,
+and every row accepts its own number of tokens, all in one jitted `lax.while_loop`.
+
+Acceptance (Leviathan et al. 2023) per row: draft i (drawn from q_i) is kept with probability
+min(1, p_i / q_i) while every earlier one was kept; at the first rejection the next token is
+drawn from normalize(max(0, p - q)), and when all are kept from the target's p at the bonus
+position. Kept-with-min(p, q) plus the residual is exactly p, so the output is the target's own
+distribution under its sampling settings (the draft may sample differently: that changes speed
+only).
+
+Caches roll back by pointer: row b's committed length n[b] moves on by its accepted count + 1,
+and entries past it are stale (masked, then overwritten). The target's cache is valid up to
+n - 2 between rounds (a round feeds x[n-1] and the drafts); the draft's up to n - 3, since its
+last draft is never fed, so each round's first draft call feeds x[n-2], x[n-1] again.
+"""
+
+import dataclasses
+import functools
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from efficiency.errors import ConfigError
+from efficiency.serving import device_sampling
+from efficiency.serving.cache import init_cache
+from efficiency.serving.generate import (
+  NO_TOKEN,
+  check_request,
+  eos_arg,
+  executable,
+  pad_prompts,
+  row_ids,
+  row_keys,
+  step_keys,
+  trim,
+)
+from efficiency.serving.runner import cached_forward
+from efficiency.serving.sampling import Sampling
+from efficiency.serving.speculation import check_gamma
+from efficiency.serving.unpack import decode_form
+
+
+def check_vocabularies(target: nn.Module, draft: nn.Module) -> None:
+  """The two models score the same token ids."""
+  vocabs = [target.config.vocab_size, draft.config.vocab_size]
+  if vocabs[0] != vocabs[1]:
+    raise ConfigError(
+        f"models have different vocabularies (vocab_size {vocabs}); speculative decoding needs "
+        "one shared tokenizer"
+    )
+
+
+def accept(
+    keys_B: jnp.ndarray, drafts_Bg: jnp.ndarray, q_BgV: jnp.ndarray, p_BGV: jnp.ndarray,
+    lengths_B: jnp.ndarray | None = None, one_hot: bool = False,
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """Per row: how many leading drafts are kept (a, 0..gamma) and the token after them (from
+  the residual at the first rejection, from p at the bonus position when all are kept). Only
+  the first lengths_B[b] drafts of row b count (all when None). `one_hot`: p and q are one-hot
+  (greedy), so a draft is kept iff p has it, and no uniform is drawn."""
+  b, gamma = drafts_Bg.shape
+  p_draft_Bg = jnp.take_along_axis(p_BGV[:, :gamma], drafts_Bg[..., None], -1)[..., 0]
+  q_draft_Bg = jnp.take_along_axis(q_BgV, drafts_Bg[..., None], -1)[..., 0]
+  if one_hot:
+    u_Bg = jnp.zeros((b, gamma))
+  else:
+    u_Bg = jax.vmap(lambda k: jax.random.uniform(k, (gamma,)))(step_keys(keys_B, gamma))
+  kept_Bg = u_Bg * q_draft_Bg < p_draft_Bg
+  if lengths_B is not None:
+    kept_Bg &= jnp.arange(gamma) < lengths_B[:, None]
+  a_B = jnp.cumprod(kept_Bg.astype(jnp.int32), axis=-1).sum(-1)
+  rows_B = jnp.arange(b)
+  p_BV = p_BGV[rows_B, a_B]
+  q_BV = jnp.concatenate([q_BgV, jnp.zeros_like(q_BgV[:, :1])], axis=1)[rows_B, a_B]
+  if lengths_B is not None:
+    q_BV = jnp.where((a_B < lengths_B)[:, None], q_BV, 0.0)
+  residual_BV = jnp.maximum(p_BV - q_BV, 0.0)
+  total_B1 = residual_BV.sum(-1, keepdims=True)
+  residual_BV = jnp.where(total_B1 > 0, residual_BV / jnp.where(total_B1 > 0, total_B1, 1), p_BV)
+  return a_B, device_sampling.draw(step_keys(keys_B, gamma + 1), residual_BV, one_hot)
+
+
+def _speculate(
+    target: nn.Module, draft: nn.Module, sampling: Sampling, draft_sampling: Sampling,
+    gamma: int, max_new_tokens: int, max_len: int,
+    target_params: dict, draft_params: dict, tokens_BP: jnp.ndarray, lengths_B: jnp.ndarray,
+    eos_id: jnp.ndarray, seed: jnp.ndarray, rows_B: jnp.ndarray,
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """New tokens [B, max_new_tokens] (NO_TOKEN past a row's end) and [rounds, verified drafts,
+  accepted drafts] (traced under jit)."""
+  b, p = tokens_BP.shape
+  keys_B = row_keys(seed, rows_B)
+  batch_rows = jnp.arange(b)
+  zeros_B = jnp.zeros(b, jnp.int32)
+  _, target_cache = cached_forward(
+      target, target_params, tokens_BP, init_cache(target.config, b, max_len), zeros_B
+  )
+  _, draft_cache = cached_forward(
+      draft, draft_params, tokens_BP, init_cache(draft.config, b, max_len), zeros_B
+  )
+  seq_BL = jnp.zeros((b, max_len), jnp.int32).at[:, :p].set(tokens_BP)
+  end_B = lengths_B + max_new_tokens
+  window = jnp.arange(gamma + 1)
+  greedy = sampling.temperature == 0 and draft_sampling.temperature == 0
+
+  def draft_tokens(round_keys_B, seq_BL, n_B, cache):
+    """gamma drafts per row from the draft model, their q, and the draft's cache."""
+    start_B = jnp.maximum(n_B - 2, 0)
+    pair_B2 = jax.vmap(lambda s, i: jax.lax.dynamic_slice_in_dim(s, i, 2))(seq_BL, start_B)
+    logits_B2V, cache = cached_forward(draft, draft_params, pair_B2, cache, start_B)
+    q_BV = device_sampling.probabilities(logits_B2V[batch_rows, n_B - 1 - start_B],
+                                         draft_sampling)
+    first_B = device_sampling.draw(step_keys(round_keys_B, 0), q_BV, greedy)
+
+    def step(carry, i):
+      cache, last_B = carry
+      logits_B1V, cache = cached_forward(draft, draft_params, last_B[:, None], cache, n_B + i - 1)
+      q_BV = device_sampling.probabilities(logits_B1V[:, 0], draft_sampling)
+      token_B = device_sampling.draw(step_keys(round_keys_B, i), q_BV, greedy)
+      return (cache, token_B), (token_B, q_BV)
+
+    (cache, _), (rest_gB, rest_gBV) = jax.lax.scan(step, (cache, first_B), jnp.arange(1, gamma))
+    drafts_Bg = jnp.concatenate([first_B[:, None], rest_gB.T], axis=1)
+    q_BgV = jnp.concatenate([q_BV[:, None], rest_gBV.transpose(1, 0, 2)], axis=1)
+    return drafts_Bg, q_BgV, cache
+
+  def cond(state):
+    return ~state[3].all()
+
+  def body(state):
+    rounds, seq_BL, n_B, done_B, target_cache, draft_cache, verified, accepted = state
+    round_keys_B = step_keys(keys_B, rounds)
+    drafts_Bg, q_BgV, draft_cache = draft_tokens(round_keys_B, seq_BL, n_B, draft_cache)
+    verify_BG = jnp.concatenate([seq_BL[batch_rows, n_B - 1][:, None], drafts_Bg], axis=1)
+    logits_BGV, target_cache = cached_forward(
+        target, target_params, verify_BG, target_cache, n_B - 1
+    )
+    p_BGV = device_sampling.probabilities(logits_BGV, sampling)
+    a_B, next_B = accept(round_keys_B, drafts_Bg, q_BgV, p_BGV, one_hot=greedy)
+    new_BG = jnp.where(window < a_B[:, None], jnp.pad(drafts_Bg, ((0, 0), (0, 1))), next_B[:, None])
+    count_B = a_B + 1
+    eos_BG = (new_BG == eos_id) & (window < count_B[:, None])
+    has_eos_B = eos_BG.any(-1)
+    count_B = jnp.where(has_eos_B, jnp.argmax(eos_BG, -1) + 1, count_B)
+    count_B = jnp.where(done_B, 0, jnp.minimum(count_B, end_B - n_B))
+    seq_BL = jax.vmap(lambda s, x, i: jax.lax.dynamic_update_slice_in_dim(s, x, i, 0))(
+        seq_BL, new_BG, n_B
+    )
+    live_B = ~done_B
+    verified += jnp.where(live_B, jnp.minimum(a_B + 1, gamma), 0).sum()
+    accepted += jnp.where(live_B, a_B, 0).sum()
+    n_B = n_B + count_B
+    done_B = done_B | has_eos_B | (n_B >= end_B)
+    return rounds + 1, seq_BL, n_B, done_B, target_cache, draft_cache, verified, accepted
+
+  state = (jnp.int32(0), seq_BL, lengths_B, jnp.zeros(b, bool), target_cache, draft_cache,
+           jnp.int32(0), jnp.int32(0))
+  rounds, seq_BL, n_B, _, _, _, verified, accepted = jax.lax.while_loop(cond, body, state)
+  out_BN = jax.vmap(lambda s, i: jax.lax.dynamic_slice_in_dim(s, i, max_new_tokens))(
+      seq_BL, lengths_B
+  )
+  out_BN = jnp.where(jnp.arange(max_new_tokens) < (n_B - lengths_B)[:, None], out_BN, NO_TOKEN)
+  return out_BN, jnp.stack([rounds, verified, accepted])
+
+
+@functools.cache
+def program(
+    target: nn.Module, draft: nn.Module, sampling: Sampling, draft_sampling: Sampling,
+    gamma: int, max_new_tokens: int, max_len: int,
+):
+  """The jitted speculative generation: (target_params, draft_params, tokens_BP, lengths_B,
+  eos_id, seed, rows_B) -> (new tokens [B, max_new_tokens], [rounds, verified, accepted])."""
+  (target, unpack_target), (draft, unpack_draft) = decode_form(target), decode_form(draft)
+  core = functools.partial(
+      _speculate, target, draft, sampling, draft_sampling, gamma, max_new_tokens, max_len
+  )
+  return jax.jit(lambda target_params, draft_params, *args: core(
+      unpack_target(target_params), unpack_draft(draft_params), *args))
+
+
+@dataclasses.dataclass
+class Speculated:
+  """A request's new tokens per row, its rounds (one target call and gamma draft calls each, for
+  the whole batch), drafts verified and kept (over all rows), and its time."""
+
+  tokens: list[np.ndarray]
+  rounds: int
+  gamma: int
+  verified: int
+  accepted: int
+  decode_s: float
+  compile_s: float
+
+  @property
+  def acceptance(self) -> float | None:
+    return self.accepted / self.verified if self.verified else None
+
+  @property
+  def calls(self) -> dict[str, int]:
+    """Batched model calls after the prefill."""
+    return {"target": self.rounds, "draft": self.rounds * self.gamma}
+
+  @property
+  def tokens_per_s(self) -> float:
+    return sum(map(len, self.tokens)) / self.decode_s
+
+
+def speculate(
+    target: tuple[nn.Module, dict],
+    draft: tuple[nn.Module, dict],
+    prompts: list[np.ndarray],
+    max_new_tokens: int,
+    sampling: Sampling,
+    gamma: int,
+    eos_id: int | None,
+    seed: int = 0,
+    first_row: int = 0,
+    draft_sampling: Sampling | None = None,
+) -> Speculated:
+  """Decodes every prompt in one batch: the target's distribution under `sampling`, with
+  `draft` proposing `gamma` tokens per round (under `draft_sampling`, default `sampling`)."""
+  check_request(prompts, max_new_tokens)
+  check_gamma(gamma)
+  check_vocabularies(target[0], draft[0])
+  tokens_BP, lengths_B = pad_prompts(prompts)
+  max_len = tokens_BP.shape[1] + max_new_tokens + gamma + 1
+  jitted = program(target[0], draft[0], sampling, draft_sampling or sampling, gamma,
+                   max_new_tokens, max_len)
+  args = jax.device_put((target[1], draft[1], tokens_BP, lengths_B, eos_arg(eos_id),
+                         np.int32(seed), row_ids(first_row, len(prompts))))
+  compiled, compile_s = executable(jitted, *args)
+  start = time.perf_counter()
+  out_BN, (rounds, verified, accepted) = jax.device_get(compiled(*args))  # one transfer
+  decode_s = time.perf_counter() - start
+  return Speculated([trim(row, eos_id) for row in out_BN], int(rounds), gamma, int(verified),
+                    int(accepted), decode_s, compile_s)

@@ -1,0 +1,85 @@
+"""Collaborative decoding on device: CoS and standard emit tokens distributed as the enumerated
+collaborative target r (chi-square per prompt, rows of different prompt lengths in one batch;
+each test also rejects the proposer's own distribution), and at temperature 0 both equal the
+host engine's standard collaborative decoding token for token at batch 1 and 4."""
+
+import numpy as np
+import pytest
+
+from efficiency.errors import ConfigError
+from efficiency.serving.collaborate import collaborate
+from efficiency.serving.collaborative import Contrastive, Single, WeightedEnsemble
+from efficiency.serving.sampling import Sampling
+from efficiency.serving.speculation import Engine
+from tests.efficiency.serving.exactness import ALPHA, analytic, chi_square_p
+from tests.helpers import tiny_model
+
+VOCAB, K = 4, 2
+PROMPTS = [np.array(p, np.int32) for p in ([1, 3, 2], [2], [0, 1, 2, 3, 1], [3, 3])]
+ROWS = 600
+SAMPLED = Sampling(temperature=1.0)
+
+
+def we_case():
+  return WeightedEnsemble((0.5, 0.5), SAMPLED), [tiny_model(0), tiny_model(1)], 0
+
+
+def cd_case():
+  collab = Contrastive(0.5, Sampling(temperature=1.0, top_k=3))
+  return collab, [tiny_model(0, layers=2), tiny_model(1)], 1
+
+
+# gamma 1 reaches every path within K = 2 tokens: rejection + residual, all kept + a carried
+# proposal, and a carried proposal verified (kept or rejected) in the next round.
+CASES = {"we-cos": (we_case, "cos"), "cd-cos": (cd_case, "cos"),
+         "we-standard": (we_case, "standard")}
+
+
+@pytest.mark.parametrize("name", [
+    "we-cos", "cd-cos", pytest.param("we-standard", marks=pytest.mark.slow)])
+def test_output_follows_collaborative_distribution(name):
+  make, method = CASES[name]
+  collab, members, proposer = make()
+  batch = [p for p in PROMPTS for _ in range(ROWS)]
+  out = collaborate(collab, members, batch, K, method, None, gamma=1, proposer=proposer, seed=4)
+  if method == "cos":
+    assert 0.2 < out.acceptance < 0.95, out.acceptance
+  for i, prompt in enumerate(PROMPTS):
+    samples = [tuple(int(t) for t in x) for x in out.tokens[i * ROWS : (i + 1) * ROWS]]
+    want = analytic(collab, members, prompt, K, VOCAB)
+    assert chi_square_p(samples, want, K, VOCAB) > ALPHA, i
+    own = analytic(Single(collab.sampling), [members[proposer]], prompt, K, VOCAB)
+    assert chi_square_p(samples, own, K, VOCAB) < 1e-6, i  # the test can fail
+
+
+GREEDY = Sampling(temperature=0.0)
+LONG = [np.array(p, np.int32) for p in ([1, 3, 2], [4, 4, 7, 1, 9], [5], [2, 6, 6, 1, 0, 3, 7])]
+
+
+@pytest.fixture(scope="module")
+def members():
+  return [tiny_model(0, vocab=11), tiny_model(1, vocab=11)]
+
+
+@pytest.mark.parametrize("kind", ["we", pytest.param("cd", marks=pytest.mark.slow)])
+def test_greedy_equals_host_standard(kind, members):
+  collab = WeightedEnsemble((0.5, 0.5), GREEDY) if kind == "we" else Contrastive(0.1, GREEDY)
+  engine = Engine(collab, members, max_len=96)
+  expected = [engine.decode(p, 16, np.random.default_rng(0), "standard")[0] for p in LONG]
+  runs = [("standard", LONG, 1, 0), ("cos", LONG, 3, 1), ("cos", LONG[1:2], 3, 0)]
+  for method, prompts, gamma, proposer in runs:
+    out = collaborate(collab, members, prompts, 16, method, None, gamma, proposer)
+    want = expected if len(prompts) == len(LONG) else expected[1:2]
+    for got, w in zip(out.tokens, want, strict=True):
+      np.testing.assert_array_equal(got, w, err_msg=f"{method} batch {len(prompts)}")
+  assert out.verified > 0
+
+
+def test_clear_errors(members):
+  collab = WeightedEnsemble((0.5, 0.3, 0.2), GREEDY)
+  with pytest.raises(ConfigError, match="method=cos on device takes 2 models; got 3"):
+    collaborate(collab, [*members, members[0]], LONG, 4, "cos", None)
+  with pytest.raises(ConfigError, match="valid choices"):
+    collaborate(WeightedEnsemble((0.5, 0.5), GREEDY), members, LONG, 4, "parallel", None)
+  with pytest.raises(ConfigError, match="2 models given; the target needs 3"):
+    collaborate(collab, members, LONG, 4, "standard", None)

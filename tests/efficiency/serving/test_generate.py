@@ -1,0 +1,160 @@
+"""On-device generation: the sampler against the float64 reference distribution (chi-square,
+fixed seeds), greedy equal to the host decode loop token for token, sampled generation against
+the enumerated distribution, per-row EOS, batched equal to unbatched, and one jitted loop with
+one host transfer per request."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from efficiency.errors import ConfigError
+from efficiency.serving import device_sampling, export
+from efficiency.serving import generate as generate_lib
+from efficiency.serving.collaborative import Single
+from efficiency.serving.generate import check_context, generate, run
+from efficiency.serving.sampling import Sampling, distribution
+from tests.efficiency.serving.exactness import ALPHA, analytic, chi_square_p
+from tests.efficiency.serving.host_decode import host_generate
+from tests.efficiency.serving.test_cache import make_model
+from tests.helpers import quant_config, tiny_model, trained_model
+
+GREEDY = Sampling(temperature=0.0)
+PROMPTS = [np.array([1, 3, 2], np.int32), np.array([4, 4, 7, 1, 9], np.int32),
+           np.array([5], np.int32)]
+SETTINGS = [Sampling(1.0), Sampling(0.7, top_k=3), Sampling(1.3, top_p=0.8),
+            Sampling(0.9, top_k=5, top_p=0.7)]
+DRAWS = 20000
+
+
+@functools.cache
+def draws(logits_V: tuple, sampling: Sampling) -> np.ndarray:
+  """DRAWS tokens from the on-device sampler, one jitted call, fixed keys."""
+  keys = jax.random.split(jax.random.key(0), DRAWS)
+  logits_NV = jnp.broadcast_to(jnp.asarray(logits_V, jnp.float32), (DRAWS, len(logits_V)))
+  return np.asarray(jax.jit(device_sampling.sample, static_argnums=2)(keys, logits_NV, sampling))
+
+
+LOGITS_V = tuple(np.random.default_rng(0).normal(size=8).round(3) * 1.5)
+
+
+@pytest.mark.parametrize("sampling", SETTINGS, ids=str)
+def test_device_sampler_matches_reference(sampling):
+  reference_V = distribution(np.asarray(LOGITS_V), sampling)
+  got_V = np.asarray(device_sampling.probabilities(jnp.asarray(LOGITS_V)[None], sampling))[0]
+  np.testing.assert_allclose(got_V, reference_V, atol=1e-6)
+  observed = np.bincount(draws(LOGITS_V, sampling), minlength=8)
+  assert not observed[reference_V == 0].any()
+  support = reference_V > 0
+  assert stats.chisquare(observed[support], reference_V[support] * DRAWS).pvalue > ALPHA
+  # The test tells the settings from plain temperature-1 sampling.
+  if sampling != Sampling(1.0):
+    plain = distribution(np.asarray(LOGITS_V), Sampling(1.0))
+    assert stats.chisquare(observed, plain * DRAWS).pvalue < 1e-9
+
+
+def test_greedy_sampler_is_argmax():
+  logits_BV = np.random.default_rng(1).normal(size=(16, 9)).astype(np.float32)
+  keys = jax.random.split(jax.random.key(0), 16)
+  np.testing.assert_array_equal(device_sampling.sample(keys, logits_BV, GREEDY),
+                                logits_BV.argmax(-1))
+
+
+@pytest.mark.parametrize("attention", ["gqa", *(pytest.param(a, marks=pytest.mark.slow)
+                                                 for a in ("mla", "sliding", "nsa", "mqa"))])
+def test_greedy_equals_host_decode(attention):
+  """Batch 3 (prompts of lengths 3, 5, 1) and batch 1, token for token, for each variant."""
+  model, params = make_model(attention, "rope")
+  expected = host_generate(model, params, PROMPTS, 12, GREEDY, eos_id=None)
+  got = generate(model, params, PROMPTS, 12, GREEDY, eos_id=None)
+  for g, e in zip(got, expected, strict=True):
+    np.testing.assert_array_equal(g, e)
+  np.testing.assert_array_equal(generate(model, params, PROMPTS[1:2], 12, GREEDY, None)[0],
+                                expected[1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bits", [8, 4])
+def test_greedy_served_model_equals_host_decode(bits):
+  config = quant_config(mode="int8" if bits == 8 else "none")
+  served = export.convert(trained_model(config), bits, "float32")
+  expected = host_generate(served.model, served.params, PROMPTS, 10, GREEDY, None)
+  got = generate(served.model, served.params, PROMPTS, 10, GREEDY, None)
+  for g, e in zip(got, expected, strict=True):
+    np.testing.assert_array_equal(g, e)
+
+
+@pytest.fixture(scope="module")
+def model_11():
+  return tiny_model(0, vocab=11, layers=2)
+
+
+def test_eos_stops_each_row(model_11):
+  full = generate(*model_11, PROMPTS, 12, GREEDY, eos_id=None)
+  eos = next(int(t) for t in full[0] if any(t not in row for row in full))  # some rows lack it
+  rows = generate(*model_11, PROMPTS, 12, GREEDY, eos_id=eos)
+  for got, whole in zip(rows, full, strict=True):
+    stop = np.flatnonzero(whole == eos)
+    want = whole[: stop[0] + 1] if len(stop) else whole
+    np.testing.assert_array_equal(got, want)
+  assert any(len(r) < 12 for r in rows) and any(len(r) == 12 for r in rows)
+
+
+def test_sampled_batched_equals_unbatched(model_11):
+  """Row b draws from its own key (seed, first_row + b): the batch it decodes in does not
+  change its tokens."""
+  sampling = Sampling(1.0, top_k=6)
+  batched = generate(*model_11, PROMPTS, 10, sampling, eos_id=None, seed=3)
+  for i, prompt in enumerate(PROMPTS):
+    alone = generate(*model_11, [prompt], 10, sampling, eos_id=None, seed=3, first_row=i)[0]
+    np.testing.assert_array_equal(alone, batched[i])
+  assert len({tuple(x) for x in batched}) > 1
+
+
+VOCAB, K = 4, 2
+
+
+def test_sampled_generation_matches_enumerated_distribution():
+  """4 prompts of different lengths x 1000 rows in one batch: the first K tokens per prompt
+  against the enumerated distribution; the same samples reject another model's."""
+  model, other = tiny_model(0, layers=2), tiny_model(1)
+  sampling = Sampling(temperature=0.8, top_p=0.9)
+  prompts = [np.array(p, np.int32) for p in ([1, 3, 2], [2], [0, 1, 2, 3, 1], [3, 3])]
+  rows = 1000
+  out = generate(*model, [p for p in prompts for _ in range(rows)], K, sampling, None, seed=1)
+  for i, prompt in enumerate(prompts):
+    samples = [tuple(int(t) for t in x) for x in out[i * rows : (i + 1) * rows]]
+    collab = Single(sampling)
+    assert chi_square_p(samples, analytic(collab, [model], prompt, K, VOCAB), K, VOCAB) > ALPHA
+    assert chi_square_p(samples, analytic(collab, [other], prompt, K, VOCAB), K, VOCAB) < 1e-6
+
+
+def test_one_jitted_loop_and_one_transfer(model_11, monkeypatch):
+  """The whole request is one compiled program with a while loop; no implicit transfer, and the
+  host reads the device once."""
+  model, params = model_11
+  tokens_BP, lengths_B = generate_lib.pad_prompts(PROMPTS)
+  jitted = generate_lib.program(model, GREEDY, 12, tokens_BP.shape[1] + 12)
+  hlo = jitted.lower(params, tokens_BP, lengths_B, np.int32(-2), np.int32(0),
+                     np.arange(3, dtype=np.int32))
+  assert "stablehlo.while" in hlo.as_text()
+  run(model, params, PROMPTS, 12, GREEDY, None)  # compiles outside the guard
+  reads = []
+  device_get = jax.device_get
+  monkeypatch.setattr(jax, "device_get", lambda x: reads.append(1) or device_get(x))
+  with jax.transfer_guard("disallow"):
+    result = run(model, params, PROMPTS, 12, GREEDY, None)
+  assert len(reads) == 1 and result.compile_s == 0
+  assert [len(t) for t in result.tokens] == [12, 12, 12]
+
+
+def test_clear_errors(model_11):
+  with pytest.raises(ConfigError, match="max_new_tokens=0"):
+    generate(*model_11, PROMPTS, 0, GREEDY, None)
+  with pytest.raises(ConfigError, match="at least one token"):
+    generate(*model_11, [np.array([], np.int32)], 4, GREEDY, None)
+  with pytest.raises(ConfigError, match="max_new_tokens=200 exceeds the model's context of 128"):
+    check_context(200, 128)
