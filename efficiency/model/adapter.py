@@ -81,6 +81,15 @@ def adapted(spec: str, x: jax.Array, params: dict, shape: tuple[int, ...], einsu
       f"{batch}{contract}{r},{batch}{r}{out}->{kernel}", a.astype(jnp.float32),
       b.astype(jnp.float32),
   )
-  norm = jnp.sqrt(jnp.einsum(f"{kernel},{kernel}->{kept}", direction, direction))
+  contract_axes = tuple(kernel.index(c) for c in contract)
+  norm = jnp.sqrt(jnp.sum(direction * direction, axis=contract_axes))
   factor = (params["magnitude"].astype(jnp.float32) / norm).astype(y.dtype)
-  return jnp.einsum(f"{outputs},{kept}->{outputs}", y, factor)
+  return y * broadcast_to_output(factor, kept, outputs)
+
+
+def broadcast_to_output(v: jax.Array, letters: str, outputs: str) -> jax.Array:
+  """`v` (dims `letters`, all in `outputs`) permuted and expanded to broadcast against the
+  projection's output (a multiply, where an einsum would be a batched dot)."""
+  order = "".join(c for c in outputs if c in letters)
+  v = jnp.transpose(v, [letters.index(c) for c in order])
+  return v.reshape([v.shape[order.index(c)] if c in order else 1 for c in outputs])
