@@ -9,9 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.ad_checkpoint import print_saved_residuals
 
+from efficiency.model.adapter import adapted
 from efficiency.model.transformer import make_model
 from efficiency.peft import PEFT_METHODS, int4, make_method
+from efficiency.quant.pack import quantize_int4
 from efficiency.serving.export import convert
 from efficiency.train.measure import step_flops
 from efficiency.train.setup import Training
@@ -183,3 +186,21 @@ def test_int4_group_size_must_divide_the_contracted_size():
 
   with pytest.raises(ConfigError, match=r"^peft.base_group_size=24 does not fit layers/attn/query"):
     tiny_peft_config("lora", base_quant="int4", base_group_size=24)
+
+
+def test_int4_base_is_saved_for_backward_as_codes_not_floats(capsys):
+  """Between the forward and the backward pass only the packed codes and scales of the base are
+  kept (the float kernel is rematerialized inside the matmul's backward), as QLoRA needs."""
+  spec, shape = "btd,df->btf", (64, 96)
+  w = jax.random.normal(jax.random.PRNGKey(0), shape)
+  packed, scale = quantize_int4(w, spec, 32)
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 64))
+
+  def loss(a, b, x):
+    params = {"kernel_int4": packed, "kernel_scale": scale, "lora_a": a, "lora_b": b}
+    return jnp.sum(adapted(spec, x, params, shape, jnp.einsum) ** 2)
+
+  print_saved_residuals(loss, jnp.ones((64, 4)), jnp.ones((4, 96)), x)
+  saved = capsys.readouterr().out
+  assert "u8[32,96]" in saved and "f32[2,96]" in saved  # codes, scales of 2 groups
+  assert "f32[64,96]" not in saved and "f32[96,64]" not in saved  # no float kernel
