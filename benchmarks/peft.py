@@ -1,13 +1,14 @@
 """PEFT methods side by side in one process: the compute each saves, and the study's table.
 
-  python -m benchmarks.peft --init_from=PRETRAINED_DIR [--out=peft.json] [--steps=40] \\
-      [--lrs=3e-4,1e-3,3e-3] [--rounds=3] [--methods=full,freeze,lora,...] [--large=8,512]
+  python -m benchmarks.peft --init_from=PRETRAINED_DIR [--out=peft.json] [--parts=compute,study]
+      [--steps=40] [--lrs=3e-4,1e-3,3e-3] [--rounds=3] [--timed_steps=3]
+      [--methods=full,freeze,lora,...] [--large=8,512] [--large_batch=16]
 
 1. Compute, at the pretrained model's shape and at `--large` (layers, d_model; heads, KV heads
    and d_ff scaled with d_model): per method, the compiled train step's FLOPs (XLA cost
    analysis, scans unrolled), its temporary bytes (XLA memory analysis: activations and
    scratch), the optimizer-state bytes, and the step time relative to full fine-tuning, every
-   method's compiled step timed in interleaved rounds on one real batch.
+   method's compiled step timed in interleaved rounds on one real batch (the fastest round).
 2. The study's table: each method fine-tunes the pretrained model for `--steps` steps at each
    learning rate of `--lrs` (configs/finetune.py otherwise, warmup a quarter of the steps, at
    most 20), all on the same batches, and is evaluated on the same eval batches.
@@ -58,8 +59,9 @@ def larger(config: ml_collections.ConfigDict, layers: int, d_model: int):
 
 def compute(configs: dict[str, ml_collections.ConfigDict], local: dict, rounds: int,
             steps: int = 3) -> dict[str, dict]:
-  """Per method: step FLOPs, temp bytes, optimizer-state bytes and mean step seconds, timed in
-  interleaved rounds (random init: the time does not depend on the weights)."""
+  """Per method: step FLOPs, temp bytes, optimizer-state bytes and step seconds (mean over
+  `steps` steps, fastest of `rounds` interleaved rounds; random init: the time does not depend
+  on the weights)."""
   fns, states, batches, out = {}, {}, {}, {}
   for method, config in configs.items():
     training = Training(config)
@@ -83,8 +85,8 @@ def compute(configs: dict[str, ml_collections.ConfigDict], local: dict, rounds: 
         states[method], _ = fn(states[method], batches[method])
       jax.block_until_ready(states[method])
       out[method]["seconds"].append((time.perf_counter() - start) / steps)
-  for r in out.values():
-    r["step_s"] = float(np.mean(r.pop("seconds")))
+  for r in out.values():  # the fastest round: the least disturbed by other work on the machine
+    r["step_s"] = float(np.min(r["seconds"]))
   return out
 
 
@@ -112,17 +114,42 @@ def compute_table(title: str, results: dict[str, dict]) -> None:
           f"{r['optimizer_state_bytes'] / 1e6:.2f} |")
 
 
+def study_table(args, methods, lrs, losses, compute_results, configs) -> None:
+  print(f"\nStudy table ({args.steps} steps)\n")
+  lr_columns = " | ".join(f"loss lr {lr:g}" for lr in lrs)
+  timed = bool(compute_results)
+  head = "| method | trainable params | optimizer state (MB) | ST (samples/param/s) | AL (s) | " \
+      "AL vs full | " if timed else "| method | "
+  print(f"{head}{lr_columns} | best |")
+  print("|---|" + ("---|" * 5 if timed else "") + "---|" * len(lrs) + "---|")
+  full_s = compute_results["full"]["step_s"] if "full" in compute_results else None
+  for m in methods:
+    best = min(losses[m], key=losses[m].get)
+    cells = " | ".join(f"{losses[m][lr]:.4f}" for lr in lrs)
+    row = f"| {m} | "
+    if timed:
+      r, batch = compute_results[m], configs[m].batch_size
+      row += (f"{r['trainable_param_count']:,} | {r['optimizer_state_bytes'] / 1e6:.2f} | "
+              f"{batch / r['param_count'] / r['step_s']:.2e} | {r['step_s']:.3f} | "
+              f"{r['step_s'] / full_s:.2f} | ")
+    print(f"{row}{cells} | {losses[m][best]:.4f} (lr {best:g}) |")
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--init_from", required=True)
   parser.add_argument("--out", default="peft.json")
+  parser.add_argument("--parts", default="compute,study", help="compute, study or both")
   parser.add_argument("--steps", type=int, default=40)
   parser.add_argument("--lrs", default="3e-4,1e-3,3e-3")
   parser.add_argument("--rounds", type=int, default=3)
+  parser.add_argument("--timed_steps", type=int, default=3, help="steps per method per round")
   parser.add_argument("--methods", default=",".join(METHODS))
   parser.add_argument("--large", default="8,512", help="layers,d_model of the larger shape")
+  parser.add_argument("--large_batch", type=int, default=16, help="rows of the larger shape")
   args = parser.parse_args()
   methods, lrs = args.methods.split(","), [float(x) for x in args.lrs.split(",")]
+  parts = args.parts.split(",")
   layers, d_model = (int(x) for x in args.large.split(","))
   warmup = min(20, args.steps // 4)
   configs = {m: method_config(args.init_from, m, steps=args.steps,
@@ -132,16 +159,25 @@ def main() -> None:
   token_bytes = np.asarray(inputs.tokenizer.token_bytes, np.float32)
 
   report = {"args": vars(args), "devices": jax.device_count(),
-            "device_kind": jax.devices()[0].device_kind}
-  report["compute"] = compute(configs, train[0], args.rounds)
-  compute_table("Default shape (the pretrained model)", report["compute"])
-  large = {m: larger(c, layers, d_model) for m, c in configs.items()}
-  report["compute_large"] = compute(large, train[0], args.rounds)
-  compute_table(f"Larger shape ({layers} layers, d_model {d_model})", report["compute_large"])
+            "device_kind": jax.devices()[0].device_kind, "compute": {}}
+  if "compute" in parts:
+    report["compute"] = compute(configs, train[0], args.rounds, args.timed_steps)
+    compute_table("Default shape (the pretrained model)", report["compute"])
+    large = {m: larger(c, layers, d_model) for m, c in configs.items()}
+    for c in large.values():
+      c.batch_size = args.large_batch
+    rows = {k: v[: args.large_batch] for k, v in train[0].items()}
+    report["compute_large"] = compute(large, rows, args.rounds, args.timed_steps)
+    compute_table(f"Larger shape ({layers} layers, d_model {d_model}, batch "
+                  f"{args.large_batch})", report["compute_large"])
+    Path(args.out).write_text(json.dumps(report, indent=1))
+  if "study" not in parts:
+    return
 
   base = restore(args.init_from).params
   before = finetune_loss(configs[methods[0]], base, [], inputs.eval_batches, token_bytes)
   report["eval_loss_before"] = before
+  print(f"eval loss before fine-tuning: {before:.4f}", flush=True)
   losses = {}
   for m in methods:
     losses[m] = {}
@@ -151,20 +187,7 @@ def main() -> None:
       losses[m][lr] = finetune_loss(config, base, train, inputs.eval_batches, token_bytes)
       print(f"{m} lr={lr:g}: eval loss {losses[m][lr]:.4f}", flush=True)
   report["eval_loss"] = {m: {str(lr): v for lr, v in d.items()} for m, d in losses.items()}
-
-  print(f"\nStudy table ({args.steps} steps, eval loss before fine-tuning {before:.4f})\n")
-  lr_columns = " | ".join(f"loss lr {lr:g}" for lr in lrs)
-  print(f"| method | trainable params | optimizer state (MB) | ST (samples/param/s) | AL (s) | "
-        f"AL vs full | {lr_columns} | best |")
-  print("|---|---|---|---|---|---|" + "---|" * len(lrs) + "---|")
-  full_s = report["compute"].get("full", next(iter(report["compute"].values())))["step_s"]
-  for m in methods:
-    r, batch = report["compute"][m], configs[m].batch_size
-    best = min(losses[m], key=losses[m].get)
-    cells = " | ".join(f"{losses[m][lr]:.4f}" for lr in lrs)
-    print(f"| {m} | {r['trainable_param_count']:,} | {r['optimizer_state_bytes'] / 1e6:.2f} | "
-          f"{batch / r['param_count'] / r['step_s']:.2e} | {r['step_s']:.3f} | "
-          f"{r['step_s'] / full_s:.2f} | {cells} | {losses[m][best]:.4f} (lr {best:g}) |")
+  study_table(args, methods, lrs, losses, report["compute"], configs)
   Path(args.out).write_text(json.dumps(report, indent=1))
 
 
