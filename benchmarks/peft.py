@@ -1,115 +1,194 @@
-"""The study's PEFT table at CPU scale: each method fine-tunes the same pretrained model.
+"""PEFT methods side by side in one process: the compute each saves, and the study's table.
 
-  python -m benchmarks.peft --init_from=PRETRAINED_DIR --out=DIR [--steps=60] [--rounds=3]
-                             [--measure_steps=10] [--methods=full,freeze,lora,...]
+  python -m benchmarks.peft --init_from=PRETRAINED_DIR [--out=peft.json] [--parts=compute,study]
+      [--steps=40] [--lrs=3e-4,1e-3,3e-3] [--rounds=3] [--timed_steps=3]
+      [--methods=full,freeze,lora,...] [--large=8,512] [--large_batch=16]
 
-Per method: `train.py --config=configs/finetune.py` for `--steps` steps into DIR/METHOD (skipped
-if done), then `python -m evals.efficiency --mode=train` on it (AL, AMU), then, in this one
-process, all methods' compiled train steps timed in interleaved rounds on one real batch, so the
-step-time ratios do not depend on what else the machine runs. Prints a markdown table:
-trainable params, optimizer-state bytes, ST = samples / params / s (params: the whole model, as
-in the study), AL, the side-by-side AL ratio to full fine-tuning, AMU, final eval loss.
+1. Compute, at the pretrained model's shape and at `--large` (layers, d_model; heads, KV heads
+   and d_ff scaled with d_model): per method, the compiled train step's FLOPs (XLA cost
+   analysis, scans unrolled), its temporary bytes (XLA memory analysis: activations and
+   scratch), the optimizer-state bytes, and the step time relative to full fine-tuning, every
+   method's compiled step timed in interleaved rounds on one real batch (the fastest round).
+2. The study's table: each method fine-tunes the pretrained model for `--steps` steps at each
+   learning rate of `--lrs` (configs/finetune.py otherwise, warmup a quarter of the steps, at
+   most 20), all on the same batches, and is evaluated on the same eval batches.
 """
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from efficiency.workdir.files import load_config
+import jax
+import ml_collections
+import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from configs import finetune
+from efficiency.config import resolve
+from efficiency.sharding.mesh import to_global
+from efficiency.train.inputs import load_inputs
+from efficiency.train.measure import step_flops, step_temp_bytes
+from efficiency.train.setup import Training
+from efficiency.workdir.restore import restore
+
 METHODS = ("full", "freeze", "lora", "lora_plus", "rslora", "dora", "pissa")
 
 
-def run(command: list[str]) -> None:
-  proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-  if proc.returncode:
-    sys.exit(f"error: {' '.join(command)} failed:\n{proc.stderr[-3000:]}")
+def method_config(init_from: str, method: str, **overrides) -> ml_collections.ConfigDict:
+  """configs/finetune.py for `method` from `init_from`, resolved for this process's devices."""
+  config = finetune.get_config()
+  config.init_from = init_from
+  config.peft.method = method
+  for field, value in overrides.items():
+    target = config
+    *parents, name = field.split(".")
+    for parent in parents:
+      target = target[parent]
+    target[name] = value
+  return resolve(config, jax.device_count())
 
 
-def finetune(workdir: Path, method: str, init_from: str, steps: int) -> dict:
-  summary = workdir / "summary.json"
-  if not (summary.exists() and json.loads(summary.read_text())["status"] == "completed"):
-    run([sys.executable, "train.py", "--config=configs/finetune.py", f"--workdir={workdir}",
-         f"--config.init_from={init_from}", f"--config.peft.method={method}",
-         f"--config.steps={steps}", f"--config.eval_every={steps // 2}",
-         f"--config.checkpoint_every={steps}"])
-  efficiency = workdir / "efficiency.json"
-  if not (efficiency.exists() and "train" in json.loads(efficiency.read_text())):
-    run([sys.executable, "-m", "evals.efficiency", f"--workdir={workdir}", "--mode=train",
-         f"--steps={ARGS.measure_steps}"])
-  return {
-      "summary": json.loads(summary.read_text()),
-      "efficiency": json.loads(efficiency.read_text())["train"],
-  }
+def larger(config: ml_collections.ConfigDict, layers: int, d_model: int):
+  """`config` with a wider, deeper model: heads, KV heads and d_ff scale with d_model."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  m, ratio = config.model, d_model // config.model.d_model
+  m.update(num_layers=layers, d_model=d_model, num_heads=m.num_heads * ratio,
+           num_kv_heads=m.num_kv_heads * ratio, d_ff=m.d_ff * ratio)
+  return config
 
 
-def side_by_side(workdirs: dict[str, Path], rounds: int, steps: int) -> dict[str, float]:
-  """Mean step seconds per method on one real batch, timed in interleaved rounds in this
-  process (each method from its workdir's newest parameters)."""
-  import jax
-
-  from efficiency.config import resolve
-  from efficiency.sharding.mesh import to_global
-  from efficiency.train.inputs import load_inputs
-  from efficiency.train.setup import Training
-  from efficiency.workdir.files import load_config
-  from efficiency.workdir.restore import restore
-
-  steps_fns, states, batches, times = {}, {}, {}, {m: [] for m in workdirs}
-  local = None
-  for method, workdir in workdirs.items():
-    config = resolve(load_config(workdir), jax.device_count())
+def compute(configs: dict[str, ml_collections.ConfigDict], local: dict, rounds: int,
+            steps: int = 3) -> dict[str, dict]:
+  """Per method: step FLOPs, temp bytes, optimizer-state bytes and step seconds (mean over
+  `steps` steps, fastest of `rounds` interleaved rounds; random init: the time does not depend
+  on the weights)."""
+  fns, states, batches, out = {}, {}, {}, {}
+  for method, config in configs.items():
     training = Training(config)
-    states[method] = training.init(config.seed, restore(workdir).params)
-    local = next(load_inputs(config).train) if local is None else local
+    fns[method], _ = training.compile(local)
+    states[method] = training.init(config.seed)
     batches[method] = to_global(local, training.rows_sharding)
-    steps_fns[method], _ = training.compile(local)
+    out[method] = {
+        "step_flops": step_flops(training, local),
+        "step_temp_bytes": step_temp_bytes(fns[method]),
+        "optimizer_state_bytes": training.optimizer_state_bytes(),
+        "trainable_param_count": training.trainable_param_count(),
+        "param_count": training.param_count(),
+        "seconds": [],
+    }
   for _ in range(rounds):
-    for method, step_fn in steps_fns.items():
-      states[method], _ = step_fn(states[method], batches[method])  # warm
+    for method, fn in fns.items():
+      states[method], _ = fn(states[method], batches[method])  # warm
       jax.block_until_ready(states[method])
       start = time.perf_counter()
       for _ in range(steps):
-        states[method], _ = step_fn(states[method], batches[method])
+        states[method], _ = fn(states[method], batches[method])
       jax.block_until_ready(states[method])
-      times[method].append((time.perf_counter() - start) / steps)
-  return {m: sum(t) / len(t) for m, t in times.items()}
+      out[method]["seconds"].append((time.perf_counter() - start) / steps)
+  for r in out.values():  # the fastest round: the least disturbed by other work on the machine
+    r["step_s"] = float(np.min(r["seconds"]))
+  return out
+
+
+def finetune_loss(config, base: dict, train: list[dict], evals: list[dict], token_bytes) -> float:
+  """Final eval loss after fine-tuning `base` on the `train` local batches."""
+  training = Training(config)
+  state = training.init(config.seed, base)
+  for local in train:
+    state, _ = training.train_step(state, to_global(local, training.rows_sharding))
+  batches = [to_global(b, training.rows_sharding) for b in evals]
+  return float(training.evaluator(token_bytes)(state, batches)["eval_loss"])
+
+
+def compute_table(title: str, results: dict[str, dict]) -> None:
+  full = results.get("full", next(iter(results.values())))
+  print(f"\n{title}\n")
+  print("| method | trainable params | % | step time vs full | step FLOPs vs full | "
+        "step FLOPs (G) | activation temp (MB) | optimizer state (MB) |")
+  print("|---|---|---|---|---|---|---|---|")
+  for m, r in results.items():
+    print(f"| {m} | {r['trainable_param_count']:,} | "
+          f"{100 * r['trainable_param_count'] / r['param_count']:.1f} | "
+          f"{r['step_s'] / full['step_s']:.2f} | {r['step_flops'] / full['step_flops']:.2f} | "
+          f"{r['step_flops'] / 1e9:.1f} | {r['step_temp_bytes'] / 1e6:.1f} | "
+          f"{r['optimizer_state_bytes'] / 1e6:.2f} |")
+
+
+def study_table(args, methods, lrs, losses, compute_results, configs) -> None:
+  print(f"\nStudy table ({args.steps} steps)\n")
+  lr_columns = " | ".join(f"loss lr {lr:g}" for lr in lrs)
+  timed = bool(compute_results)
+  head = "| method | trainable params | optimizer state (MB) | ST (samples/param/s) | AL (s) | " \
+      "AL vs full | " if timed else "| method | "
+  print(f"{head}{lr_columns} | best |")
+  print("|---|" + ("---|" * 5 if timed else "") + "---|" * len(lrs) + "---|")
+  full_s = compute_results["full"]["step_s"] if "full" in compute_results else None
+  for m in methods:
+    best = min(losses[m], key=losses[m].get)
+    cells = " | ".join(f"{losses[m][lr]:.4f}" for lr in lrs)
+    row = f"| {m} | "
+    if timed:
+      r, batch = compute_results[m], configs[m].batch_size
+      row += (f"{r['trainable_param_count']:,} | {r['optimizer_state_bytes'] / 1e6:.2f} | "
+              f"{batch / r['param_count'] / r['step_s']:.2e} | {r['step_s']:.3f} | "
+              f"{r['step_s'] / full_s:.2f} | ")
+    print(f"{row}{cells} | {losses[m][best]:.4f} (lr {best:g}) |")
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--init_from", required=True)
-  parser.add_argument("--out", required=True)
-  parser.add_argument("--steps", type=int, default=60)
-  parser.add_argument("--measure_steps", type=int, default=10)
+  parser.add_argument("--out", default="peft.json")
+  parser.add_argument("--parts", default="compute,study", help="compute, study or both")
+  parser.add_argument("--steps", type=int, default=40)
+  parser.add_argument("--lrs", default="3e-4,1e-3,3e-3")
   parser.add_argument("--rounds", type=int, default=3)
+  parser.add_argument("--timed_steps", type=int, default=3, help="steps per method per round")
   parser.add_argument("--methods", default=",".join(METHODS))
-  global ARGS
-  ARGS = parser.parse_args()
-  methods = ARGS.methods.split(",")
-  out = Path(ARGS.out)
-  results = {m: finetune(out / m, m, ARGS.init_from, ARGS.steps) for m in methods}
-  seconds = side_by_side({m: out / m for m in methods}, ARGS.rounds, steps=3)
-  reference = seconds.get("full", next(iter(seconds.values())))
-  print("| method | trainable params | % | optimizer state (MB) | ST (samples/param/s) | AL (s) "
-        "| AL side by side vs full | AMU (MB) | final eval loss |")
-  print("|---|---|---|---|---|---|---|---|---|")
-  for m, r in results.items():
-    s, e = r["summary"], r["efficiency"]["metrics"]
-    al = e["AL"]["value"]
-    batch = load_config(out / m).batch_size
-    st = batch / s["param_count"] / al
-    print(f"| {m} | {s['trainable_param_count']:,} | "
-          f"{100 * s['trainable_param_count'] / s['param_count']:.1f} | "
-          f"{s['optimizer_state_bytes'] / 1e6:.2f} | {st:.2e} | {al:.3f} | "
-          f"{seconds[m] / reference:.2f} | {e['AMU']['value'] / 1e6:.0f} | "
-          f"{s['final_eval_loss']:.4f} |")
-  (out / "peft_table.json").write_text(json.dumps(
-      {m: {**r, "side_by_side_step_s": seconds[m]} for m, r in results.items()}, indent=1))
+  parser.add_argument("--large", default="8,512", help="layers,d_model of the larger shape")
+  parser.add_argument("--large_batch", type=int, default=16, help="rows of the larger shape")
+  args = parser.parse_args()
+  methods, lrs = args.methods.split(","), [float(x) for x in args.lrs.split(",")]
+  parts = args.parts.split(",")
+  layers, d_model = (int(x) for x in args.large.split(","))
+  warmup = min(20, args.steps // 4)
+  configs = {m: method_config(args.init_from, m, steps=args.steps,
+                              **{"optimizer.warmup_steps": warmup}) for m in methods}
+  inputs = load_inputs(next(iter(configs.values())))
+  train = [next(inputs.train) for _ in range(args.steps)]
+  token_bytes = np.asarray(inputs.tokenizer.token_bytes, np.float32)
+
+  report = {"args": vars(args), "devices": jax.device_count(),
+            "device_kind": jax.devices()[0].device_kind, "compute": {}}
+  if "compute" in parts:
+    report["compute"] = compute(configs, train[0], args.rounds, args.timed_steps)
+    compute_table("Default shape (the pretrained model)", report["compute"])
+    large = {m: larger(c, layers, d_model) for m, c in configs.items()}
+    for c in large.values():
+      c.batch_size = args.large_batch
+    rows = {k: v[: args.large_batch] for k, v in train[0].items()}
+    report["compute_large"] = compute(large, rows, args.rounds, args.timed_steps)
+    compute_table(f"Larger shape ({layers} layers, d_model {d_model}, batch "
+                  f"{args.large_batch})", report["compute_large"])
+    Path(args.out).write_text(json.dumps(report, indent=1))
+  if "study" not in parts:
+    return
+
+  base = restore(args.init_from).params
+  before = finetune_loss(configs[methods[0]], base, [], inputs.eval_batches, token_bytes)
+  report["eval_loss_before"] = before
+  print(f"eval loss before fine-tuning: {before:.4f}", flush=True)
+  losses = {}
+  for m in methods:
+    losses[m] = {}
+    for lr in lrs:
+      config = ml_collections.ConfigDict(configs[m].to_dict())
+      config.optimizer.lr = lr
+      losses[m][lr] = finetune_loss(config, base, train, inputs.eval_batches, token_bytes)
+      print(f"{m} lr={lr:g}: eval loss {losses[m][lr]:.4f}", flush=True)
+  report["eval_loss"] = {m: {str(lr): v for lr, v in d.items()} for m, d in losses.items()}
+  study_table(args, methods, lrs, losses, report["compute"], configs)
+  Path(args.out).write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.peft.targets = ""
   c.peft.lora_plus_ratio = 16.0  # lora_plus: B's learning rate over A's
   c.peft.last_layers = 1  # freeze: of the targets stacked over layers, train the last N (0: all)
-  c.peft.base_quant = "none"  # adapter methods: none | int8 (frozen base kernels stored as int8)
+  # Adapter methods: how the frozen base kernels are stored: none (float) | int8 (per-channel
+  # scales) | int4 (QLoRA: packed int4 with one scale per base_group_size contracted rows).
+  c.peft.base_quant = "none"
+  c.peft.base_group_size = 32  # int4: divides every targeted contracted size; 0: per channel
 
   c.optimizer.lr = 1e-3
   c.optimizer.warmup_steps = 20

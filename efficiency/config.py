@@ -360,6 +360,11 @@ def _check_peft(config: ml_collections.ConfigDict) -> None:
   p = config.peft
   _choice("peft.method", p.method, PEFT_METHODS)
   _choice("peft.base_quant", p.base_quant, BASE_QUANT)
+  group_size = p.get("base_group_size", 0)
+  if not isinstance(group_size, int) or group_size < 0:
+    raise ConfigError(
+        f"peft.base_group_size={group_size!r} is invalid; 0 (per channel) or a positive integer"
+    )
   if p.method not in ("full", "freeze"):
     _positive(config, "peft.rank")
     if p.alpha <= 0 or p.lora_plus_ratio <= 0:

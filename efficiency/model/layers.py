@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from efficiency.model import adapter
 from efficiency.quant.einsum import make_einsum, weight_storage
 from efficiency.quant.pack import dequantize_int4, matrix_shape, num_groups, quantize_int4
 
@@ -20,7 +21,8 @@ class Projection(nn.Module):
   `spec` is an einsum equation "inputs,kernel->outputs", for example "btd,dnh->btnh". `quant`
   (the `quant` config) makes it an AQT einsum, or reads int8 / int4 weights of a converted model
   (see efficiency.quant.einsum). `logits` marks the (untied) logits projection, which follows
-  `quant.logits` and stays in float by default.
+  `quant.logits` and stays in float by default. Params holding PEFT adapters (`lora_a`, ...) make
+  it a frozen base plus adapters computed in the forward pass (efficiency.model.adapter).
   """
 
   spec: str
@@ -36,6 +38,13 @@ class Projection(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    params = self.variables.get("params", {})
+    if adapter.is_adapted(params):
+      einsum = make_einsum(self, self.quant, self.logits)
+      y = adapter.adapted(
+          self.spec, x.astype(self.dtype), params, tuple(self.kernel_shape), einsum
+      )
+      return self._add_bias(y)
     storage = weight_storage(self.quant, self.path, self.logits)
     if storage == "int4":
       kernel = self._int4_kernel()
@@ -53,17 +62,19 @@ class Projection(nn.Module):
           self.param_dtype,
       )
     einsum = make_einsum(self, self.quant, self.logits)
-    y = einsum(self.spec, x.astype(self.dtype), kernel.astype(self.dtype))
-    if self.use_bias:
-      n_out = len(self.bias_axes)
-      bias = self.param(
-          "bias",
-          nn.with_logical_partitioning(nn.initializers.zeros, tuple(self.bias_axes)),
-          tuple(self.kernel_shape[-n_out:]),
-          self.param_dtype,
-      )
-      y = y + bias.astype(self.dtype)
-    return y
+    return self._add_bias(einsum(self.spec, x.astype(self.dtype), kernel.astype(self.dtype)))
+
+  def _add_bias(self, y: jnp.ndarray) -> jnp.ndarray:
+    if not self.use_bias:
+      return y
+    n_out = len(self.bias_axes)
+    bias = self.param(
+        "bias",
+        nn.with_logical_partitioning(nn.initializers.zeros, tuple(self.bias_axes)),
+        tuple(self.kernel_shape[-n_out:]),
+        self.param_dtype,
+    )
+    return y + bias.astype(self.dtype)
 
   def _convert_int4(self) -> jnp.ndarray:
     """Packs the float kernel into `kernel_int4` / `kernel_scale` (apply with params mutable);

@@ -68,10 +68,17 @@ class Transformer(nn.Module):
   [B, S, ...], stacked on a leading layer axis when `scan_layers`) and the new tokens' positions
   (slot = position, so positions_BT[:, 0] is each row's write pointer); the call then returns
   (logits, new cache).
+
+  Training only: with `scan_layers`, `frozen_layers` = n > 0 runs the first n layers as their own
+  scan, params `frozen_layers` (the rest stay `layers`), with its output under stop_gradient, so
+  the backward pass skips them (PEFT: nothing at or below them trains). `unroll_layers` unrolls
+  the scans (same math; XLA's cost analysis counts a loop body once, so FLOP counts need it).
   """
 
   config: ml_collections.FrozenConfigDict
   quant: ml_collections.FrozenConfigDict | None = None
+  frozen_layers: int = 0
+  unroll_layers: bool = False
 
   @nn.compact
   def __call__(
@@ -97,14 +104,19 @@ class Transformer(nn.Module):
       block = nn.remat(Block, policy=policy, prevent_cse=not cfg.scan_layers)
     args = (segment_ids_BT, positions_BT) + (() if cache is None else (cache,))
     if cfg.scan_layers:
-      x_BTD, cache = nn.scan(
+      stack = lambda length, name: nn.scan(
           block,
           variable_axes={"params": 0, "moe": 0},
           split_rngs={"params": True, "quant": True},
           in_axes=(nn.broadcast, nn.broadcast) + (() if cache is None else (0,)),
-          length=cfg.num_layers,
+          length=length,
+          unroll=length if self.unroll_layers else 1,
           metadata_params={nn.PARTITION_NAME: "layers"},
-      )(cfg, self.quant, name="layers")(x_BTD, *args)
+      )(cfg, self.quant, name=name)
+      if self.frozen_layers:
+        x_BTD, _ = stack(self.frozen_layers, "frozen_layers")(x_BTD, *args)
+        x_BTD = jax.lax.stop_gradient(x_BTD)
+      x_BTD, cache = stack(cfg.num_layers - self.frozen_layers, "layers")(x_BTD, *args)
     elif cache is None:
       for i in range(cfg.num_layers):
         x_BTD, _ = block(cfg, self.quant, name=f"layers_{i}")(x_BTD, *args)

@@ -25,11 +25,11 @@ PEFT_METHODS: dict[str, type[Method]] = {
     "pissa": PiSSA,
 }
 
-BASE_QUANT = ("none", "int8")  # how an adapter method stores the frozen base kernels
+BASE_QUANT = ("none", "int8", "int4")  # how an adapter method stores the frozen base kernels
 
 FULL = ml_collections.ConfigDict({
     "method": "full", "rank": 8, "alpha": 16.0, "targets": "", "lora_plus_ratio": 16.0,
-    "last_layers": 0, "base_quant": "none",
+    "last_layers": 0, "base_quant": "none", "base_group_size": 32,
 })
 
 

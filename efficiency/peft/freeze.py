@@ -1,11 +1,17 @@
 """Freeze: train only the parameters `peft.targets` names; of those stacked over layers (nn.scan),
-only the last `peft.last_layers` layers (0: all). Everything else stays frozen."""
+only the last `peft.last_layers` layers (0: all). Everything else stays frozen.
+
+When nothing trains below the last `peft.last_layers` layers (the embedding frozen), training
+runs the frozen prefix as its own scan with no backward pass (Transformer.frozen_layers)."""
 
 import jax.numpy as jnp
 
 from efficiency.errors import ConfigError
 from efficiency.peft.method import Method, flatten, unflatten
 from efficiency.peft.targets import select
+
+# Top-level params the model applies after its layer stack.
+LAYERS_ABOVE = ("final_norm", "unembed")
 
 
 class Freeze(Method):
@@ -26,6 +32,8 @@ class Freeze(Method):
       )
     self.partial = {p for p in self.chosen if flat[p].names[:1] == ("layers",)} \
         if self.last_layers and self.last_layers < depth else set()
+    above = all(p in self.partial or p[0] in LAYERS_ABOVE for p in self.chosen)
+    self.frozen_layers = depth - self.last_layers if self.partial and above else 0
 
   def split(self, boxed_base, rng):
     del rng
@@ -39,6 +47,23 @@ class Freeze(Method):
       else:
         trainable[path] = box
     return unflatten(trainable), unflatten(frozen)
+
+  def train_model(self, model):
+    return model.clone(frozen_layers=self.frozen_layers) if self.frozen_layers else model
+
+  def apply_params(self, trainable, frozen):
+    """With a frozen prefix: its layers' params as `frozen_layers`, the rest as `layers`."""
+    if not self.frozen_layers:
+      return self.combine(trainable, frozen)
+    params, n = flatten(frozen), self.frozen_layers
+    for path in [p for p in params if p[0] == "layers"]:
+      value = params.pop(path)
+      if path in self.partial:  # the frozen tree holds only the prefix
+        params[("frozen_layers", *path[1:])] = value
+      else:
+        params[("frozen_layers", *path[1:])], params[path] = value[:n], value[n:]
+    params.update(flatten(trainable))
+    return unflatten(params)
 
   def combine(self, trainable, frozen):
     params = flatten(frozen)

@@ -2,7 +2,10 @@
 
 A method splits the (boxed, logically partitioned) base parameters into a trainable tree, which
 alone gets gradients and optimizer state, and a frozen tree; `combine` joins them back into the
-parameters `Transformer.apply` takes. Merging adapters is `combine` written to a checkpoint.
+parameters `Transformer.apply` takes (adapters merged). Merging adapters is `combine` written to
+a checkpoint. Training applies `apply_params` instead, to the model `train_model` returns: the
+same function of the trainable tree, arranged so that the backward pass does only the work the
+trainable tree needs (adapters in the forward pass, no backward through frozen layers).
 """
 
 import flax.linen as nn
@@ -11,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import traverse_util
 
-from efficiency.peft import int8
+from efficiency.peft import int4, int8
 from efficiency.peft.targets import KernelLayout, layout_of, select
 
 Params = dict
@@ -32,6 +35,14 @@ class Method:
   def combine(self, trainable: Params, frozen: Params | None) -> Params:
     raise NotImplementedError
 
+  def apply_params(self, trainable: Params, frozen: Params | None) -> Params:
+    """The params `train_model` applies in training; by default the combined ones."""
+    return self.combine(trainable, frozen)
+
+  def train_model(self, model: nn.Module) -> nn.Module:
+    """The model training applies `apply_params` to; by default `model` itself."""
+    return model
+
   # A method with per-parameter learning rates defines lr_multipliers(trainable) -> tree of floats.
   lr_multipliers = None
 
@@ -45,8 +56,9 @@ def unflatten(flat: dict) -> Params:
 
 
 class Adapter(Method):
-  """Adapters on projection kernels: the effective kernel is computed from the frozen base kernel
-  and trainable adapter leaves before every forward pass; the model code is untouched."""
+  """Adapters on projection kernels. Training computes them in the forward pass (x @ W +
+  (x @ A) @ (scale B), efficiency.model.adapter) with W frozen; `combine` gives the merged
+  kernels, `effective` of the base kernel and the adapter leaves."""
 
   def __init__(self, cfg: ml_collections.ConfigDict, boxed_base: Params, specs: dict):
     super().__init__(cfg, boxed_base, specs)
@@ -54,10 +66,20 @@ class Adapter(Method):
     by_name = {"/".join(path): path for path in specs if path + ("kernel",) in flat}
     chosen = select(list(by_name), self.targets, "projections")
     self.layouts: dict[tuple[str, ...], KernelLayout] = {}
+    self.dtypes: dict[tuple[str, ...], jnp.dtype] = {}
     for name in chosen:
       path = by_name[name]
       box = flat[path + ("kernel",)]
       self.layouts[path] = layout_of(specs[path], box.value.shape, box.names)
+      self.dtypes[path] = box.value.dtype
+    if cfg.base_quant == "int4":
+      for path, layout in self.layouts.items():
+        int4.check("/".join(path), layout, self.group_size)
+
+  @property
+  def group_size(self) -> int:
+    """Rows per scale of an int4 base along the contracted dims (0: per output channel)."""
+    return int(self.cfg.get("base_group_size", 0))
 
   @property
   def scale(self) -> float:
@@ -90,21 +112,51 @@ class Adapter(Method):
         flat[path + ("kernel", "int8")] = nn.Partitioned(q, box.names)
         flat[path + ("kernel", "scale")] = nn.Partitioned(s, scale_names)
         del flat[path + ("kernel",)]
+      elif self.cfg.base_quant == "int4":  # replicated but for the stack dims, as in serving
+        packed, s = int4.quantize(layout, kept, self.group_size)
+        names = (*box.names[: layout.stack_dims], None, None)
+        flat[path + ("kernel", "int4")] = nn.Partitioned(packed, names)
+        flat[path + ("kernel", "scale")] = nn.Partitioned(s, names)
+        del flat[path + ("kernel",)]
       else:
         flat[path + ("kernel",)] = box.replace_boxed(kept)
     return unflatten(trainable), unflatten(flat)
 
+  def _adapters(self, trainable: Params) -> dict[tuple[str, ...], dict]:
+    adapters = {path: {} for path in self.layouts}
+    for key, leaf in flatten(trainable).items():
+      adapters[key[:-1]][key[-1]] = leaf
+    return adapters
+
+  def base_kernel(self, layout: KernelLayout, params: dict, path: tuple[str, ...]) -> jax.Array:
+    """Pops the frozen base kernel of `path` from flat `params`, dequantized to float."""
+    kernel = params.pop(path + ("kernel",), None)
+    if kernel is not None:
+      return kernel
+    scale = params.pop(path + ("kernel", "scale"))
+    if path + ("kernel", "int8") in params:
+      return int8.dequantize(params.pop(path + ("kernel", "int8")), scale)
+    return int4.dequantize(layout, params.pop(path + ("kernel", "int4")), scale, self.dtypes[path])
+
   def combine(self, trainable: Params, frozen: Params) -> Params:
     params = flatten(frozen)
-    adapters = flatten(trainable)
-    for path, layout in self.layouts.items():
-      kernel = params.pop(path + ("kernel",), None)
-      if kernel is None:
-        kernel = int8.dequantize(
-            params.pop(path + ("kernel", "int8")), params.pop(path + ("kernel", "scale"))
-        )
-      adapter = {k[-1]: v for k, v in adapters.items() if k[:-1] == path}
+    for path, adapter in self._adapters(trainable).items():
+      layout = self.layouts[path]
+      kernel = self.base_kernel(layout, params, path)
       params[path + ("kernel",)] = self.effective(layout, kernel, adapter)
+    return unflatten(params)
+
+  def apply_params(self, trainable: Params, frozen: Params) -> Params:
+    """Each targeted projection's frozen base (`kernel`, or `kernel_int8` / `kernel_int4` with
+    `kernel_scale`) beside its adapters, B times `scale`: efficiency.model.adapter's layout."""
+    params = flatten(frozen)
+    for path, adapter in self._adapters(trainable).items():
+      for storage in ("int8", "int4", "scale"):
+        if path + ("kernel", storage) in params:
+          params[path + (f"kernel_{storage}",)] = params.pop(path + ("kernel", storage))
+      for name, leaf in adapter.items():
+        params[path + (name,)] = (self.scale * leaf).astype(leaf.dtype) if name == "lora_b" \
+            else leaf
     return unflatten(params)
 
 

@@ -18,10 +18,10 @@ import jax.numpy as jnp
 import ml_collections
 
 from efficiency.errors import ConfigError
+from efficiency.model.adapter import RANK_LETTER
 from efficiency.model.layers import Projection
 from efficiency.model.transformer import make_model
 
-RANK_LETTER = "R"  # einsum letter of the adapter rank; specs use lowercase letters
 STACK_LETTERS = "ABCDEFGH"  # leading axes a kernel has beyond its spec (nn.scan's `layers`)
 
 
@@ -39,6 +39,12 @@ class KernelLayout:
   out: str
   shape: tuple[int, ...]
   names: tuple[str | None, ...]
+  spec: str  # the Projection's einsum, over the kernel without its stack dims
+
+  @property
+  def stack_dims(self) -> int:
+    """Leading dims beyond the spec's kernel (nn.scan's `layers`)."""
+    return len(self.shape) - len(self.spec.split(",")[1].split("->")[0])
 
   def dims(self, letters: str) -> tuple[tuple[int, ...], tuple[str | None, ...]]:
     """Sizes and logical names of the given letters' dims."""
@@ -87,6 +93,7 @@ def layout_of(spec: str, shape: Sequence[int], names: Sequence[str | None]) -> K
       out="".join(c for c in kernel if c in outputs and c not in inputs),
       shape=tuple(shape),
       names=tuple(names),
+      spec=spec,
   )
 
 

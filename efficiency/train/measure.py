@@ -1,6 +1,7 @@
 """The efficiency study's training metrics of a run (evals.efficiency --mode=train): `steps`
 training steps of the workdir's config on its data, each run to completion, timed while a
-background sampler reads memory, utilization and power."""
+background sampler reads memory, utilization and power; and what XLA reports of the compiled
+train step (its FLOPs and temporary memory)."""
 
 import time
 from pathlib import Path
@@ -22,6 +23,19 @@ from efficiency.workdir.restore import restore
 WARM_STEPS = 2  # run (and left out of the timing) after compiling
 
 
+def step_flops(training: Training, example: dict) -> float:
+  """FLOPs of one train step from XLA's cost analysis, compiled with the layer scans unrolled
+  (the analysis counts a loop body once) but otherwise as `training` runs it."""
+  unrolled = Training(training.config, training.mesh, unroll_layers=True)
+  cost = unrolled.compile(example)[0].cost_analysis()
+  return float((cost[0] if isinstance(cost, list) else cost)["flops"])
+
+
+def step_temp_bytes(compiled: jax.stages.Compiled) -> int:
+  """Temporary (activation and scratch) bytes of a compiled step, from XLA's memory analysis."""
+  return int(compiled.memory_analysis().temp_size_in_bytes)
+
+
 def measure_train(
     workdir: str | Path, config: ml_collections.ConfigDict, steps: int, interval_s: float
 ) -> dict:
@@ -33,7 +47,9 @@ def measure_train(
   training = Training(config)
   restored = files.checkpoint_steps(workdir)
   state = training.init(config.seed, restore(workdir).params if restored else None)
-  step_fn, _ = training.compile(next(inputs.train))
+  example = next(inputs.train)
+  step_fn, _ = training.compile(example)
+  flops = step_flops(training, example)
   for _ in range(WARM_STEPS):
     state, _ = step_fn(state, to_global(next(inputs.train), training.rows_sharding))
   jax.block_until_ready(state)
@@ -70,6 +86,8 @@ def measure_train(
       "param_count": params,
       "devices": jax.device_count(),
       "device_kind": jax.devices()[0].device_kind,
+      "step_flops": flops,
+      "step_temp_bytes": step_temp_bytes(step_fn),
       "metrics": {
           "AMU": study.amu_metric(samples, sampler.sources["memory"], interval_s),
           "PCU": pcu_metric,

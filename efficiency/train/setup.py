@@ -56,12 +56,19 @@ class Training:
   parameters and `state.frozen` the rest; `effective_params(state)` is what the model applies.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh | None = None):
+  def __init__(
+      self, config: ml_collections.ConfigDict, mesh: Mesh | None = None,
+      unroll_layers: bool = False,
+  ):
+    """`unroll_layers` unrolls the layer scans of the train step (for FLOP counting)."""
     self.config = config
     self.mesh = make_mesh(config.mesh) if mesh is None else mesh
     self.model = make_model(config)
     with self.context():
       self.method, boxed_base = make_method(config)
+      train_model = self.method.train_model(self.model)
+      if unroll_layers:
+        train_model = train_model.clone(unroll_layers=True)
       self.base_sharding = logical_shardings(boxed_base, self.mesh)
       self._param_count = int(sum(x.size for x in jax.tree.leaves(unboxed(boxed_base))))
       skip = config.get("max_nonfinite_skips") if config.get("on_nonfinite") == "skip" else None
@@ -85,8 +92,8 @@ class Training:
     )
     self._train_step = jax.jit(
         functools.partial(
-            train_step, model=self.model, tx=self.tx, schedule=self.schedule,
-            grad_accum_steps=config.grad_accum_steps, combine=self.method.combine,
+            train_step, model=train_model, tx=self.tx, schedule=self.schedule,
+            grad_accum_steps=config.grad_accum_steps, combine=self.method.apply_params,
         ),
         in_shardings=(self.state_sharding, self.rows_sharding),
         out_shardings=(self.state_sharding, None),

@@ -76,8 +76,9 @@ def train_step(
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update on the mean token loss of `batch`, accumulated over micro-batches.
 
-  With `combine` (a PEFT method's), gradients flow to `state.params` (the trainable tree) through
-  `combine(state.params, state.frozen)`; the frozen tree passes through the step unchanged.
+  With `combine` (a PEFT method's `apply_params`), gradients flow to `state.params` (the
+  trainable tree) through `combine(state.params, state.frozen)`, the params `model` applies; the
+  frozen tree passes through the step unchanged.
   """
   rng, step_rng = jax.random.split(state.rng)
   if combine is None:

@@ -4,6 +4,9 @@ import json
 import subprocess
 import sys
 
+from efficiency.model.flops import flops_per_token
+from efficiency.workdir.files import load_config
+
 
 def test_train_mode_writes_every_metric_with_how(sweep_root):
   workdir = sweep_root / "num_kv_heads-2"
@@ -28,6 +31,13 @@ def test_train_mode_writes_every_metric_with_how(sweep_root):
   if metrics["AEC"]["value"] is None:
     assert metrics["AEC"]["how"].startswith("time-average of null:")
   assert metrics["MCR"]["value"] is None
+  # XLA's count of the compiled step: the model's matmul FLOPs (6 N + attention per token) plus
+  # elementwise work; the step's temporaries hold at least the activations of one layer.
+  config = load_config(workdir)
+  model_flops = flops_per_token(config.model, config.seq_len) * config.batch_size * config.seq_len
+  assert 0.9 * model_flops <= report["step_flops"] <= 2 * model_flops
+  activations = config.batch_size * config.seq_len * config.model.d_model * 4
+  assert report["step_temp_bytes"] >= activations
 
 
 def test_unknown_mode_is_a_clear_error(sweep_root):

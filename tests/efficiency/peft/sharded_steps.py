@@ -17,11 +17,13 @@ def main(method: str, base_quant: str, data: str, fsdp: str, tensor: str) -> Non
   config.mesh.update(data=int(data), fsdp=int(fsdp), tensor=int(tensor))
   _, state, losses, _ = run_peft(config, steps=4)
   gate = state.params["layers"]["mlp"]["gate"]
-  print(json.dumps({
-      "losses": losses, "devices": jax.device_count(),
-      "lora_a": list(gate["lora_a"].sharding.spec), "lora_b": list(gate["lora_b"].sharding.spec),
-      "lora_b_shards": len(gate["lora_b"].addressable_shards),
-  }))
+  report = {"losses": losses, "devices": jax.device_count()}
+  if "lora_a" in gate:
+    report.update(
+        lora_a=list(gate["lora_a"].sharding.spec), lora_b=list(gate["lora_b"].sharding.spec),
+        lora_b_shards=len(gate["lora_b"].addressable_shards),
+    )
+  print(json.dumps(report))
 
 
 if __name__ == "__main__":

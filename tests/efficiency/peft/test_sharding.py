@@ -1,6 +1,7 @@
 """A PEFT fine-tune sharded over 8 simulated devices equals the 1-device run."""
 
 import numpy as np
+import pytest
 
 from tests.helpers import run_module
 
@@ -19,3 +20,13 @@ def test_sharded_dora_on_int8_base_equals_single_device():
   assert sharded["lora_a"] == [None, "fsdp", None]
   assert sharded["lora_b"] == [None, None, "tensor"]
   assert sharded["lora_b_shards"] == 8
+
+
+@pytest.mark.slow  # two 8-device subprocesses per method; run with `-m slow`
+@pytest.mark.parametrize("method,base_quant", [("freeze", "none"), ("lora", "int4")])
+def test_sharded_split_scan_and_int4_base_equal_single_device(method, base_quant):
+  """Freeze's frozen-prefix scan and the replicated int4 base shard like the rest."""
+  single = run_steps(1, method, base_quant, "1", "1", "1")
+  sharded = run_steps(8, method, base_quant, "2", "2", "2")
+  np.testing.assert_allclose(sharded["losses"], single["losses"], rtol=1e-4)
+  assert single["losses"][-1] < single["losses"][0]
