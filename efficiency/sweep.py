@@ -86,9 +86,9 @@ def load_sweep_file(path: str) -> dict:
   return sweep
 
 
-def validate(base: str, points: list[Point]) -> None:
-  """Resolves every point's config as train.py would (on this machine's devices), so a bad
-  field or value fails the sweep before any point runs: ConfigError naming the point."""
+def validate(base: str, points: list[Point]) -> dict[str, str]:
+  """Resolves every point's config as train.py would (on this machine's devices), without
+  running it; returns the one-line error of each point that cannot run, by point name."""
   import jax
 
   from efficiency.config import override, resolve
@@ -96,6 +96,7 @@ def validate(base: str, points: list[Point]) -> None:
   path, _, arg = base.partition(":")
   if not Path(path).is_file():
     raise MissingPathError(f"sweep base {base!r}: no such config file")
+  errors = {}
   for point in points:
     config = runpy.run_path(path)["get_config"](arg or None)
     try:
@@ -103,7 +104,8 @@ def validate(base: str, points: list[Point]) -> None:
         override(config, field_name, value)
       resolve(config, jax.device_count())
     except ConfigError as e:
-      raise ConfigError(f"sweep point {point.name!r}: {e}") from None
+      errors[point.name] = f"sweep point {point.name!r}: {e}"
+  return errors
 
 
 def command(base: str, point: Point, root: Path) -> list[str]:
@@ -152,21 +154,29 @@ def write_results(root: Path, points: list[Point], errors: dict[str, str]) -> li
 
 
 def run_sweep(sweep_path: str, root: str | Path, parallel: int = 1, dry_run: bool = False) -> int:
-  """Checks every point's config, then runs every point; returns the number of failed points."""
+  """Checks every point's config, then runs every point that can run; returns the number of
+  failed points (a dry run prints the commands and the points that cannot run)."""
   if parallel < 1:
     raise ConfigError(f"--parallel={parallel} is invalid; it must be at least 1")
   sweep = load_sweep_file(sweep_path)
   points = expand(sweep)
-  validate(sweep["base"], points)
+  invalid = validate(sweep["base"], points)
   root = Path(root)
   if dry_run:
     for point in points:
-      print(" ".join(command(sweep["base"], point, root)))
-    return 0
+      if point.name in invalid:
+        print(f"error: {invalid[point.name]}", file=sys.stderr)
+      else:
+        print(" ".join(command(sweep["base"], point, root)))
+    return len(invalid)
   root.mkdir(parents=True, exist_ok=True)
   errors = {}
+  for name, message in invalid.items():  # never started: the config cannot run
+    errors[name] = message
+    tqdm.write(f"{name}: failed ({message})")
+  runnable = [p for p in points if p.name not in invalid]
   with ThreadPoolExecutor(max_workers=max(parallel, 1)) as pool:
-    jobs = [pool.submit(run_point, sweep["base"], p, root) for p in points]
+    jobs = [pool.submit(run_point, sweep["base"], p, root) for p in runnable]
     for job in tqdm(jobs, desc="sweep", unit="point"):
       point, returncode, message = job.result()
       if returncode:

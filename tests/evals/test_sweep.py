@@ -28,13 +28,16 @@ def test_rerun_skips_finished_points(sweep_root, sweep_file, capsys):
   assert "num_kv_heads-1: skipped: already completed" in capsys.readouterr().out
 
 
-def test_dry_run_prints_one_command_per_point(sweep_file, tmp_path):
+def test_dry_run_prints_one_command_per_point_and_checks_each(sweep_file, tmp_path):
   proc = subprocess.run(
       [sys.executable, "-m", "evals.sweep", f"--sweep={sweep_file}", f"--workdir={tmp_path}",
        "--dry_run"],
-      capture_output=True, text=True, timeout=60, check=True,
+      capture_output=True, text=True, timeout=60,
   )
+  assert proc.returncode == 1  # the point that cannot run is an error, before anything runs
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and "model.num_kv_heads=3 does not divide" in errors[0]
   lines = proc.stdout.strip().splitlines()
-  assert len(lines) == 3
+  assert len(lines) == 2
   assert all("train.py" in line and "--config.model.num_kv_heads=" in line for line in lines)
   assert not list(tmp_path.iterdir())
