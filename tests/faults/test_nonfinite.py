@@ -56,6 +56,7 @@ def test_skip_policy_skips_nonfinite_steps_and_counts_them():
   assert np.isfinite(float(metrics["loss"])) and _all_finite(state.params)
 
 
+@pytest.mark.slow  # the guard's skip branch; the unit test above covers the skipping itself
 def test_skip_policy_stops_after_too_many_skips_in_a_row(tiny_corpus, fault_data_dir, tmp_path):
   config = tiny_train_config(tiny_corpus, fault_data_dir, on_nonfinite="skip",
                              max_nonfinite_skips=3, **{"optimizer.lr": 1e4})

@@ -61,18 +61,28 @@ def _assert_trees_close(got, want, rtol: float = 2e-4):
     np.testing.assert_allclose(g, w, rtol=rtol, atol=rtol * scale, err_msg=str(path))
 
 
-@pytest.mark.parametrize("method", sorted(PEFT_METHODS))
+# The default run covers each distinct form (adapter, DoRA's norm, PiSSA's residual, freeze's
+# split); the methods that only rescale (rslora, lora_plus) and full run under -m slow.
+DEFAULT_METHODS = ("dora", "freeze", "lora", "pissa")
+
+
+@pytest.mark.parametrize("method", [
+    m if m in DEFAULT_METHODS else pytest.param(m, marks=pytest.mark.slow)
+    for m in sorted(PEFT_METHODS)
+])
 def test_gradients_equal_merged_kernel_formulation(method):
   peft = {"last_layers": 1} if method == "freeze" else {}
   _assert_trees_close(*_gradients(tiny_peft_config(method, **peft)))
 
 
-@pytest.mark.parametrize("method,base_quant", [("lora", "int4"), ("dora", "int8")])
+@pytest.mark.parametrize(
+    "method,base_quant", [("lora", "int4"), pytest.param("dora", "int8", marks=pytest.mark.slow)]
+)
 def test_gradients_equal_merged_on_quantized_base(method, base_quant):
   _assert_trees_close(*_gradients(tiny_peft_config(method, base_quant=base_quant)))
 
 
-@pytest.mark.parametrize("method", ["lora", "dora"])
+@pytest.mark.parametrize("method", ["lora", pytest.param("dora", marks=pytest.mark.slow)])
 def test_gradients_equal_merged_on_moe_experts_and_mla_latents(method):
   config = tiny_peft_config(method)
   config.model = tiny_model_config(

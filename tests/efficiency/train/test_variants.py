@@ -15,8 +15,9 @@ from tests.helpers import ROOT, packed_batch, run_steps, tiny_config, tiny_train
 
 # Each attention once and each position once (pairs keep the suite short); MoE rides along.
 COMBINATIONS = [
-    ("mha", "rope", 0), ("mqa", "sinusoidal", 0), ("gqa", "learned", 4), ("mla", "relative", 0),
-    ("nsa", "alibi", 0), ("sliding", "none", 4),
+    ("mha", "rope", 0), ("mqa", "sinusoidal", 0), ("gqa", "learned", 4),
+    pytest.param("mla", "relative", 0, marks=pytest.mark.slow),  # mla also in the train.py test
+    ("nsa", "alibi", 0), pytest.param("sliding", "none", 4, marks=pytest.mark.slow),
 ]
 
 
