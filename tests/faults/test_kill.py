@@ -42,7 +42,8 @@ def test_kill_9_at_random_points_resumes_bitwise(
   held = _kill_at_random_points(kills, tiny_corpus, fault_data_dir, workdir)
   newest = [max(map(int, steps), default=0) for steps in held]
   assert newest == sorted(newest)  # no kill loses a committed checkpoint
-  assert all(len(steps) <= fault_config.keep_checkpoints for steps in held)
+  # Orbax deletes the oldest step after the newest commits; a kill in between leaves one extra.
+  assert all(len(steps) <= fault_config.keep_checkpoints + 1 for steps in held)
   assert (workdir / "lock").exists()  # a killed run leaves its lock; the rerun finds it stale
   config = fault_config.copy_and_resolve_references()
   config.checkpoint_every = 5
