@@ -67,6 +67,16 @@ def step_keys(keys_B: jnp.ndarray, step: jnp.ndarray) -> jnp.ndarray:
   return jax.vmap(jax.random.fold_in, (0, None))(keys_B, step)
 
 
+def new_tokens(seq_BL: jax.Array, lengths_B: jax.Array, ends_B: jax.Array,
+               max_new_tokens: int) -> jax.Array:
+  """[B, max_new_tokens]: each row's tokens after its prompt (which ends at `lengths_B`), up to
+  its end `ends_B`, then NO_TOKEN."""
+  out_BN = jax.vmap(lambda s, i: jax.lax.dynamic_slice_in_dim(s, i, max_new_tokens))(
+      seq_BL, lengths_B
+  )
+  return jnp.where(jnp.arange(max_new_tokens) < (ends_B - lengths_B)[:, None], out_BN, NO_TOKEN)
+
+
 def trim(tokens_N: np.ndarray, eos_id: int | None) -> np.ndarray:
   """A row's new tokens: up to the first NO_TOKEN, and up to and including EOS."""
   stop = np.flatnonzero(tokens_N == NO_TOKEN)

@@ -28,10 +28,10 @@ from efficiency.errors import ConfigError
 from efficiency.serving import device_sampling
 from efficiency.serving.cache import init_cache
 from efficiency.serving.generate import (
-  NO_TOKEN,
   check_request,
   eos_arg,
   executable,
+  new_tokens,
   pad_prompts,
   row_ids,
   row_keys,
@@ -160,10 +160,7 @@ def _speculate(
   state = (jnp.int32(0), seq_BL, lengths_B, jnp.zeros(b, bool), target_cache, draft_cache,
            jnp.int32(0), jnp.int32(0))
   rounds, seq_BL, n_B, _, _, _, verified, accepted = jax.lax.while_loop(cond, body, state)
-  out_BN = jax.vmap(lambda s, i: jax.lax.dynamic_slice_in_dim(s, i, max_new_tokens))(
-      seq_BL, lengths_B
-  )
-  out_BN = jnp.where(jnp.arange(max_new_tokens) < (n_B - lengths_B)[:, None], out_BN, NO_TOKEN)
+  out_BN = new_tokens(seq_BL, lengths_B, n_B, max_new_tokens)
   return out_BN, jnp.stack([rounds, verified, accepted])
 
 
