@@ -31,6 +31,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.vocab_size = 4096
   c.model.attention = "gqa"
   c.model.position = "rope"
+  # auto | xla | chunked | cudnn | pallas_gpu | splash_tpu (efficiency.attention.kernels);
+  # auto takes the best the device and the case allow, and summary.json says which
+  c.model.attention_impl = "auto"
   c.model.rope = ml_collections.ConfigDict()  # position=rope
   c.model.rope.base = 10_000.0
   c.model.learned = ml_collections.ConfigDict()  # position=learned

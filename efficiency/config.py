@@ -21,6 +21,7 @@ from data.prepared import uses_reference
 from data.sources import SOURCES
 from data.tokenizer import TOKENIZERS, ByteTokenizer, HFTokenizer
 from efficiency.attention import ATTENTION, resolve_kv_heads
+from efficiency.attention.kernels import CHOICES as ATTENTION_IMPLS
 from efficiency.errors import ConfigError, MissingPathError
 from efficiency.model.transformer import REMAT_POLICIES
 from efficiency.peft import BASE_QUANT, PEFT_METHODS, make_method
@@ -198,6 +199,7 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
   m = config.model
   _choice("model.attention", m.attention, ATTENTION)
   _choice("model.position", m.position, POSITIONS)
+  _known("model.attention_impl", m.get("attention_impl", "auto"), ATTENTION_IMPLS)
   _choice("model.remat", m.remat, REMAT_POLICIES)
   _choice("model.dtype", m.dtype, DTYPES)
   _choice("model.param_dtype", m.param_dtype, DTYPES)

@@ -5,11 +5,16 @@ attend_cached, out; FLOP counts and the KV-cache spec). Adding a variant is one 
 `Attention` subclass and one line here.
 """
 
+import dataclasses
+
+import jax
 import ml_collections
 
 from efficiency.attention.base import Attention
 from efficiency.attention.cache import CacheEntry
 from efficiency.attention.gqa import GroupedQueryAttention
+from efficiency.attention.kernels import choose
+from efficiency.attention.kernels.case import AttentionCase
 from efficiency.attention.mla import MultiHeadLatentAttention
 from efficiency.attention.nsa import NativeSparseAttention
 from efficiency.attention.sliding import SlidingWindowAttention
@@ -49,3 +54,22 @@ def kv_cache_bytes_per_token(cfg: ml_collections.ConfigDict) -> float:
   entry in full (windows not applied: the figure for a context no longer than the window)."""
   spec: dict[str, CacheEntry] = get_attention(cfg.attention).kv_cache_spec(cfg)
   return cfg.num_layers * sum(entry.bytes_per_token() for entry in spec.values())
+
+
+def attention_impl(config: ml_collections.ConfigDict) -> str:
+  """The implementation `model.attention_impl` runs for the training attention of `config` on
+  this backend (what `auto` picked); a named one that cannot run it is a ConfigError."""
+  name = config.model.get("attention_impl", "auto")
+  return choose(name, training_case(config), jax.default_backend())
+
+
+def training_case(config: ml_collections.ConfigDict) -> AttentionCase:
+  """The kernel case of `config`'s training attention, as its modules will ask it."""
+  m = config.model
+  case = get_attention(m.attention).attention_case(m, config.seq_len)
+  quant = config.get("quant")
+  if quant is not None and quant.mode != "none" and quant.get("attention"):
+    case = dataclasses.replace(case, quantized=m.attention != "nsa")  # NSA's window: float
+  if m.attention != "mla":
+    case = dataclasses.replace(case, num_kv_heads=resolve_kv_heads(m))
+  return case

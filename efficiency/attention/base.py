@@ -20,10 +20,13 @@ the cache.
 """
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 
 from efficiency.attention.cache import CacheEntry
+from efficiency.attention.kernels import IMPLEMENTATIONS, choose
+from efficiency.attention.kernels.case import AttentionCase
 from efficiency.model.layers import Projection
 from efficiency.position import get_position
 
@@ -34,6 +37,12 @@ Cache = dict[str, jnp.ndarray]
 def head_dim(cfg: ml_collections.ConfigDict) -> int:
   """`model.head_dim`, or d_model // num_heads when it is -1."""
   return cfg.head_dim if cfg.head_dim > 0 else cfg.d_model // cfg.num_heads
+
+
+def position_bias_kind(cfg: ml_collections.ConfigDict) -> str | None:
+  """`KIND` of the position encoding's score bias ("fixed", "learned"), None without one."""
+  bias = get_position(cfg.position)(cfg).score_bias()
+  return None if bias is None else bias.KIND
 
 
 class Attention(nn.Module):
@@ -97,6 +106,30 @@ class Attention(nn.Module):
         **self.projection_kwargs(cfg.qkv_bias),
     )
 
+  def self_attention(
+      self,
+      q_BTNH: jnp.ndarray,
+      k_BTKH: jnp.ndarray,
+      v_BTKV: jnp.ndarray,
+      segment_ids_BT: jnp.ndarray,
+      positions_BT: jnp.ndarray,
+      window: int | None = None,
+      scale: float | None = None,
+      quantized: bool = True,
+  ) -> jnp.ndarray:
+    """Causal attention within each packed document (the last `window` keys when set), with the
+    position bias, through the implementation `model.attention_impl` picks: [B, T, N, V].
+    `quantized=False` keeps the products float whatever `quant.attention` says."""
+    quant = self.quant if quantized else None
+    kind = None if self.bias is None else self.bias.KIND
+    is_quantized = bool(quant is not None and quant.mode != "none" and quant.get("attention"))
+    case = AttentionCase.of(q_BTNH, k_BTKH, v_BTKV, window, kind, is_quantized)
+    name = choose(self.config.get("attention_impl", "auto"), case, jax.default_backend())
+    return IMPLEMENTATIONS[name].attend(
+        q_BTNH, k_BTKH, v_BTKV, segment_ids_BT, positions_BT, window=window, bias=self.bias,
+        scale=scale, quant=quant,
+    )
+
   def project(self, x_BTD: jnp.ndarray, positions_BT: jnp.ndarray) -> Heads:
     """The input's queries, keys and values (or what the variant keeps instead), positions
     applied."""
@@ -118,6 +151,21 @@ class Attention(nn.Module):
   def value_dim(cfg: ml_collections.ConfigDict) -> int:
     """Per-head width of the attention output (V)."""
     return head_dim(cfg)
+
+  @classmethod
+  def attention_case(cls, cfg: ml_collections.ConfigDict, seq_len: int) -> AttentionCase:
+    """The case the variant's training attention asks of a kernel (what `auto` decides on):
+    query heads sharing `num_kv_heads` key/value heads, the window of `window_of`."""
+    return AttentionCase(
+        seq_len, cfg.num_heads, cfg.num_kv_heads, head_dim(cfg), cls.value_dim(cfg),
+        jnp.dtype(cfg.dtype).name, cls.window_of(cfg), position_bias_kind(cfg), False,
+    )
+
+  @staticmethod
+  def window_of(cfg: ml_collections.ConfigDict) -> int | None:
+    """The keys a query sees in the variant's kernel call; None: all of its past."""
+    del cfg
+    return None
 
   @staticmethod
   def matmul_params(cfg: ml_collections.ConfigDict) -> int:

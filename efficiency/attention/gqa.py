@@ -6,8 +6,6 @@ import ml_collections
 
 from efficiency.attention.base import Attention, Cache, Heads, head_dim
 from efficiency.attention.cache import CacheEntry, cached_attention, write
-from efficiency.attention.dot_product import grouped_attention
-from efficiency.attention.masks import causal_segment_mask
 
 
 class GroupedQueryAttention(Attention):
@@ -39,11 +37,9 @@ class GroupedQueryAttention(Attention):
   def attend(
       self, heads: Heads, segment_ids_BT: jnp.ndarray, positions_BT: jnp.ndarray
   ) -> jnp.ndarray:
-    """Full causal attention within each document."""
-    mask_B1TS = causal_segment_mask(segment_ids_BT, segment_ids_BT, positions_BT, positions_BT)
-    bias_BNTS = None if self.bias is None else self.bias(positions_BT, positions_BT)
-    return grouped_attention(
-        heads["query"], heads["key"], heads["value"], mask_B1TS, bias_BNTS, quant=self.quant
+    """Causal attention within each document over the keys `window` allows."""
+    return self.self_attention(
+        heads["query"], heads["key"], heads["value"], segment_ids_BT, positions_BT, self.window()
     )
 
   def attend_cached(

@@ -19,10 +19,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
-from efficiency.attention.base import Attention, Cache, Heads
+from efficiency.attention.base import Attention, Cache, Heads, position_bias_kind
 from efficiency.attention.cache import CacheEntry, cached_attention, write
-from efficiency.attention.dot_product import grouped_attention
-from efficiency.attention.masks import causal_segment_mask
+from efficiency.attention.kernels.case import AttentionCase
 from efficiency.model.layers import Projection, RMSNorm
 
 # (q_BTNH, k_BSKH, v_BSKV) -> [B, T, N, V]: softmax attention with the form's mask and bias.
@@ -126,10 +125,10 @@ class MultiHeadLatentAttention(Attention):
     """Causal attention within each packed document (score/value products quantized per
     `quant.attention` unless `quantized` is False)."""
     def attention(q_BTNH, k_BSKH, v_BSKV):
-      mask_B1TS = causal_segment_mask(segment_ids_BT, segment_ids_BT, positions_BT, positions_BT)
-      bias_BNTS = None if self.bias is None else self.bias(positions_BT, positions_BT)
-      quant = self.quant if quantized else None
-      return grouped_attention(q_BTNH, k_BSKH, v_BSKV, mask_B1TS, bias_BNTS, self.scale(), quant)
+      return self.self_attention(
+          q_BTNH, k_BSKH, v_BSKV, segment_ids_BT, positions_BT, scale=self.scale(),
+          quantized=quantized,
+      )
 
     return attention
 
@@ -153,6 +152,15 @@ class MultiHeadLatentAttention(Attention):
   @staticmethod
   def value_dim(cfg: ml_collections.ConfigDict) -> int:
     return cfg.mla.v_head_dim
+
+  @classmethod
+  def attention_case(cls, cfg: ml_collections.ConfigDict, seq_len: int) -> AttentionCase:
+    """The expanded form: per-head keys of qk + rope dims, values of v dims."""
+    m = cfg.mla
+    return AttentionCase(
+        seq_len, cfg.num_heads, cfg.num_heads, m.qk_head_dim + m.rope_dim, m.v_head_dim,
+        jnp.dtype(cfg.dtype).name, None, position_bias_kind(cfg), False,
+    )
 
   @staticmethod
   def matmul_params(cfg: ml_collections.ConfigDict) -> int:

@@ -33,7 +33,7 @@ import numpy as np
 from efficiency.attention.base import Attention, Cache, Heads, head_dim
 from efficiency.attention.cache import CacheEntry, cached_attention, write
 from efficiency.attention.dot_product import NEG_INF
-from efficiency.attention.windowed import mean_visible_keys, windowed_attention
+from efficiency.attention.windowed import mean_visible_keys
 from efficiency.model.layers import Projection
 
 BRANCHES = ("compressed", "selected", "window")
@@ -270,9 +270,9 @@ class NativeSparseAttention(Attention):
         nsa, q_BTNH, heads["selected_key"], heads["selected_value"], chosen_BKTn, q_index_1T,
         self.bias, positions_BT, positions_BT, segment_ids_BT,
     )
-    win_BTNH = windowed_attention(
+    win_BTNH = self.self_attention(
         q_BTNH, heads["window_key"], heads["window_value"], segment_ids_BT, positions_BT,
-        nsa.window, self.bias,
+        nsa.window, quantized=False,
     )
     return self.mix(heads, cmp_BTNH, sel_BTNH, win_BTNH)
 
@@ -329,6 +329,11 @@ class NativeSparseAttention(Attention):
         q_BTNH, cache["window_key"], cache["window_value"], positions_BT, self.bias, nsa.window
     )
     return self.mix(heads, cmp_BTNH, sel_BTNH, win_BTNH), cache
+
+  @staticmethod
+  def window_of(cfg: ml_collections.ConfigDict) -> int:
+    """The sliding-window branch is the one that goes through a kernel."""
+    return cfg.nsa.window
 
   @staticmethod
   def matmul_params(cfg: ml_collections.ConfigDict) -> int:

@@ -1,28 +1,24 @@
 """Sliding-window (local) attention: GQA where each query sees its last `model.sliding.window`
 keys."""
 
-import jax.numpy as jnp
 import ml_collections
 
-from efficiency.attention.base import Heads, head_dim
+from efficiency.attention.base import head_dim
 from efficiency.attention.cache import CacheEntry
 from efficiency.attention.gqa import GroupedQueryAttention
-from efficiency.attention.windowed import mean_visible_keys, windowed_attention
+from efficiency.attention.windowed import mean_visible_keys
 
 
 class SlidingWindowAttention(GroupedQueryAttention):
-  """GQA projections; banded attention over keys i - window < j <= i of the same document."""
+  """GQA projections; attention over keys i - window < j <= i of the same document (banded in
+  the xla implementation, skipped blocks in the chunked one)."""
 
   def window(self) -> int:
     return self.config.sliding.window
 
-  def attend(
-      self, heads: Heads, segment_ids_BT: jnp.ndarray, positions_BT: jnp.ndarray
-  ) -> jnp.ndarray:
-    return windowed_attention(
-        heads["query"], heads["key"], heads["value"], segment_ids_BT, positions_BT,
-        self.window(), self.bias,
-    )
+  @staticmethod
+  def window_of(cfg: ml_collections.ConfigDict) -> int:
+    return cfg.sliding.window
 
   @staticmethod
   def score_flops_per_token(cfg: ml_collections.ConfigDict, seq_len: int) -> int:

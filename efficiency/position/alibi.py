@@ -1,5 +1,8 @@
 """ALiBi (Press et al. 2022): a head-specific linear penalty on the query-key distance."""
 
+import functools
+from collections.abc import Callable
+
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -20,15 +23,29 @@ def alibi_slopes(num_heads: int) -> jnp.ndarray:
   return jnp.asarray(slopes, jnp.float32)
 
 
+def alibi_bias(
+    params: tuple, q_positions: jnp.ndarray, k_positions: jnp.ndarray, num_heads: int
+) -> jnp.ndarray:
+  """bias[..., n, t, s] = -slope_n * (q_position_t - k_position_s); `params` is empty."""
+  del params
+  distance = q_positions[..., :, None] - k_positions[..., None, :]
+  slopes_N11 = alibi_slopes(num_heads)[:, None, None]
+  return -slopes_N11 * distance[..., None, :, :].astype(jnp.float32)
+
+
 class AlibiBias(nn.Module):
   """bias[..., n, t, s] = -slope_n * (q_position_t - k_position_s)."""
 
   num_heads: int
 
+  KIND = "fixed"
+
   def __call__(self, q_positions: jnp.ndarray, k_positions: jnp.ndarray) -> jnp.ndarray:
-    distance = q_positions[..., :, None] - k_positions[..., None, :]
-    slopes_N11 = alibi_slopes(self.num_heads)[:, None, None]
-    return -slopes_N11 * distance[..., None, :, :].astype(jnp.float32)
+    return alibi_bias((), q_positions, k_positions, self.num_heads)
+
+  def as_function(self) -> tuple[tuple, Callable]:
+    """((), fn) with fn(params, q_positions, k_positions) the bias (no parameters)."""
+    return (), functools.partial(alibi_bias, num_heads=self.num_heads)
 
 
 class Alibi(PositionEncoding):

@@ -31,5 +31,8 @@ class PositionEncoding:
 
     Leading dimensions are free, so blocked and gathered attention can ask for the bias of just
     the query/key pairs they score. Create it inside the attention module's compact call.
+    The module also has `KIND` ("fixed" or "learned") and `as_function() -> (params, fn)`, the
+    bias as a pure `fn(params, q_positions, k_positions)` for kernels that differentiate it
+    themselves (`efficiency.attention.kernels.chunked`).
     """
     return None

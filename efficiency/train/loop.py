@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from tqdm import tqdm
 
-from efficiency.attention import kv_cache_bytes_per_token
+from efficiency.attention import attention_impl, kv_cache_bytes_per_token
 from efficiency.errors import DivergedError
 from efficiency.metrics.memory import peak_memory_bytes
 from efficiency.metrics.peak import mfu, peak_flops_total
@@ -26,6 +26,7 @@ from efficiency.sharding.mesh import make_mesh, to_global
 from efficiency.train import checkpoint
 from efficiency.train.inputs import Inputs, load_inputs
 from efficiency.train.interrupts import Interrupted, Interrupts
+from efficiency.train.measure import step_temp_bytes
 from efficiency.train.setup import Training
 from efficiency.train.state import TrainState
 from efficiency.workdir import files
@@ -176,6 +177,7 @@ def _train(
   compiled_step, compile_time_s = training.compile(inputs.eval_batches[0])
   summary = _start_summary(config, training, progress, int(jax.device_get(state.step)))
   summary.compile_time_s = compile_time_s
+  summary.step_temp_bytes = step_temp_bytes(compiled_step)
   summary.resumed_from_step = None if restored is None else summary.steps
   loop = Loop(config, training, compiled_step, inputs, writer, manager, summary, progress, started)
   try:
@@ -210,6 +212,7 @@ def _start_summary(
       final_eval_bpb=progress.final_eval_bpb,
       flops_per_token=flops_per_token(config.model, config.seq_len),
       kv_cache_bytes_per_token=kv_cache_bytes_per_token(config.model),
+      attention_impl=attention_impl(config),
       peak_flops=peak_flops,
       peak_flops_source=peak_source,
       param_count=training.param_count(),

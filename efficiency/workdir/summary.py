@@ -40,6 +40,8 @@ class Summary:
   device_kind: str | None = None
   process_count: int | None = None
   compile_time_s: float | None = None
+  attention_impl: str | None = None  # what model.attention_impl ran (auto: what it picked)
+  step_temp_bytes: int | None = None  # XLA's temporary bytes of the compiled train step
   wall_time_s: float | None = None
   resumed_from_step: int | None = None
   checkpoint_step: int | None = None  # the newest committed checkpoint when the run ended

@@ -1,0 +1,41 @@
+"""What an attention call asks of a kernel: the facts each implementation's support depends on."""
+
+import dataclasses
+
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionCase:
+  """One training (self-)attention call: causal within packed documents, plus these options.
+
+  `bias` is None, "fixed" (ALiBi: no parameters) or "learned" (T5 relative: a table with a
+  gradient); `quantized` means the score and value products go through AQT (`quant.attention`).
+  """
+
+  seq_len: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  value_dim: int
+  dtype: str
+  window: int | None = None
+  bias: str | None = None
+  quantized: bool = False
+
+  @classmethod
+  def of(
+      cls,
+      q_BTNH: jnp.ndarray,
+      k_BTKH: jnp.ndarray,
+      v_BTKV: jnp.ndarray,
+      window: int | None,
+      bias: str | None,
+      quantized: bool,
+  ) -> "AttentionCase":
+    """The case of a call with these arrays."""
+    _, t, n, h = q_BTNH.shape
+    return cls(
+        t, n, k_BTKH.shape[2], h, v_BTKV.shape[3], jnp.dtype(q_BTNH.dtype).name, window, bias,
+        quantized,
+    )
