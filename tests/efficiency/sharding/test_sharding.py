@@ -13,8 +13,10 @@ def run_steps(devices: int, *args) -> dict:
 
 
 def test_sharded_losses_equal_single_device():
-  single = run_steps(1, 1, 1, 1)
-  sharded = run_steps(8, 2, 2, 2)
+  """Sharded over data, fsdp and tensor with the chunked attention kernel (16-token rows in
+  blocks of 4) against one device with the XLA reference attention."""
+  single = run_steps(1, 1, 1, 1, "--attention_impl=xla")
+  sharded = run_steps(8, 2, 2, 2, "--attention_impl=chunked", "--block=4")
   assert sharded["devices"] == 8 and single["devices"] == 1
   np.testing.assert_allclose(sharded["losses"], single["losses"], rtol=RTOL)
   assert single["losses"][-1] < single["losses"][0]  # it trains
@@ -22,6 +24,13 @@ def test_sharded_losses_equal_single_device():
   assert sharded["mlp_gate"] == [None, "fsdp", "tensor"]
   assert sharded["adam_mu_gate"] == sharded["mlp_gate"]
   assert sharded["mlp_gate_shards"] == 8
+
+
+@pytest.mark.slow
+def test_sharded_xla_attention_equals_single_device():
+  single = run_steps(1, 1, 1, 1, "--attention_impl=xla")
+  sharded = run_steps(8, 2, 2, 2, "--attention_impl=xla")
+  np.testing.assert_allclose(sharded["losses"], single["losses"], rtol=RTOL)
 
 
 @pytest.mark.slow  # two more 8-device subprocesses; run with `scripts/test.sh -m slow`

@@ -2,7 +2,9 @@
 
 Run in a subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=N set beforehand:
   python -m tests.efficiency.train.sharded_steps DATA FSDP TENSOR [EXPERT NUM_EXPERTS] \\
-      [--quant=MODE]
+      [--quant=MODE] [--attention_impl=IMPL] [--block=N]
+
+`--block` sets the chunked attention's block size (so 16-token rows span several blocks).
 """
 
 import json
@@ -12,6 +14,7 @@ import jax
 import numpy as np
 
 from configs.default import get_config
+from efficiency.attention.kernels import chunked
 from efficiency.config import resolve
 from efficiency.sharding.mesh import to_global
 from efficiency.train.setup import Training
@@ -21,7 +24,8 @@ STEPS = 4
 
 
 def main(
-    data: int, fsdp: int, tensor: int, expert: int = 1, num_experts: int = 0, quant: str = "none"
+    data: int, fsdp: int, tensor: int, expert: int = 1, num_experts: int = 0, quant: str = "none",
+    attention_impl: str = "auto",
 ) -> None:
   config = get_config()
   config.model = tiny_model_config(num_heads=4, num_kv_heads=2, d_model=32, d_ff=64)
@@ -30,6 +34,7 @@ def main(
   config.model.moe.num_experts = num_experts
   config.mesh.update(data=data, fsdp=fsdp, tensor=tensor, expert=expert)
   config.quant.mode = quant
+  config.model.attention_impl = attention_impl
   config = resolve(config, jax.device_count())
   rng = np.random.default_rng(0)
   training = Training(config)
@@ -50,6 +55,8 @@ def main(
 
 
 if __name__ == "__main__":
-  quant = [a.removeprefix("--quant=") for a in sys.argv[1:] if a.startswith("--quant=")]
-  sizes = [int(a) for a in sys.argv[1:] if not a.startswith("--quant=")]
-  main(*sizes, quant=quant[0] if quant else "none")
+  flags = dict(a.removeprefix("--").split("=", 1) for a in sys.argv[1:] if a.startswith("--"))
+  sizes = [int(a) for a in sys.argv[1:] if not a.startswith("--")]
+  if "block" in flags:
+    chunked.BLOCK = int(flags.pop("block"))
+  main(*sizes, **flags)
