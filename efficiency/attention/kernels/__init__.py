@@ -32,7 +32,7 @@ PREFERENCE = {
 }
 # Rows shorter than this keep the XLA form under `auto` (the blockwise loop only pays off when
 # the [T, T] scores stop fitting in cache; BENCHMARKS.md, "Attention implementations").
-CHUNKED_FROM_LEN = 1024
+CHUNKED_FROM_LEN = 512
 
 
 def choose(name: str, case: AttentionCase, platform: str) -> str:
