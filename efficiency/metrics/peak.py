@@ -5,9 +5,10 @@ it is measured (`benchmarks/cpu_peak.py` runs the same measurement): the best of
 matmuls at a couple of sizes. A measurement is cached in ~/.cache/efficiency/peak_flops.json only
 when the machine was quiet: 1-minute load average below `BUSY_LOAD` of the usable cores (plus one
 for this process) and repeats within `MAX_SPREAD` of each other. Measurements under load are kept
-apart as provisional (the best seen so far), used with a warning in the source until a quiet one
-replaces them. The cache key is what decides the peak: the CPU's vendor, family, model and
-stepping, its vector and matrix extensions, the usable cores, the device count and jax's version.
+apart as provisional (the best seen so far, measured again under load every `PROVISIONAL_TTL_S`),
+used with a warning in the source until a quiet one replaces them. The cache key is what decides
+the peak: the CPU's vendor, family, model and stepping, its vector and matrix extensions, the
+usable cores, the device count and jax's version.
 
 An MFU above 1 means the denominator is wrong: `Mfu` then re-measures the peak once and
 recomputes; if it still exceeds 1 it reports None and says why. It never reports an MFU > 1.
@@ -59,6 +60,7 @@ TIME_BUDGET_S = 4.0  # a measurement stops repeating once it has taken this long
 BUSY_LOAD = 0.25  # share of the usable cores others may load (besides this process)
 MAX_SPREAD = 0.3  # median repeat at most this much slower than the best one
 ATTEMPTS = 2  # measurements tried before settling for one under load
+PROVISIONAL_TTL_S = 600  # under load, a provisional peak this recent is reused, not re-measured
 
 
 def parse_cpuinfo(text: str) -> dict:
@@ -174,6 +176,7 @@ def measure_cpu_peak(
       "busy": "; ".join(reasons) or None,
       "seconds": round(time.perf_counter() - start, 3),
       "measured": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+      "time": time.time(),
   }
 
 
@@ -232,7 +235,8 @@ def cpu_peak(
   if trusted and not refresh:
     return Peak(trusted["flops"], "measured CPU matmul peak (cached)", key, trusted)
   load, cores = load_fn(), usable_cores()
-  if provisional and not refresh and load is not None and load > 1 + BUSY_LOAD * cores:
+  recent = provisional and time.time() - provisional.get("time", 0) < PROVISIONAL_TTL_S
+  if recent and not refresh and load is not None and load > 1 + BUSY_LOAD * cores:
     return Peak(provisional["flops"], _busy_source(provisional, "provisional, not re-measured"),
                 key, provisional)
   result = None
@@ -253,7 +257,7 @@ def cpu_peak(
     how = "re-measured" if refresh else "measured"
     return Peak(result["flops"], f"{how} CPU matmul peak (cached)", key, result)
   if provisional and provisional["flops"] > result["flops"]:
-    result = {**provisional, "busy": result["busy"]}
+    result = {**provisional, "busy": result["busy"], "time": result.get("time", time.time())}
   cache[f"{key}|provisional"] = result
   _save_cache(path, cache)
   logging.warning("CPU peak measured under load (%s): %.1f GFLOP/s, not cached; MFU may be "

@@ -1,6 +1,7 @@
 """The MFU denominator: the CPU peak's cache key, its measurement under load, and MFU > 1."""
 
 import json
+import time
 
 import jax
 import pytest
@@ -98,8 +99,9 @@ class FakeMeasure:
     return self.results.pop(0)
 
 
-def result(flops: float, quiet: bool) -> dict:
-  return {"flops": flops, "quiet": quiet, "busy": None if quiet else "load average 3.00"}
+def result(flops: float, quiet: bool, age_s: float = 0.0) -> dict:
+  busy = None if quiet else "load average 3.00"
+  return {"flops": flops, "quiet": quiet, "busy": busy, "time": time.time() - age_s}
 
 
 def test_quiet_measurement_is_cached(tmp_path):
@@ -127,6 +129,20 @@ def test_busy_measurement_is_not_cached(tmp_path):
   quiet = peak_lib.cpu_peak(key="k", measure=measure, load_fn=lambda: 0.0, cache_dir=tmp_path)
   assert quiet.flops == 460e9 and "under load" not in quiet.source
   assert set(json.loads((tmp_path / "peak_flops.json").read_text())) == {"k"}
+
+
+def test_old_provisional_peak_is_measured_again_keeping_the_best(tmp_path):
+  busy = lambda: 100.0
+  stale = result(27e9, False, age_s=2 * peak_lib.PROVISIONAL_TTL_S)
+  (tmp_path / "peak_flops.json").write_text(json.dumps({"k|provisional": stale}))
+  measure = FakeMeasure(result(100e9, False))
+  peak = peak_lib.cpu_peak(key="k", measure=measure, load_fn=busy, cache_dir=tmp_path)
+  assert measure.calls == 1 and peak.flops == 100e9 and "under load" in peak.source
+  measure = FakeMeasure(result(50e9, False))  # recent now: reused, no new measurement
+  assert peak_lib.cpu_peak(key="k", measure=measure, load_fn=busy, cache_dir=tmp_path).flops == (
+      100e9
+  )
+  assert measure.calls == 0
 
 
 def test_spread_is_retried_then_best_kept(tmp_path):
