@@ -2,15 +2,18 @@
 
   python benchmarks/cpu_peak.py [--refresh]
 
-Prints FLOP/s of float32 n x n matmuls at several sizes and the cached value MFU uses.
+Prints the cache key (what decides the peak), FLOP/s of n x n matmuls at several sizes and
+dtypes, and the peak MFU uses: cached when measured on a quiet machine, else measured under load
+and marked as such.
 """
 
 import argparse
+import json
 
 import jax
 import jax.numpy as jnp
 
-from efficiency.metrics.peak import cpu_peak_flops, measure_matmul_flops
+from efficiency.metrics.peak import cpu_key, cpu_peak, loadavg, measure_matmul_flops, usable_cores
 
 
 def main() -> None:
@@ -18,11 +21,15 @@ def main() -> None:
   parser.add_argument("--refresh", action="store_true", help="re-measure the cached peak")
   args = parser.parse_args()
   print(f"jax {jax.__version__}, devices: {jax.devices()}")
+  print(f"key: {cpu_key()}")
+  print(f"usable cores: {usable_cores()}, 1-minute load average: {loadavg()}")
   for n in (512, 1024, 2048, 4096):
     for dtype in (jnp.float32, jnp.bfloat16):
       flops = measure_matmul_flops(n=n, repeats=5, dtype=dtype)
       print(f"matmul n={n:5d} {jnp.dtype(dtype).name:9s} {flops / 1e9:8.1f} GFLOP/s")
-  print(f"cached peak used for MFU: {cpu_peak_flops(refresh=args.refresh) / 1e9:.1f} GFLOP/s")
+  peak = cpu_peak(refresh=args.refresh)
+  print(f"peak used for MFU: {peak.flops / 1e9:.1f} GFLOP/s ({peak.source})")
+  print(f"measurement: {json.dumps(peak.details)}")
 
 
 if __name__ == "__main__":

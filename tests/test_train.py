@@ -45,6 +45,11 @@ def test_run_writes_the_workdir_contract(finished_run):
   assert summary["status"] == "completed" and summary["steps"] == 40
   assert summary["process_count"] == 1 and summary["devices"] == 1
   assert 0 < summary["mfu"] < 1 and summary["tokens_per_sec"] > 0
+  # The MFU denominator says what it was measured on and how.
+  assert summary["peak_flops_key"].startswith("v2|") and "cores=" in summary["peak_flops_key"]
+  assert summary["peak_flops_measurement"]["flops"] * summary["process_count"] == (
+      summary["peak_flops"]
+  )
   assert summary["tokens_to_target"] is not None  # from about log(512) = 6.24 to below 6.0
   assert summary["final_eval_loss"] < np.log(512)
 

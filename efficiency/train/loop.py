@@ -19,7 +19,7 @@ from tqdm import tqdm
 from efficiency.attention import attention_impl, kv_cache_bytes_per_token
 from efficiency.errors import DivergedError
 from efficiency.metrics.memory import peak_memory_bytes
-from efficiency.metrics.peak import mfu, peak_flops_total
+from efficiency.metrics.peak import Mfu, Peak, peak_flops_total
 from efficiency.model.flops import flops_per_token
 from efficiency.peft import peft_config
 from efficiency.sharding.mesh import make_mesh, to_global
@@ -42,12 +42,13 @@ class Throughput:
   """Real tokens/s, MFU and data wait, over log intervals and over the whole run.
 
   The first step of a process waits on warm-up and is left out of the run totals. MFU counts
-  every position computed (padding included) at `flops_per_token`.
+  every position computed (padding included) at `flops_per_token`, against `mfu`'s peak (never
+  above 1: see `efficiency.metrics.peak.Mfu`).
   """
 
-  def __init__(self, flops_per_token: float, peak_flops: float, positions_per_step: int):
+  def __init__(self, flops_per_token: float, mfu: Mfu, positions_per_step: int):
     self.flops_per_token = flops_per_token
-    self.peak_flops = peak_flops
+    self.mfu = mfu
     self.positions_per_step = positions_per_step
     self.run_time = self.run_wait = 0.0
     self.run_tokens = self.run_steps = 0
@@ -84,8 +85,8 @@ class Throughput:
         "data_wait_fraction": self.run_wait / self.run_time,
     }
 
-  def _mfu(self, steps: int, seconds: float) -> float:
-    return mfu(self.flops_per_token * steps * self.positions_per_step, seconds, self.peak_flops)
+  def _mfu(self, steps: int, seconds: float) -> float | None:
+    return self.mfu(self.flops_per_token * steps * self.positions_per_step, seconds)
 
 
 @dataclasses.dataclass
@@ -201,7 +202,7 @@ def _start_summary(
     config: ml_collections.ConfigDict, training: Training, progress: Progress, step: int
 ) -> Summary:
   """The summary as the run (re)starts at `step`: its size, its mesh and where it is."""
-  peak_flops, peak_source = peak_flops_total(config.model.dtype)
+  peak = peak_flops_total(config.model.dtype)
   return Summary(
       status="running",
       steps=step,
@@ -213,8 +214,10 @@ def _start_summary(
       flops_per_token=flops_per_token(config.model, config.seq_len),
       kv_cache_bytes_per_token=kv_cache_bytes_per_token(config.model),
       attention_impl=attention_impl(config),
-      peak_flops=peak_flops,
-      peak_flops_source=peak_source,
+      peak_flops=peak.flops,
+      peak_flops_source=peak.source,
+      peak_flops_key=peak.key,
+      peak_flops_measurement=peak.details,
       param_count=training.param_count(),
       trainable_param_count=training.trainable_param_count(),
       optimizer_state_bytes=training.optimizer_state_bytes(),
@@ -256,8 +259,11 @@ class Loop:
     self.writer, self.manager = writer, manager
     self.summary, self.progress, self.started = summary, progress, started
     self.is_main = jax.process_index() == 0
+    peak = Peak(summary.peak_flops, summary.peak_flops_source, summary.peak_flops_key,
+                summary.peak_flops_measurement)
+    self.mfu = Mfu(peak, remeasure=lambda: peak_flops_total(config.model.dtype, refresh=True))
     self.throughput = Throughput(
-        summary.flops_per_token, summary.peak_flops, config.batch_size * config.seq_len
+        summary.flops_per_token, self.mfu, config.batch_size * config.seq_len
     )
     self.pending = None  # (step, device metrics, unread counts): read after the next dispatch
     self.unread_tokens = []  # each step's global token count, on device until read
@@ -390,12 +396,21 @@ class Loop:
     tokens_seen = self.read_tokens(counts)
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "tokens"}
     rates = self.throughput.interval()
+    self.record_peak()
     self.writer.write(step, {"tokens_seen": tokens_seen, **metrics, **rates})
     self.bar.set_postfix(
         loss=f"{metrics['loss']:.3f}", tok_s=f"{rates['tokens_per_sec']:,.0f}", refresh=False
     )
     self.throughput.reset_interval()
     self.check_finite(step, metrics)
+
+  def record_peak(self) -> None:
+    """Puts the MFU denominator (re-measured if an MFU above 1 showed it wrong) and why an MFU
+    was left out into the summary."""
+    peak, summary = self.mfu.peak, self.summary
+    summary.peak_flops, summary.peak_flops_source = peak.flops, peak.source
+    summary.peak_flops_key, summary.peak_flops_measurement = peak.key, peak.details
+    summary.mfu_note = self.mfu.note
 
   def evaluate(self, state: TrainState, step: int) -> None:
     """Eval loss and bits per byte on the fixed eval batches, into metrics and the summary."""
@@ -428,6 +443,7 @@ class Loop:
     summary = self.summary
     for key, value in self.throughput.run().items():
       setattr(summary, key, value)
+    self.record_peak()
     summary.status = status
     summary.steps = step
     summary.checkpoint_step = committed

@@ -11,7 +11,7 @@ import ml_collections
 from tqdm import tqdm
 
 from efficiency.metrics import study
-from efficiency.metrics.peak import mfu, peak_flops_total
+from efficiency.metrics.peak import Mfu, peak_flops_total
 from efficiency.metrics.sampler import Sampler
 from efficiency.model.flops import flops_per_token
 from efficiency.sharding.mesh import to_global
@@ -68,16 +68,19 @@ def measure_train(
   samples = sampler.stop()
 
   params = training.param_count()
-  peak, peak_how = peak_flops_total(config.model.dtype)
+  dtype = config.model.dtype
+  meter = Mfu(peak_flops_total(dtype), lambda: peak_flops_total(dtype, refresh=True))
   seconds = sum(i.seconds for i in iterations)
   model_flops = flops_per_token(config.model, config.seq_len) * config.batch_size * config.seq_len
-  achieved = mfu(model_flops * steps, seconds, peak)
+  achieved = meter(model_flops * steps, seconds)
   pcu = study.pcu(samples)
   pcu_metric = (
       study.metric(pcu, "fraction", f"time-average of {sampler.sources['utilization']}")
       if pcu is not None
       else study.metric(achieved, "fraction",
-                        f"MFU over the measured steps (no NVML here); peak: {peak_how}")
+                        meter.note or f"MFU over the measured steps (no NVML here); peak: "
+                        f"{meter.peak.source}" + (f", key {meter.peak.key}" if meter.peak.key
+                                                  else ""))
   )
   return {
       "mode": "train",

@@ -22,12 +22,15 @@ class Summary:
   final_eval_loss: float | None = None  # nats per token
   final_eval_bpb: float | None = None  # bits per UTF-8 byte
   tokens_per_sec: float | None = None
-  mfu: float | None = None
+  mfu: float | None = None  # never above 1; None with `mfu_note` when the peak proved wrong
+  mfu_note: str | None = None  # why an MFU was left out (efficiency.metrics.peak.Mfu)
   data_wait_fraction: float | None = None  # share of step time spent waiting for batches
   flops_per_token: int | None = None  # the MFU numerator (efficiency.model.flops)
   kv_cache_bytes_per_token: float | None = None
   peak_flops: float | None = None  # the MFU denominator, all devices together
-  peak_flops_source: str | None = None
+  peak_flops_source: str | None = None  # published, cached measurement, or measured under load
+  peak_flops_key: str | None = None  # CPU: the cache key (CPU id, flags, cores, devices, jax)
+  peak_flops_measurement: dict | None = None  # CPU: per-size FLOP/s, spread, load, when
   peak_memory_bytes: int | None = None
   peak_memory_source: str | None = None
   param_count: int | None = None

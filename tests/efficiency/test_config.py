@@ -15,8 +15,8 @@ from tests.helpers import ROOT
     "overrides, devices, expected",
     [
         ({"model.attention": "flash"}, 1, "model.attention='flash' is invalid; valid choices: ["),
-        ({"model.num_kv_heads": 3}, 1, "model.num_kv_heads=3 does not divide model.num_heads=4; "
-                                        "valid choices: [1, 2, 4]"),
+        ({"model.num_heads": 4, "model.num_kv_heads": 3}, 1,
+         "model.num_kv_heads=3 does not divide model.num_heads=4; valid choices: [1, 2, 4]"),
         ({"mesh.data": 3}, 8, "has 3 devices but 8 are available"),
         ({"mesh.data": 2, "mesh.fsdp": 2, "batch_size": 6}, 4,
          "batch_size=6 is not divisible by data-parallel size 4"),
@@ -38,7 +38,9 @@ def test_bad_values_raise_config_error(overrides, devices, expected):
 
 
 def test_mha_and_mqa_fix_kv_heads():
-  for attention, kv_heads in [("mha", 4), ("mqa", 1), ("gqa", 2)]:
+  default = get_config().model
+  expected = [("mha", default.num_heads), ("mqa", 1), ("gqa", default.num_kv_heads)]
+  for attention, kv_heads in expected:
     config = get_config()
     config.model.attention = attention
     assert resolve(config, num_devices=1).model.num_kv_heads == kv_heads

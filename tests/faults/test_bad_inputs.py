@@ -32,7 +32,7 @@ def _cases(tmp, corpus, data_dir, trained) -> list[tuple[list[str], str]]:
       ("keep_checkpoints=0", "keep_checkpoints"), ("log_every=-1", "log_every"),
       ("on_nonfinite=ignore", "on_nonfinite"), ("max_nonfinite_skips=-1", "max_nonfinite_skips"),
       ("model.attention=flash", "model.attention"), ("model.position=xyz", "model.position"),
-      ("model.num_kv_heads=3", "model.num_kv_heads"), ("model.d_model=30", "model.d_model"),
+      ("model.num_kv_heads=3", "model.num_kv_heads"), ("model.d_model=31", "model.d_model"),
       ("model.dtype=float16", "model.dtype"), ("model.remat=some", "model.remat"),
       ("model.norm_eps=0", "model.norm_eps"), ("model.init_std=-0.1", "model.init_std"),
       ("model.moe.num_experts=-1", "model.moe.num_experts"),
