@@ -52,6 +52,9 @@ def test_run_writes_the_workdir_contract(finished_run):
   )
   assert summary["tokens_to_target"] is not None  # from about log(512) = 6.24 to below 6.0
   assert summary["final_eval_loss"] < np.log(512)
+  # What `model.attention_impl=auto` picked for these short rows, and the step's scratch memory.
+  assert summary["attention_impl"] == "xla"
+  assert summary["step_temp_bytes"] > 0
 
   metrics = read_metrics(finished_run)
   train_rows = [m for m in metrics if "loss" in m]
