@@ -81,11 +81,11 @@ def table(results: list[dict]) -> str:
     arms = {r["arm"]: r for r in results if r["seq_len"] == seq_len}
     base_final = arms["baseline"]["summary"]["final_eval_loss"]
     for label, loss in (("target_loss", None), ("baseline final", base_final)):
-      base = None
-      for arm, r in arms.items():
-        loss_ = r["summary"]["target_loss"] if loss is None else loss
+      loss_ = arms["baseline"]["summary"]["target_loss"] if loss is None else loss
+      base = to_loss(arms["baseline"]["evals"], loss_)
+      for arm in ARMS:
+        r = arms[arm]
         hit = to_loss(r["evals"], loss_)
-        base = hit if arm == "baseline" else base
         flops = None if hit["flops_seen"] is None else hit["flops_seen"] / 1e9
         lines.append(
             f"| {seq_len} | {arm} | {r['summary']['final_eval_loss']:.3f} | {label} {loss_:.3f} "

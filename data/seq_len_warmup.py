@@ -21,6 +21,11 @@ Reshaping a masked batch to [B * T / P, P] gives the bucketed one (segment ids a
 need to tell pieces of one row apart), so the two train on identical tokens, targets, weights
 and positions, and their losses agree to float rounding.
 
+Shapes downstream: P divides T, so the B * T / P short rows split over processes, data-parallel
+devices and micro-batches wherever the B rows do, and each shard's rows stay contiguous (any
+process count assembles the same global batch). The train loop compiles a step per row length
+on first use; memory planning uses the full-length step, the largest.
+
 The step count is part of the iterator's state, so resumed runs continue the warmup exactly.
 """
 

@@ -346,6 +346,7 @@ class Loop:
     if seq_len not in self.compiled_steps:  # a warmup bucket's first step
       self.compiled_steps[seq_len], compile_s = self.training.compile(local_batch, seq_len)
       self.summary.compile_time_s += compile_s
+      self.throughput.interval_start += compile_s  # log-interval rates leave compiles out too
       warm = False
     t1 = time.perf_counter()
     state, metrics = self.compiled_steps[seq_len](state, batch)
