@@ -143,4 +143,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.seq_len_warmup = ml_collections.ConfigDict()
   c.data.seq_len_warmup.start = 0  # 0: off; else the first steps' longest segment, in tokens
   c.data.seq_len_warmup.steps = 100  # steps until segments reach seq_len
+  # True: warmup batches in short rows (one compile per bucket, cheaper steps); False: rows kept
+  # seq_len long, pieces masked apart (one compile, full-length cost). Same tokens either way.
+  c.data.seq_len_warmup.buckets = True
   return c

@@ -18,6 +18,7 @@ from data.curriculum.difficulty import DIFFICULTIES
 from data.curriculum.pacing import PACINGS
 from data.filters import FILTERS, parse_chain
 from data.prepared import uses_reference
+from data.seq_len_warmup import bucket_lengths
 from data.sources import SOURCES
 from data.tokenizer import TOKENIZERS, ByteTokenizer, HFTokenizer
 from efficiency.attention import ATTENTION, resolve_kv_heads
@@ -353,6 +354,23 @@ def _check_data(config: ml_collections.ConfigDict) -> None:
       )
     if w.steps < 1:
       raise ConfigError(f"data.seq_len_warmup.steps={w.steps} must be at least 1")
+    if not bucket_lengths(config.seq_len, w.start):
+      shortest = config.seq_len // (config.seq_len & -config.seq_len)  # its odd part
+      raise ConfigError(
+          f"data.seq_len_warmup.start={w.start} is below the shortest piece length {shortest} "
+          f"(seq_len={config.seq_len} halved while even); use a start of at least {shortest}"
+      )
+  buckets = w.get("buckets", True)
+  if not isinstance(buckets, bool):
+    raise ConfigError(
+        f"data.seq_len_warmup.buckets={buckets!r} is invalid; valid choices: True, False"
+    )
+  if w.start and buckets and (config.model.attention == "nsa" or config.model.moe.num_experts):
+    what = "model.attention='nsa'" if config.model.attention == "nsa" else "model.moe.num_experts>0"
+    raise ConfigError(
+        f"data.seq_len_warmup.buckets=True needs a model that mixes tokens only within a segment; "
+        f"{what} works on whole rows, so set data.seq_len_warmup.buckets=False"
+    )
 
 
 def _check_peft(config: ml_collections.ConfigDict) -> None:

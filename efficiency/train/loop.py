@@ -41,28 +41,31 @@ from efficiency.workdir.writer import MetricWriter
 class Throughput:
   """Real tokens/s, MFU and data wait, over log intervals and over the whole run.
 
-  The first step of a process waits on warm-up and is left out of the run totals. MFU counts
-  every position computed (padding included) at `flops_per_token`, against `mfu`'s peak (never
+  Steps that waited on warm-up (a process's first step, and the first step in each new batch
+  shape) are left out of the run totals. MFU counts each step's model FLOPs (`step_flops`: every
+  position computed, padding included, at that step's row length), against `mfu`'s peak (never
   above 1: see `efficiency.metrics.peak.Mfu`).
   """
 
-  def __init__(self, flops_per_token: float, mfu: Mfu, positions_per_step: int):
-    self.flops_per_token = flops_per_token
+  def __init__(self, mfu: Mfu):
     self.mfu = mfu
-    self.positions_per_step = positions_per_step
     self.run_time = self.run_wait = 0.0
-    self.run_tokens = self.run_steps = 0
+    self.run_tokens = self.run_steps = self.run_flops = 0
     self.reset_interval()
 
   def reset_interval(self) -> None:
     self.interval_start = time.perf_counter()
-    self.interval_tokens = self.interval_steps = 0
+    self.interval_tokens = self.interval_steps = self.interval_flops = 0
 
-  def add_step(self, tokens: int, step_time: float, wait_time: float, warm: bool) -> None:
+  def add_step(
+      self, tokens: int, flops: int, step_time: float, wait_time: float, warm: bool
+  ) -> None:
     self.interval_tokens += tokens
+    self.interval_flops += flops
     self.interval_steps += 1
     if warm:
       self.run_tokens += tokens
+      self.run_flops += flops
       self.run_steps += 1
       self.run_time += step_time
       self.run_wait += wait_time
@@ -72,7 +75,7 @@ class Throughput:
     steps = max(self.interval_steps, 1)
     return {
         "tokens_per_sec": self.interval_tokens / elapsed,
-        "mfu": self._mfu(steps, elapsed),
+        "mfu": self.mfu(self.interval_flops, elapsed),
         "step_time_s": elapsed / steps,
     }
 
@@ -81,12 +84,9 @@ class Throughput:
       return {"tokens_per_sec": None, "mfu": None, "data_wait_fraction": None}
     return {
         "tokens_per_sec": self.run_tokens / self.run_time,
-        "mfu": self._mfu(self.run_steps, self.run_time),
+        "mfu": self.mfu(self.run_flops, self.run_time),
         "data_wait_fraction": self.run_wait / self.run_time,
     }
-
-  def _mfu(self, steps: int, seconds: float) -> float | None:
-    return self.mfu(self.flops_per_token * steps * self.positions_per_step, seconds)
 
 
 @dataclasses.dataclass
@@ -95,9 +95,19 @@ class Progress:
 
   tokens_seen: int = 0
   tokens_to_target: int | None = None
+  flops_seen: int = 0  # model FLOPs of the steps so far (each at its own row length)
+  flops_to_target: int | None = None
+  train_time_s: float = 0.0  # time in train steps (data wait included; compiles, evals, saves not)
+  time_to_target_s: float | None = None
   final_eval_loss: float | None = None
   final_eval_bpb: float | None = None
   eval_step: int | None = None  # the step final_eval_loss was measured at
+
+
+def step_flops(config: ml_collections.ConfigDict, seq_len: int) -> int:
+  """Model FLOPs of one train step whose `batch_size * config.seq_len` positions come in rows of
+  `seq_len` (shorter than `config.seq_len` in a warmup bucket: attention spans the short row)."""
+  return flops_per_token(config.model, seq_len) * config.batch_size * config.seq_len
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
@@ -209,6 +219,9 @@ def _start_summary(
       tokens_seen=progress.tokens_seen,
       target_loss=config.target_loss,
       tokens_to_target=progress.tokens_to_target,
+      flops_seen=progress.flops_seen,
+      flops_to_target=progress.flops_to_target,
+      time_to_target_s=progress.time_to_target_s,
       final_eval_loss=progress.final_eval_loss,
       final_eval_bpb=progress.final_eval_bpb,
       flops_per_token=flops_per_token(config.model, config.seq_len),
@@ -252,7 +265,7 @@ class Loop:
       progress: Progress,
       started: float,
   ):
-    self.config, self.training, self.compiled_step = config, training, compiled_step
+    self.config, self.training = config, training
     self.train_iterator = inputs.train
     self.eval_batches = [to_global(b, training.rows_sharding) for b in inputs.eval_batches]
     self.evaluate_state = training.evaluator(np.asarray(inputs.tokenizer.token_bytes, np.float32))
@@ -262,9 +275,8 @@ class Loop:
     peak = Peak(summary.peak_flops, summary.peak_flops_source, summary.peak_flops_key,
                 summary.peak_flops_measurement)
     self.mfu = Mfu(peak, remeasure=lambda: peak_flops_total(config.model.dtype, refresh=True))
-    self.throughput = Throughput(
-        summary.flops_per_token, self.mfu, config.batch_size * config.seq_len
-    )
+    self.throughput = Throughput(self.mfu)
+    self.compiled_steps = {config.seq_len: compiled_step}  # by row length (warmup buckets)
     self.pending = None  # (step, device metrics, unread counts): read after the next dispatch
     self.unread_tokens = []  # each step's global token count, on device until read
     self.bar = None  # the progress bar, while `run` runs
@@ -338,8 +350,15 @@ class Loop:
     t0 = time.perf_counter()
     local_batch = next(self.train_iterator)
     batch = to_global(local_batch, self.training.rows_sharding)
+    seq_len = local_batch["inputs"].shape[1]
+    compile_s = 0.0
+    if seq_len not in self.compiled_steps:  # a warmup bucket's first step
+      self.compiled_steps[seq_len], compile_s = self.training.compile(local_batch, seq_len)
+      self.summary.compile_time_s += compile_s
+      self.throughput.interval_start += compile_s  # log-interval rates leave compiles out too
+      warm = False
     t1 = time.perf_counter()
-    state, metrics = self.compiled_step(state, batch)
+    state, metrics = self.compiled_steps[seq_len](state, batch)
     if self.pending is not None:
       self.log_pending()  # reads the previous step's metrics while this step runs
     tokens = int(local_batch["weights"].sum()) * jax.process_count()  # for rates only
@@ -349,7 +368,11 @@ class Loop:
     if self.evaluates(step) or self.saves(step):
       # Steps still queued on the device count as training time, not eval or save time.
       jax.block_until_ready(state)
-    self.throughput.add_step(tokens, time.perf_counter() - t0, t1 - t0, warm=warm)
+    flops = step_flops(config, seq_len)
+    self.progress.flops_seen += flops
+    step_time = time.perf_counter() - t0 - compile_s
+    self.progress.train_time_s += step_time
+    self.throughput.add_step(tokens, flops, step_time, t1 - t0 - compile_s, warm=warm)
     if self.evaluates(step) or self.saves(step):
       if self.pending is not None:
         self.log_pending()
@@ -416,8 +439,10 @@ class Loop:
     """Eval loss and bits per byte on the fixed eval batches, into metrics and the summary."""
     result = self.evaluate_state(state, self.eval_batches)
     eval_loss, eval_bpb = result["eval_loss"], result["eval_bpb"]
-    self.writer.write(step, {"tokens_seen": self.progress.tokens_seen, "eval_loss": eval_loss,
-                             "eval_bpb": eval_bpb})
+    self.writer.write(step, {
+        "tokens_seen": self.progress.tokens_seen, "flops_seen": self.progress.flops_seen,
+        "train_time_s": self.progress.train_time_s, "eval_loss": eval_loss, "eval_bpb": eval_bpb,
+    })
     if not math.isfinite(eval_loss):
       raise DivergedError(f"training diverged: eval_loss is {eval_loss} at step {step}")
     progress, summary = self.progress, self.summary
@@ -425,9 +450,14 @@ class Loop:
     progress.eval_step = step
     if progress.tokens_to_target is None and eval_loss <= self.config.target_loss:
       progress.tokens_to_target = progress.tokens_seen
+      progress.flops_to_target = progress.flops_seen
+      progress.time_to_target_s = progress.train_time_s
     summary.steps = step
     summary.tokens_seen = progress.tokens_seen
     summary.tokens_to_target = progress.tokens_to_target
+    summary.flops_seen = progress.flops_seen
+    summary.flops_to_target = progress.flops_to_target
+    summary.time_to_target_s = progress.time_to_target_s
     summary.final_eval_loss, summary.final_eval_bpb = eval_loss, eval_bpb
     summary.wall_time_s = time.perf_counter() - self.started
     self.writer.write_summary(dataclasses.asdict(summary))
@@ -448,6 +478,7 @@ class Loop:
     summary.steps = step
     summary.checkpoint_step = committed
     summary.tokens_seen = self.read_tokens()
+    summary.flops_seen = self.progress.flops_seen
     summary.peak_memory_bytes, summary.peak_memory_source = peak_memory_bytes()
     summary.wall_time_s = time.perf_counter() - self.started
     self.writer.write_summary(dataclasses.asdict(summary))

@@ -41,8 +41,11 @@ def measure_train(
 ) -> dict:
   """The `train` section of efficiency.json for the run in `workdir` (its config resolved for
   these devices): AMU, PCU, AL, TT, ST, AEC and MCR, each with how it was measured. The
-  parameters are the workdir's newest checkpoint (fresh when it has none)."""
+  parameters are the workdir's newest checkpoint (fresh when it has none). Steps are measured at
+  full length: sequence-length warmup, which shortens a run's first steps, is left off."""
   workdir = Path(workdir)
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.data.seq_len_warmup.start = 0
   inputs = load_inputs(config, jax.process_index(), jax.process_count(), evaluation=False)
   training = Training(config)
   restored = files.checkpoint_steps(workdir)

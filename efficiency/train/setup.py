@@ -122,12 +122,15 @@ class Training:
     with self.context():
       return self._train_step(state, batch)
 
-  def compile(self, example: Batch) -> tuple[jax.stages.Compiled, float]:
-    """The train step AOT-compiled for global batches shaped like `example` (one local batch),
-    and the compile time in seconds."""
+  def compile(
+      self, example: Batch, seq_len: int | None = None
+  ) -> tuple[jax.stages.Compiled, float]:
+    """The train step AOT-compiled for global batches with the dtypes of `example` (one local
+    batch) in rows of `seq_len` (default `config.seq_len`), and the compile time in seconds."""
     start = time.perf_counter()
     with self.context():
-      lowered = self._train_step.lower(self.abstract_state, self.abstract_batch(example))
+      abstract = self.abstract_batch(example, seq_len)
+      lowered = self._train_step.lower(self.abstract_state, abstract)
       compiled = lowered.compile()
     return compiled, time.perf_counter() - start
 
@@ -161,11 +164,15 @@ class Training:
   def optimizer_state_bytes(self) -> int:
     return _nbytes(self.abstract_state.opt_state)
 
-  def abstract_batch(self, example: Batch) -> dict[str, jax.ShapeDtypeStruct]:
-    """Global-batch shapes for AOT compilation, from one local batch's dtypes."""
+  def abstract_batch(
+      self, example: Batch, seq_len: int | None = None
+  ) -> dict[str, jax.ShapeDtypeStruct]:
+    """Global-batch shapes for AOT compilation, from one local batch's dtypes: `batch_size`
+    rows of `config.seq_len` tokens, or the same tokens in rows of `seq_len` (a warmup bucket,
+    which divides `config.seq_len`)."""
+    seq_len = self.config.seq_len if seq_len is None else seq_len
+    rows = self.config.batch_size * (self.config.seq_len // seq_len)
     return {
-        k: jax.ShapeDtypeStruct(
-            (self.config.batch_size, self.config.seq_len), v.dtype, sharding=self.rows_sharding
-        )
+        k: jax.ShapeDtypeStruct((rows, seq_len), v.dtype, sharding=self.rows_sharding)
         for k, v in example.items()
     }

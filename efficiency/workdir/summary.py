@@ -19,6 +19,10 @@ class Summary:
   tokens_seen: int = 0  # real (non-padding) target tokens
   target_loss: float | None = None
   tokens_to_target: int | None = None  # tokens_seen at the first eval at or below target_loss
+  flops_seen: int = 0  # model FLOPs of the steps so far, each at its row length (warmup buckets)
+  flops_to_target: int | None = None  # flops_seen at that eval
+  # Seconds in train steps up to that eval (data wait included; compiles, evals, saves not).
+  time_to_target_s: float | None = None
   final_eval_loss: float | None = None  # nats per token
   final_eval_bpb: float | None = None  # bits per UTF-8 byte
   tokens_per_sec: float | None = None
@@ -42,9 +46,9 @@ class Summary:
   devices: int | None = None
   device_kind: str | None = None
   process_count: int | None = None
-  compile_time_s: float | None = None
+  compile_time_s: float | None = None  # every train-step compile (full length, warmup buckets)
   attention_impl: str | None = None  # what model.attention_impl ran (auto: what it picked)
-  step_temp_bytes: int | None = None  # XLA's temporary bytes of the compiled train step
+  step_temp_bytes: int | None = None  # XLA's temporary bytes of the compiled full-length step
   wall_time_s: float | None = None
   resumed_from_step: int | None = None
   checkpoint_step: int | None = None  # the newest committed checkpoint when the run ended
@@ -55,6 +59,7 @@ SUMMARY_KEYS = tuple(f.name for f in dataclasses.fields(Summary))
 # The keys a sweep's results table shows, one column each.
 RESULT_KEYS = (
     "status", "steps", "tokens_seen", "final_eval_loss", "final_eval_bpb", "tokens_to_target",
+    "flops_to_target", "time_to_target_s",
     "tokens_per_sec", "mfu", "peak_memory_bytes", "param_count", "kv_cache_bytes_per_token",
     "data_wait_fraction", "compile_time_s", "wall_time_s",
 )

@@ -12,7 +12,6 @@ import pytest
 
 from data import pipeline, prepared, sources, text_corpus
 from data import tokenizer as tokenizer_lib
-from data.seq_len_warmup import split_segments
 from tests.helpers import ROOT, data_config
 
 
@@ -132,32 +131,6 @@ def test_resume_from_state_with_filters_curriculum_and_warmup(config, setup, ste
       np.testing.assert_array_equal(got[key], batch[key])
   first.close()
   resumed.close()
-
-
-def test_seq_len_warmup_cuts_segments_and_keeps_tokens(config):
-  config.update(steps=20)
-  config.data.seq_len_warmup.update(start=8, steps=4)
-  plain_config = config.copy_and_resolve_references()
-  plain_config.data.seq_len_warmup.start = 0
-  warm, plain = _iterator(config), _iterator(plain_config)
-  for step in range(6):
-    a, b = next(warm), next(plain)
-    for key in ("inputs", "targets", "weights"):
-      np.testing.assert_array_equal(a[key], b[key])
-    longest = 8 + (32 - 8) * step // 4 if step < 4 else 32
-    assert a["positions"].max() < longest
-    if step >= 4:
-      np.testing.assert_array_equal(a["segment_ids"], b["segment_ids"])
-
-
-def test_split_segments():
-  batch = {
-      "segment_ids": np.array([[1, 1, 1, 1, 1, 2, 2, 0]], np.int32),
-      "positions": np.array([[3, 4, 5, 6, 7, 0, 1, 0]], np.int32),
-  }
-  out = split_segments(batch, 4)
-  assert out["segment_ids"].tolist() == [[1, 2, 2, 2, 2, 3, 3, 0]]
-  assert out["positions"].tolist() == [[3, 0, 1, 2, 3, 0, 1, 0]]
 
 
 def test_text_split_does_not_depend_on_where_the_folder_lives(text_folder, tmp_path):

@@ -3,10 +3,11 @@
 import subprocess
 import sys
 
+import ml_collections
 import pytest
 
 from configs.default import get_config
-from efficiency.config import resolve
+from efficiency.config import override, resolve
 from efficiency.errors import ConfigError
 from tests.helpers import ROOT
 
@@ -35,6 +36,44 @@ def test_bad_values_raise_config_error(overrides, devices, expected):
     resolve(config, num_devices=devices)
   assert expected in str(err.value)
   assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "warmup, overrides, expected",
+    [
+        ({"buckets": "yes"}, {},
+         "data.seq_len_warmup.buckets='yes' is invalid; valid choices: True, False"),
+        ({"buckets": 2}, {},
+         "data.seq_len_warmup.buckets=2 is invalid; valid choices: True, False"),
+        ({}, {"seq_len": 100}, "data.seq_len_warmup.start=16 is below the shortest piece length 25 "
+                               "(seq_len=100 halved while even); use a start of at least 25"),
+        ({}, {"model.attention": "nsa"}, "model.attention='nsa' works on whole rows, so set "
+                                         "data.seq_len_warmup.buckets=False"),
+        ({}, {"model.moe.num_experts": 4}, "model.moe.num_experts>0 works on whole rows"),
+    ],
+)
+def test_bad_warmup_buckets_raise_one_line(warmup, overrides, expected):
+  config = get_config()
+  config.data.seq_len_warmup = ml_collections.ConfigDict(
+      {"start": 16, "steps": 10, "buckets": True, **warmup}
+  )
+  for field, value in overrides.items():
+    override(config, field, value)
+  with pytest.raises(ConfigError) as err:
+    resolve(config, num_devices=1)
+  assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+def test_warmup_buckets_flag_takes_true_or_false():
+  config = get_config()
+  with pytest.raises(ConfigError, match=r"buckets='3' is invalid; valid choices: true, false"):
+    override(config, "data.seq_len_warmup.buckets", "3")
+  override(config, "data.seq_len_warmup.buckets", "False")
+  assert config.data.seq_len_warmup.buckets is False
+  config.data.seq_len_warmup.start = 16
+  resolve(config, num_devices=1)  # masked warmup also allows whole-row models
+  override(config, "model.attention", "nsa")
+  resolve(config, num_devices=1)
 
 
 def test_mha_and_mqa_fix_kv_heads():

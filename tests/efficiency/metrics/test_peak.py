@@ -191,8 +191,8 @@ def test_mfu_still_above_one_is_not_reported():
 
 def test_throughput_never_reports_mfu_above_one():
   meter = Mfu(Peak(1e9, "measured", "k"), lambda: Peak(1e9, "re-measured", "k"))
-  throughput = Throughput(flops_per_token=1e6, mfu=meter, positions_per_step=1000)
+  throughput = Throughput(meter)
   for _ in range(3):
-    throughput.add_step(tokens=1000, step_time=0.01, wait_time=0.0, warm=True)  # 1e11 FLOP/s
+    throughput.add_step(tokens=1000, flops=1e9, step_time=0.01, wait_time=0.0, warm=True)
   assert throughput.run()["mfu"] is None and meter.note
   assert throughput.interval()["mfu"] is None

@@ -1,0 +1,132 @@
+"""Wall-clock, FLOPs and tokens to target of sequence-length warmup: no warmup (baseline), masked
+warmup (rows kept at seq_len) and bucketed warmup (short rows), side by side in one run on the
+default corpus, at each sequence length asked for with the same tokens per step.
+
+  python -m benchmarks.seq_len_warmup [--seq_lens=128,512] [--steps=240] [--root=DIR]
+
+Each arm is a train.py run (`train_and_evaluate`) in DIR/<seq_len>-<arm>; a finished one is
+read back, not retrained. "To target" is the first eval at or below the target: the run's
+`target_loss`, and the loss the baseline ends at (equal final loss). Time is the runs' time in
+train steps (compiles, evals and saves left out), FLOPs the model FLOPs at each step's row
+length (efficiency.model.flops). Prints a Markdown table and, last, one JSON line.
+"""
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+
+from configs.default import get_config
+from efficiency.config import override, resolve
+from efficiency.train.loop import train_and_evaluate
+from efficiency.workdir import files
+
+ARMS = {
+    "baseline": {"data.seq_len_warmup.start": 0},
+    "masked": {"data.seq_len_warmup.buckets": False},
+    "bucketed": {"data.seq_len_warmup.buckets": True},
+}
+TOKENS_PER_STEP = 16 * 128  # the default batch
+
+
+def arm_config(arm: str, seq_len: int, args: argparse.Namespace):
+  """The default config for one arm: `args.steps` steps of TOKENS_PER_STEP tokens."""
+  config = get_config()
+  fields = {
+      "steps": args.steps, "seq_len": seq_len, "batch_size": TOKENS_PER_STEP // seq_len,
+      "eval_every": args.eval_every, "checkpoint_every": args.steps, "target_loss": args.target,
+      "data.seq_len_warmup.start": args.start, "data.seq_len_warmup.steps": args.warmup_steps,
+      **ARMS[arm],
+  }
+  for field, value in fields.items():
+    override(config, field, value)
+  return resolve(config, jax.device_count())
+
+
+def to_loss(evals: list[dict], loss: float) -> dict:
+  """Step, tokens, FLOPs and train time at the first eval at or below `loss` (None if never)."""
+  first = next((e for e in evals if e["eval_loss"] <= loss), None)
+  keys = ("step", "tokens_seen", "flops_seen", "train_time_s")
+  return {k: None if first is None else first[k] for k in keys}
+
+
+def run_arm(root: Path, arm: str, seq_len: int, args: argparse.Namespace) -> dict:
+  workdir = root / f"{seq_len}-{arm}"
+  started = time.perf_counter()
+  summary = train_and_evaluate(arm_config(arm, seq_len, args), workdir)
+  records = [json.loads(line) for line in (workdir / files.METRICS).read_text().splitlines()]
+  evals = [r for r in records if "eval_loss" in r and "train_time_s" in r]
+  return {
+      "arm": arm, "seq_len": seq_len, "summary": summary, "evals": evals,
+      "run_s": time.perf_counter() - started,
+  }
+
+
+def _ratio(base, value) -> str:
+  return "-" if not base or not value else f"{base / value:.2f}x"
+
+
+def _num(value, fmt: str) -> str:
+  return "not reached" if value is None else format(value, fmt)
+
+
+def table(results: list[dict]) -> str:
+  head = ("| seq_len | arm | final eval loss | target | steps | tokens | GFLOPs | train s "
+          "| time saving | FLOPs saving | compile s |")
+  lines = [head, "|" + "---|" * 11]
+  for seq_len in sorted({r["seq_len"] for r in results}):
+    arms = {r["arm"]: r for r in results if r["seq_len"] == seq_len}
+    base_final = arms["baseline"]["summary"]["final_eval_loss"]
+    for label, loss in (("target_loss", None), ("baseline final", base_final)):
+      loss_ = arms["baseline"]["summary"]["target_loss"] if loss is None else loss
+      base = to_loss(arms["baseline"]["evals"], loss_)
+      for arm in ARMS:
+        r = arms[arm]
+        hit = to_loss(r["evals"], loss_)
+        flops = None if hit["flops_seen"] is None else hit["flops_seen"] / 1e9
+        lines.append(
+            f"| {seq_len} | {arm} | {r['summary']['final_eval_loss']:.3f} | {label} {loss_:.3f} "
+            f"| {_num(hit['step'], 'd')} | {_num(hit['tokens_seen'], ',')} | {_num(flops, ',.0f')} "
+            f"| {_num(hit['train_time_s'], '.1f')} "
+            f"| {_ratio(base['train_time_s'], hit['train_time_s'])} "
+            f"| {_ratio(base['flops_seen'], hit['flops_seen'])} "
+            f"| {r['summary']['compile_time_s']:.1f} |"
+        )
+  return "\n".join(lines)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--seq_lens", default="128,512")
+  parser.add_argument("--steps", type=int, default=240)
+  parser.add_argument("--eval_every", type=int, default=20)
+  parser.add_argument("--target", type=float, default=5.0)
+  parser.add_argument("--start", type=int, default=16)
+  parser.add_argument("--warmup_steps", type=int, default=60)
+  parser.add_argument("--arms", default=",".join(ARMS))
+  parser.add_argument("--root", default="/tmp/seq_len_warmup_benchmark")
+  args = parser.parse_args()
+  root = Path(args.root)
+  results = []
+  for i, seq_len in enumerate(int(s) for s in args.seq_lens.split(",")):
+    arms = args.arms.split(",")
+    for arm in arms if i % 2 == 0 else arms[::-1]:  # alternate the order against drift
+      results.append(run_arm(root, arm, seq_len, args))
+      s = results[-1]["summary"]
+      print(f"{seq_len} {arm}: final {s['final_eval_loss']:.4f}, "
+            f"time to target {s['time_to_target_s']}, run {results[-1]['run_s']:.0f} s",
+            flush=True)
+  print(table(results))
+  keep = ("final_eval_loss", "tokens_to_target", "flops_to_target", "time_to_target_s",
+          "flops_seen", "tokens_per_sec", "compile_time_s")
+  print(json.dumps([{"arm": r["arm"], "seq_len": r["seq_len"],
+                     **{k: r["summary"].get(k) for k in keep},
+                     "evals": r["evals"]} for r in results],
+                   default=lambda x: None if isinstance(x, float) and math.isnan(x) else x))
+
+
+if __name__ == "__main__":
+  main()
