@@ -1,6 +1,6 @@
 """Building blocks with logically partitioned parameters: projections, RMSNorm, embedding, MLP."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -13,6 +13,27 @@ from efficiency.quant.pack import dequantize_int4, matrix_shape, num_groups, qua
 
 Dtype = jnp.dtype
 Quant = ml_collections.FrozenConfigDict | None
+Einsum = Callable[[str, jnp.ndarray, jnp.ndarray], jnp.ndarray]
+
+
+def token_major(einsum: Einsum) -> Einsum:
+  """`einsum` with the batch and length axes ("bt") of input and output merged into one.
+
+  A kernel's gradient contracts over every token; with two such axes XLA's CPU backend takes
+  about twice as long over it as over one (BENCHMARKS.md, "Our train step against PyTorch").
+  Specs whose input and output do not both start with "bt" are left as they are.
+  """
+
+  def merged(spec: str, x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
+    lhs, rest = spec.split(",")
+    rhs, out = rest.split("->")
+    if not (lhs.startswith("bt") and out.startswith("bt")) or {"b", "t"} & set(rhs):
+      return einsum(spec, x, kernel)
+    b, t = x.shape[:2]
+    y = einsum(f"{lhs[1:]},{rhs}->{out[1:]}", x.reshape(b * t, *x.shape[2:]), kernel)
+    return y.reshape(b, t, *y.shape[1:])
+
+  return merged
 
 
 class Projection(nn.Module):
@@ -61,7 +82,7 @@ class Projection(nn.Module):
           tuple(self.kernel_shape),
           self.param_dtype,
       )
-    einsum = make_einsum(self, self.quant, self.logits)
+    einsum = token_major(make_einsum(self, self.quant, self.logits))
     return self._add_bias(einsum(self.spec, x.astype(self.dtype), kernel.astype(self.dtype)))
 
   def _add_bias(self, y: jnp.ndarray) -> jnp.ndarray:
@@ -139,7 +160,7 @@ class Embed(nn.Module):
 
   @nn.compact
   def attend(self, x_BTD: jnp.ndarray) -> jnp.ndarray:
-    einsum = make_einsum(self, self.quant, logits=True)
+    einsum = token_major(make_einsum(self, self.quant, logits=True))
     return einsum("btd,vd->btv", x_BTD, self.embedding.astype(self.dtype))
 
 

@@ -25,7 +25,7 @@ from efficiency.attention.dot_product import NEG_INF
 from efficiency.attention.kernels.case import AttentionCase
 
 BiasFn = Callable[[Any, jnp.ndarray, jnp.ndarray], jnp.ndarray]
-BLOCK = 512
+BLOCK = 256
 
 
 def chunked_attention(
