@@ -8,7 +8,8 @@ PYTHON is an interpreter with torch (kept out of the project's environment: for 
 compiled train step (configs/default.py at that shape, `model.attention_impl=auto`) and the
 PyTorch step of benchmarks/torch_llama.py (in a worker process, idle while ours runs) take turns,
 --steps steps each per round; prints tokens/s of both (median over rounds) and their ratio.
-Shapes: `default` (4 layers x d_model 256) and `wide` (8 layers x d_model 512).
+Shapes: `4x256` (4 layers x d_model 256, the default before it was resized for 2-core machines)
+and `8x512` (8 layers x d_model 512), both at batch 16 x 128.
 """
 
 import argparse
@@ -21,7 +22,7 @@ from configs.default import get_config
 
 ROOT = Path(__file__).resolve().parents[1]
 # name: (layers, d_model, heads, kv_heads, d_ff)
-SHAPES = {"default": (4, 256, 4, 2, 768), "wide": (8, 512, 8, 4, 1536)}
+SHAPES = {"4x256": (4, 256, 4, 2, 768), "8x512": (8, 512, 8, 4, 1536)}
 
 
 def torch_worker(python: str, config) -> subprocess.Popen:
@@ -66,7 +67,7 @@ def main() -> None:
     tokens = args.steps * config.batch_size * config.seq_len
     ours_tps, torch_tps = tokens / statistics.median(ours_s), tokens / statistics.median(torch_s)
     params = ours.training.param_count()
-    print(f"| {shape} ({layers} x {d_model}) | {params / 1e6:.1f}M | {ours_tps:,.0f} "
+    print(f"| {shape} | {params / 1e6:.1f}M | {ours_tps:,.0f} "
           f"| {torch_tps:,.0f} | {ours_tps / torch_tps:.2f} |", flush=True)
 
 
