@@ -39,3 +39,20 @@ class AttentionCase:
         t, n, k_BTKH.shape[2], h, v_BTKV.shape[3], jnp.dtype(q_BTNH.dtype).name, window, bias,
         quantized,
     )
+
+
+QUANTIZED = "quant.attention (AQT score and value products) runs only in the xla implementation"
+
+
+def fused_kernel_limit(case: AttentionCase, takes_window: bool) -> str | None:
+  """Why a fused kernel (float products, no score bias, one head dim for q, k and v, a window
+  only if `takes_window`) cannot run `case`; None if it can."""
+  if case.window is not None and not takes_window:
+    return "the kernel has no sliding window"
+  if case.bias is not None:
+    return f"the kernel takes no ({case.bias}) position bias"
+  if case.head_dim != case.value_dim:
+    return f"query/key head dim {case.head_dim} differs from value head dim {case.value_dim}"
+  if case.quantized:
+    return QUANTIZED
+  return None

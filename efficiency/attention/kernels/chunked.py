@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from efficiency.attention.dot_product import NEG_INF
-from efficiency.attention.kernels.case import AttentionCase
+from efficiency.attention.kernels.case import QUANTIZED, AttentionCase
 
 BiasFn = Callable[[Any, jnp.ndarray, jnp.ndarray], jnp.ndarray]
 BLOCK = 256
@@ -237,9 +237,7 @@ def _flash(fn: BiasFn | None, window: int | None, scale: float, c: int):
 def unsupported(case: AttentionCase, platform: str) -> str | None:
   """Runs everywhere, except AQT-quantized score/value products."""
   del platform
-  if case.quantized:
-    return "quant.attention (AQT score and value products) runs only in the xla implementation"
-  return None
+  return QUANTIZED if case.quantized else None
 
 
 def attend(

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from efficiency.attention.kernels.case import AttentionCase
+from efficiency.attention.kernels.case import AttentionCase, fused_kernel_limit
 
 
 def unsupported(case: AttentionCase, platform: str) -> str | None:
@@ -19,15 +19,9 @@ def unsupported(case: AttentionCase, platform: str) -> str | None:
     return f"it needs an NVIDIA GPU (this is {platform})"
   if case.dtype not in ("bfloat16", "float16"):
     return f"cuDNN takes bfloat16 or float16 inputs, not model.dtype={case.dtype!r}"
-  if case.head_dim != case.value_dim:
-    return f"query/key head dim {case.head_dim} differs from value head dim {case.value_dim}"
   if case.head_dim % 8 or case.head_dim > 128:
     return f"head dim {case.head_dim} is not a multiple of 8 up to 128"
-  if case.bias is not None:
-    return f"a {case.bias} position bias would be a dense [B, N, T, T] input"
-  if case.quantized:
-    return "quant.attention (AQT score and value products) runs only in the xla implementation"
-  return None
+  return fused_kernel_limit(case, takes_window=True)
 
 
 def attend(

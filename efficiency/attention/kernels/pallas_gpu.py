@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax.experimental.pallas.ops.gpu import attention as pallas_attention
 
-from efficiency.attention.kernels.case import AttentionCase
+from efficiency.attention.kernels.case import AttentionCase, fused_kernel_limit
 
 BLOCK_Q = BLOCK_K = 128
 BLOCK_BACKWARD = 32
@@ -21,15 +21,7 @@ def unsupported(case: AttentionCase, platform: str) -> str | None:
   """Causal with segment ids only: no window, no bias, equal head dims."""
   if platform != "gpu":
     return f"it needs a GPU (this is {platform}; tests run the kernel with interpret=True)"
-  if case.window is not None:
-    return "the kernel has no sliding window"
-  if case.bias is not None:
-    return f"the kernel takes no ({case.bias}) position bias"
-  if case.head_dim != case.value_dim:
-    return f"query/key head dim {case.head_dim} differs from value head dim {case.value_dim}"
-  if case.quantized:
-    return "quant.attention (AQT score and value products) runs only in the xla implementation"
-  return None
+  return fused_kernel_limit(case, takes_window=False)
 
 
 def attend(

@@ -13,7 +13,7 @@ import ml_collections
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
 
-from efficiency.attention.kernels.case import AttentionCase
+from efficiency.attention.kernels.case import AttentionCase, fused_kernel_limit
 
 BLOCK = 512
 LANES = 128
@@ -23,13 +23,7 @@ def unsupported(case: AttentionCase, platform: str) -> str | None:
   """Causal or sliding, with segment ids; no bias, equal head dims."""
   if platform != "tpu":
     return f"it needs a TPU (this is {platform}; tests run the kernel with interpret=True)"
-  if case.bias is not None:
-    return f"the kernel takes no ({case.bias}) position bias"
-  if case.head_dim != case.value_dim:
-    return f"query/key head dim {case.head_dim} differs from value head dim {case.value_dim}"
-  if case.quantized:
-    return "quant.attention (AQT score and value products) runs only in the xla implementation"
-  return None
+  return fused_kernel_limit(case, takes_window=True)
 
 
 def attend(
