@@ -19,6 +19,7 @@ from efficiency.attention.mla import MultiHeadLatentAttention
 from efficiency.attention.nsa import NativeSparseAttention
 from efficiency.attention.sliding import SlidingWindowAttention
 from efficiency.errors import ConfigError
+from efficiency.quant.einsum import quantizes_attention
 
 ATTENTION: dict[str, type[Attention]] = {
     "mha": GroupedQueryAttention,
@@ -67,8 +68,7 @@ def training_case(config: ml_collections.ConfigDict) -> AttentionCase:
   """The kernel case of `config`'s training attention, as its modules will ask it."""
   m = config.model
   case = get_attention(m.attention).attention_case(m, config.seq_len)
-  quant = config.get("quant")
-  if quant is not None and quant.mode != "none" and quant.get("attention"):
+  if quantizes_attention(config.get("quant")):
     case = dataclasses.replace(case, quantized=m.attention != "nsa")  # NSA's window: float
   if m.attention != "mla":
     case = dataclasses.replace(case, num_kv_heads=resolve_kv_heads(m))

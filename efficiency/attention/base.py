@@ -29,6 +29,7 @@ from efficiency.attention.kernels import IMPLEMENTATIONS, choose
 from efficiency.attention.kernels.case import AttentionCase
 from efficiency.model.layers import Projection
 from efficiency.position import get_position
+from efficiency.quant.einsum import quantizes_attention
 
 Heads = dict[str, jnp.ndarray]
 Cache = dict[str, jnp.ndarray]
@@ -122,8 +123,7 @@ class Attention(nn.Module):
     `quantized=False` keeps the products float whatever `quant.attention` says."""
     quant = self.quant if quantized else None
     kind = None if self.bias is None else self.bias.KIND
-    is_quantized = bool(quant is not None and quant.mode != "none" and quant.get("attention"))
-    case = AttentionCase.of(q_BTNH, k_BTKH, v_BTKV, window, kind, is_quantized)
+    case = AttentionCase.of(q_BTNH, k_BTKH, v_BTKV, window, kind, quantizes_attention(quant))
     name = choose(self.config.get("attention_impl", "auto"), case, jax.default_backend())
     return IMPLEMENTATIONS[name].attend(
         q_BTNH, k_BTKH, v_BTKV, segment_ids_BT, positions_BT, window=window, bias=self.bias,

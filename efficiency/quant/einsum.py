@@ -88,9 +88,14 @@ def make_einsum(
   return aqt_flax.AqtEinsum(cfg, prng_name=prng_name, name="aqt")
 
 
+def quantizes_attention(quant: ml_collections.ConfigDict | None) -> bool:
+  """Whether the attention score and value products run through AQT (`quant.attention`)."""
+  return quant is not None and quant.mode != "none" and bool(quant.get("attention", False))
+
+
 def attention_einsum(quant: ml_collections.ConfigDict | None) -> Einsum:
   """The einsum of the attention score and value products: float unless `quant.attention`."""
-  if quant is None or quant.mode == "none" or not quant.get("attention", False):
+  if not quantizes_attention(quant):
     return jnp.einsum
   cfg = QUANT_MODES[quant.mode]()
   float_grads = aqt_config.default_unquantized_config()

@@ -42,9 +42,9 @@ class Throughput:
   """Real tokens/s, MFU and data wait, over log intervals and over the whole run.
 
   Steps that waited on warm-up (a process's first step, and the first step in each new batch
-  shape) are left out of the run totals. MFU counts each step's model FLOPs (`step_flops`: every
-  position computed, padding included, at that step's row length), against `mfu`'s peak (never
-  above 1: see `efficiency.metrics.peak.Mfu`).
+  shape) are left out of the run totals. MFU counts each step's model FLOPs
+  (`model_step_flops`: every position computed, padding included, at that step's row length),
+  against `mfu`'s peak (never above 1: see `efficiency.metrics.peak.Mfu`).
   """
 
   def __init__(self, mfu: Mfu):
@@ -104,7 +104,7 @@ class Progress:
   eval_step: int | None = None  # the step final_eval_loss was measured at
 
 
-def step_flops(config: ml_collections.ConfigDict, seq_len: int) -> int:
+def model_step_flops(config: ml_collections.ConfigDict, seq_len: int) -> int:
   """Model FLOPs of one train step whose `batch_size * config.seq_len` positions come in rows of
   `seq_len` (shorter than `config.seq_len` in a warmup bucket: attention spans the short row)."""
   return flops_per_token(config.model, seq_len) * config.batch_size * config.seq_len
@@ -368,7 +368,7 @@ class Loop:
     if self.evaluates(step) or self.saves(step):
       # Steps still queued on the device count as training time, not eval or save time.
       jax.block_until_ready(state)
-    flops = step_flops(config, seq_len)
+    flops = model_step_flops(config, seq_len)
     self.progress.flops_seen += flops
     step_time = time.perf_counter() - t0 - compile_s
     self.progress.train_time_s += step_time

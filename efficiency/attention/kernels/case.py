@@ -56,3 +56,11 @@ def fused_kernel_limit(case: AttentionCase, takes_window: bool) -> str | None:
   if case.quantized:
     return QUANTIZED
   return None
+
+
+def zero_padding_queries(
+    out_BTNV: jnp.ndarray, segment_ids_BT: jnp.ndarray, dtype: jnp.dtype
+) -> jnp.ndarray:
+  """The reference's output for queries of padding (segment 0): zeros. Fused kernels let
+  padding attend to padding, so their output there is set after the call."""
+  return jnp.where((segment_ids_BT != 0)[:, :, None, None], out_BTNV, 0).astype(dtype)

@@ -10,7 +10,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from efficiency.attention.kernels.case import AttentionCase, fused_kernel_limit
+from efficiency.attention.kernels.case import (
+    AttentionCase,
+    fused_kernel_limit,
+    zero_padding_queries,
+)
 
 
 def unsupported(case: AttentionCase, platform: str) -> str | None:
@@ -48,4 +52,4 @@ def attend(
       local_window_size=None if window is None else (window - 1, 0),
       implementation=implementation,
   )
-  return jnp.where((segment_ids_BT != 0)[:, :, None, None], out_BTNH, 0).astype(v_BTKV.dtype)
+  return zero_padding_queries(out_BTNH, segment_ids_BT, v_BTKV.dtype)

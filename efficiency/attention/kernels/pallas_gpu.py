@@ -11,7 +11,11 @@ import jax.numpy as jnp
 import ml_collections
 from jax.experimental.pallas.ops.gpu import attention as pallas_attention
 
-from efficiency.attention.kernels.case import AttentionCase, fused_kernel_limit
+from efficiency.attention.kernels.case import (
+    AttentionCase,
+    fused_kernel_limit,
+    zero_padding_queries,
+)
 
 BLOCK_Q = BLOCK_K = 128
 BLOCK_BACKWARD = 32
@@ -58,4 +62,4 @@ def attend(
       q_BTNH, k_BTNH, v_BTNH, seg_BT, sm_scale=scale, causal=True, block_sizes=sizes,
       interpret=interpret,
   )[:, :t]
-  return jnp.where((segment_ids_BT != 0)[:, :, None, None], out_BTNH, 0).astype(v_BTKV.dtype)
+  return zero_padding_queries(out_BTNH, segment_ids_BT, v_BTKV.dtype)

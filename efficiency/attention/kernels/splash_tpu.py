@@ -13,7 +13,11 @@ import ml_collections
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
 
-from efficiency.attention.kernels.case import AttentionCase, fused_kernel_limit
+from efficiency.attention.kernels.case import (
+    AttentionCase,
+    fused_kernel_limit,
+    zero_padding_queries,
+)
 
 BLOCK = 512
 LANES = 128
@@ -71,4 +75,4 @@ def attend(
   per_head = jax.vmap(one_group, in_axes=(0, 0, 0, None))  # over K
   out_BKGTH = jax.vmap(per_head)(q_BKGTH, k_BKTH, v_BKTH, seg_BT)
   out_BTNH = out_BKGTH.transpose(0, 3, 1, 2, 4).reshape(b, t_pad, n, h)[:, :t]
-  return jnp.where((segment_ids_BT != 0)[:, :, None, None], out_BTNH, 0).astype(v_BTKV.dtype)
+  return zero_padding_queries(out_BTNH, segment_ids_BT, v_BTKV.dtype)

@@ -130,9 +130,11 @@ def test_a_warmup_run_compiles_once_per_bucket(warmup_run, warmup_config, compil
 
 def test_flops_count_each_step_at_its_row_length(warmup_run, warmup_config):
   summary = json.loads((warmup_run / "summary.json").read_text())
-  per_step = [loop_lib.step_flops(warmup_config, piece_len(s, warmup_config)) for s in range(40)]
+  per_step = [
+      loop_lib.model_step_flops(warmup_config, piece_len(s, warmup_config)) for s in range(40)
+  ]
   assert summary["flops_seen"] == sum(per_step)
-  assert summary["flops_seen"] < 40 * loop_lib.step_flops(warmup_config, 32)
+  assert summary["flops_seen"] < 40 * loop_lib.model_step_flops(warmup_config, 32)
   evals = [json.loads(line) for line in (warmup_run / "metrics.jsonl").read_text().splitlines()]
   first = next(m for m in evals if m.get("eval_loss", np.inf) <= summary["target_loss"])
   assert summary["tokens_to_target"] == first["tokens_seen"]
