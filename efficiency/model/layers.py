@@ -16,24 +16,33 @@ Quant = ml_collections.FrozenConfigDict | None
 Einsum = Callable[[str, jnp.ndarray, jnp.ndarray], jnp.ndarray]
 
 
-def token_major(einsum: Einsum) -> Einsum:
-  """`einsum` with the batch and length axes ("bt") of input and output merged into one.
+def tokens_merged(spec: str) -> str | None:
+  """`spec` with the batch and length axes ("bt") of input and output merged into one ("t"), or
+  None where they are not both leading or the kernel has them."""
+  lhs, rest = spec.split(",")
+  rhs, out = rest.split("->")
+  if not (lhs.startswith("bt") and out.startswith("bt")) or {"b", "t"} & set(rhs):
+    return None
+  return f"{lhs[1:]},{rhs}->{out[1:]}"
+
+
+def on_merged_tokens(spec: str, x: jnp.ndarray, fn: Callable[[str, jnp.ndarray], jnp.ndarray]):
+  """fn(spec, x), computed over one token axis where `tokens_merged` allows.
 
   A kernel's gradient contracts over every token; with two such axes XLA's CPU backend takes
   about twice as long over it as over one (BENCHMARKS.md, "Our train step against PyTorch").
-  Specs whose input and output do not both start with "bt" are left as they are.
   """
+  flat = tokens_merged(spec)
+  if flat is None:
+    return fn(spec, x)
+  b, t = x.shape[:2]
+  y = fn(flat, x.reshape(b * t, *x.shape[2:]))
+  return y.reshape(b, t, *y.shape[1:])
 
-  def merged(spec: str, x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
-    lhs, rest = spec.split(",")
-    rhs, out = rest.split("->")
-    if not (lhs.startswith("bt") and out.startswith("bt")) or {"b", "t"} & set(rhs):
-      return einsum(spec, x, kernel)
-    b, t = x.shape[:2]
-    y = einsum(f"{lhs[1:]},{rhs}->{out[1:]}", x.reshape(b * t, *x.shape[2:]), kernel)
-    return y.reshape(b, t, *y.shape[1:])
 
-  return merged
+def token_major(einsum: Einsum) -> Einsum:
+  """`einsum` over one token axis (`on_merged_tokens`)."""
+  return lambda spec, x, kernel: on_merged_tokens(spec, x, lambda s, v: einsum(s, v, kernel))
 
 
 class Projection(nn.Module):
@@ -62,8 +71,10 @@ class Projection(nn.Module):
     params = self.variables.get("params", {})
     if adapter.is_adapted(params):
       einsum = make_einsum(self, self.quant, self.logits)
-      y = adapter.adapted(
-          self.spec, x.astype(self.dtype), params, tuple(self.kernel_shape), einsum
+      shape = tuple(self.kernel_shape)
+      y = on_merged_tokens(
+          self.spec, x.astype(self.dtype),
+          lambda spec, v: adapter.adapted(spec, v, params, shape, einsum),
       )
       return self._add_bias(y)
     storage = weight_storage(self.quant, self.path, self.logits)

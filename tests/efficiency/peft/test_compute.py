@@ -2,6 +2,7 @@
 gradients as the merged-kernel formulation, no dL/dW in the compiled step), no backward pass
 through frozen layers (from XLA's cost analysis), and a QLoRA int4 base."""
 
+import functools
 import re
 
 import flax.linen as nn
@@ -107,6 +108,7 @@ def test_gradients_equal_merged_on_moe_experts_and_mla_latents(method):
 
 # Compiled steps: what XLA is asked to compute.
 
+@functools.cache
 def _compiled(method: str, **peft):
   config = tiny_peft_config(method, **peft)
   training = Training(config)
@@ -130,6 +132,29 @@ def test_lora_step_forms_no_weight_gradient():
   *_, lora = _compiled("lora")
   assert kernel_shapes <= _dot_output_shapes(full.as_text())
   assert not kernel_shapes & _dot_output_shapes(lora.as_text())
+
+
+def _dot_contracted_sizes(hlo: str) -> set[int]:
+  """Sizes of the lhs contracting dim of every dot in compiled HLO text (operand shapes looked
+  up from their definitions, fusion parameters included)."""
+  shapes = {name: [int(d) for d in dims.split(",") if d] for name, dims in
+            re.findall(r"%([\w.\-]+) = \w+\[([\d,]*)\]", hlo)}
+  sizes = set()
+  for lhs, dims in re.findall(r" dot\(%([\w.\-]+), %[\w.\-]+\).*?lhs_contracting_dims=\{(\d+)\}",
+                              hlo):
+    sizes.add(shapes[lhs][int(dims)])
+  return sizes
+
+
+def test_lora_fuses_base_and_adapter_products_into_one_dot():
+  """Each adapted projection is one dot [x, x A] @ [W; B] forward and one [g, g B^T] @ [W^T; A^T]
+  backward: the tiny model's MLP gives dots contracting d_model + rank and d_ff + rank."""
+  config = tiny_peft_config("lora")
+  fused = {config.model.d_model + config.peft.rank, config.model.d_ff + config.peft.rank}
+  *_, lora = _compiled("lora")
+  *_, full = _compiled("full")
+  assert fused <= _dot_contracted_sizes(lora.as_text())
+  assert not fused & _dot_contracted_sizes(full.as_text())
 
 
 def _flops(method: str, layers: int, **peft) -> float:
