@@ -1,17 +1,21 @@
 """PEFT methods side by side in one process: the compute each saves, and the study's table.
 
   python -m benchmarks.peft --init_from=PRETRAINED_DIR [--out=peft.json] [--parts=compute,study]
-      [--steps=40] [--lrs=3e-4,1e-3,3e-3] [--rounds=3] [--timed_steps=3]
+      [--steps=40] [--lrs=3e-4,1e-3,3e-3] [--adapter_lrs=1e-3,3e-3,1e-2] [--rounds=3]
+      [--timed_steps=3]
       [--methods=full,freeze,lora,...] [--large=8,512] [--large_batch=16]
 
 1. Compute, at the pretrained model's shape and at `--large` (layers, d_model; heads, KV heads
    and d_ff scaled with d_model): per method, the compiled train step's FLOPs (XLA cost
    analysis, scans unrolled), its temporary bytes (XLA memory analysis: activations and
    scratch), the optimizer-state bytes, and the step time relative to full fine-tuning, every
-   method's compiled step timed in interleaved rounds on one real batch (the fastest round).
+   method's compiled step timed in interleaved rounds on one real batch (the fastest step).
+   Beside the methods, `lora_last` (`lora` with `peft.adapter_layers=1`: adapters on the last
+   layer, the rest a frozen prefix).
 2. The study's table: each method fine-tunes the pretrained model for `--steps` steps at each
-   learning rate of `--lrs` (configs/finetune.py otherwise, warmup a quarter of the steps, at
-   most 20), all on the same batches, and is evaluated on the same eval batches.
+   learning rate of `--lrs` (adapter methods: `--adapter_lrs`, since adapters train best at
+   higher rates; configs/finetune.py otherwise, warmup a quarter of the steps, at most 20), all
+   on the same batches, and is evaluated on the same eval batches.
 """
 
 import argparse
@@ -32,6 +36,8 @@ from efficiency.train.setup import Training
 from efficiency.workdir.restore import restore
 
 METHODS = ("full", "freeze", "lora", "lora_plus", "rslora", "dora", "pissa")
+# Compute rows beyond the methods: name -> (method, overrides).
+VARIANTS = {"lora_last": ("lora", {"peft.adapter_layers": 1})}
 
 
 def method_config(init_from: str, method: str, **overrides) -> ml_collections.ConfigDict:
@@ -59,8 +65,8 @@ def larger(config: ml_collections.ConfigDict, layers: int, d_model: int):
 
 def compute(configs: dict[str, ml_collections.ConfigDict], local: dict, rounds: int,
             steps: int = 3) -> dict[str, dict]:
-  """Per method: step FLOPs, temp bytes, optimizer-state bytes and step seconds (mean over
-  `steps` steps, fastest of `rounds` interleaved rounds; random init: the time does not depend
+  """Per method: step FLOPs, temp bytes, optimizer-state bytes and step seconds (the fastest of
+  `steps` steps in each of `rounds` interleaved rounds; random init: the time does not depend
   on the weights)."""
   fns, states, batches, out = {}, {}, {}, {}
   for method, config in configs.items():
@@ -80,12 +86,12 @@ def compute(configs: dict[str, ml_collections.ConfigDict], local: dict, rounds: 
     for method, fn in fns.items():
       states[method], _ = fn(states[method], batches[method])  # warm
       jax.block_until_ready(states[method])
-      start = time.perf_counter()
       for _ in range(steps):
+        start = time.perf_counter()
         states[method], _ = fn(states[method], batches[method])
-      jax.block_until_ready(states[method])
-      out[method]["seconds"].append((time.perf_counter() - start) / steps)
-  for r in out.values():  # the fastest round: the least disturbed by other work on the machine
+        jax.block_until_ready(states[method])
+        out[method]["seconds"].append(time.perf_counter() - start)
+  for r in out.values():  # the fastest step: the least disturbed by other work on the machine
     r["step_s"] = float(np.min(r["seconds"]))
   return out
 
@@ -116,16 +122,16 @@ def compute_table(title: str, results: dict[str, dict]) -> None:
 
 def study_table(args, methods, lrs, losses, compute_results, configs) -> None:
   print(f"\nStudy table ({args.steps} steps)\n")
-  lr_columns = " | ".join(f"loss lr {lr:g}" for lr in lrs)
+  lr_columns = " | ".join(f"loss at rate {i + 1}" for i in range(max(map(len, lrs.values()))))
   timed = bool(compute_results)
   head = "| method | trainable params | optimizer state (MB) | ST (samples/param/s) | AL (s) | " \
       "AL vs full | " if timed else "| method | "
   print(f"{head}{lr_columns} | best |")
-  print("|---|" + ("---|" * 5 if timed else "") + "---|" * len(lrs) + "---|")
+  print("|---|" + ("---|" * 5 if timed else "") + "---|" * len(lrs[methods[0]]) + "---|")
   full_s = compute_results["full"]["step_s"] if "full" in compute_results else None
   for m in methods:
     best = min(losses[m], key=losses[m].get)
-    cells = " | ".join(f"{losses[m][lr]:.4f}" for lr in lrs)
+    cells = " | ".join(f"{losses[m][lr]:.4f} (lr {lr:g})" for lr in lrs[m])
     row = f"| {m} | "
     if timed:
       r, batch = compute_results[m], configs[m].batch_size
@@ -141,19 +147,25 @@ def main() -> None:
   parser.add_argument("--out", default="peft.json")
   parser.add_argument("--parts", default="compute,study", help="compute, study or both")
   parser.add_argument("--steps", type=int, default=40)
-  parser.add_argument("--lrs", default="3e-4,1e-3,3e-3")
+  parser.add_argument("--lrs", default="3e-4,1e-3,3e-3", help="full and freeze")
+  parser.add_argument("--adapter_lrs", default="1e-3,3e-3,1e-2", help="adapter methods")
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--timed_steps", type=int, default=3, help="steps per method per round")
   parser.add_argument("--methods", default=",".join(METHODS))
   parser.add_argument("--large", default="8,512", help="layers,d_model of the larger shape")
   parser.add_argument("--large_batch", type=int, default=16, help="rows of the larger shape")
   args = parser.parse_args()
-  methods, lrs = args.methods.split(","), [float(x) for x in args.lrs.split(",")]
+  methods = args.methods.split(",")
+  rates = lambda text: [float(x) for x in text.split(",")]
+  lrs = {m: rates(args.lrs if m in ("full", "freeze") else args.adapter_lrs) for m in methods}
   parts = args.parts.split(",")
   layers, d_model = (int(x) for x in args.large.split(","))
   warmup = min(20, args.steps // 4)
   configs = {m: method_config(args.init_from, m, steps=args.steps,
                               **{"optimizer.warmup_steps": warmup}) for m in methods}
+  timed = configs | {name: method_config(args.init_from, method, steps=args.steps,
+                                         **{"optimizer.warmup_steps": warmup}, **overrides)
+                     for name, (method, overrides) in VARIANTS.items()}
   inputs = load_inputs(next(iter(configs.values())))
   train = [next(inputs.train) for _ in range(args.steps)]
   token_bytes = np.asarray(inputs.tokenizer.token_bytes, np.float32)
@@ -161,9 +173,9 @@ def main() -> None:
   report = {"args": vars(args), "devices": jax.device_count(),
             "device_kind": jax.devices()[0].device_kind, "compute": {}}
   if "compute" in parts:
-    report["compute"] = compute(configs, train[0], args.rounds, args.timed_steps)
+    report["compute"] = compute(timed, train[0], args.rounds, args.timed_steps)
     compute_table("Default shape (the pretrained model)", report["compute"])
-    large = {m: larger(c, layers, d_model) for m, c in configs.items()}
+    large = {m: larger(c, layers, d_model) for m, c in timed.items()}
     for c in large.values():
       c.batch_size = args.large_batch
     rows = {k: v[: args.large_batch] for k, v in train[0].items()}
@@ -181,7 +193,7 @@ def main() -> None:
   losses = {}
   for m in methods:
     losses[m] = {}
-    for lr in lrs:
+    for lr in lrs[m]:
       config = ml_collections.ConfigDict(configs[m].to_dict())
       config.optimizer.lr = lr
       losses[m][lr] = finetune_loss(config, base, train, inputs.eval_batches, token_bytes)

@@ -32,6 +32,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.peft.targets = ""
   c.peft.lora_plus_ratio = 16.0  # lora_plus: B's learning rate over A's
   c.peft.last_layers = 1  # freeze: of the targets stacked over layers, train the last N (0: all)
+  # Adapter methods: adapters on the last N stacked layers only, the rest a frozen prefix with
+  # no backward pass (0: every layer).
+  c.peft.adapter_layers = 0
   # Adapter methods: how the frozen base kernels are stored: none (float) | int8 (per-channel
   # scales) | int4 (QLoRA: packed int4 with one scale per base_group_size contracted rows).
   c.peft.base_quant = "none"

@@ -68,6 +68,7 @@ RANGES = (
     ("data.filter.max_line_chars", 1, None, "int"),
     ("data.filter.max_repeated_line_ratio", 0, 1, ""),
     ("peft.last_layers", 0, None, "int"),
+    ("peft.adapter_layers", 0, None, "int"),
 )
 
 

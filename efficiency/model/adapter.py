@@ -37,6 +37,12 @@ def is_adapted(params: dict) -> bool:
   return "lora_a" in params
 
 
+def holds_codes(params: dict) -> bool:
+  """Whether a Projection's params hold a PEFT base kernel as int8 or int4 codes (the layers of
+  a frozen prefix below the adapted ones hold it without adapters)."""
+  return "kernel_int8" in params or "kernel_int4" in params
+
+
 def split_spec(spec: str) -> tuple[str, str, str, str, str, str]:
   """(inputs, kernel, outputs, batch, contract, out) letters of "inputs,kernel->outputs"."""
   inputs, rest = spec.split(",")
@@ -73,7 +79,10 @@ def base_output(spec: str, x: jax.Array, params: dict, shape: tuple[int, ...], e
 
 
 def adapted(spec: str, x: jax.Array, params: dict, shape: tuple[int, ...], einsum) -> jax.Array:
-  """The projection's output with its adapters (see the module docstring)."""
+  """The projection's output with its adapters (see the module docstring); without adapters
+  (a frozen layer) the base product alone."""
+  if not is_adapted(params):
+    return base_output(spec, x, params, shape, einsum)
   inputs, kernel, outputs, batch, contract, out = split_spec(spec)
   r = RANK_LETTER
   a, b = params["lora_a"].astype(x.dtype), params["lora_b"].astype(x.dtype)

@@ -69,7 +69,8 @@ class Projection(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     params = self.variables.get("params", {})
-    if adapter.is_adapted(params):
+    storage = weight_storage(self.quant, self.path, self.logits)
+    if adapter.is_adapted(params) or (storage == "float" and adapter.holds_codes(params)):
       einsum = make_einsum(self, self.quant, self.logits)
       shape = tuple(self.kernel_shape)
       y = on_merged_tokens(
@@ -77,7 +78,6 @@ class Projection(nn.Module):
           lambda spec, v: adapter.adapted(spec, v, params, shape, einsum),
       )
       return self._add_bias(y)
-    storage = weight_storage(self.quant, self.path, self.logits)
     if storage == "int4":
       kernel = self._int4_kernel()
     elif storage == "int4_convert":

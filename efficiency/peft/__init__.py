@@ -29,7 +29,7 @@ BASE_QUANT = ("none", "int8", "int4")  # how an adapter method stores the frozen
 
 FULL = ml_collections.ConfigDict({
     "method": "full", "rank": 8, "alpha": 16.0, "targets": "", "lora_plus_ratio": 16.0,
-    "last_layers": 0, "base_quant": "none", "base_group_size": 32,
+    "last_layers": 0, "adapter_layers": 0, "base_quant": "none", "base_group_size": 32,
 })
 
 

@@ -7,7 +7,7 @@ runs the frozen prefix as its own scan with no backward pass (Transformer.frozen
 import jax.numpy as jnp
 
 from efficiency.errors import ConfigError
-from efficiency.peft.method import Method, flatten, unflatten
+from efficiency.peft.method import Method, flatten, prefix_params, stack_depth, unflatten
 from efficiency.peft.targets import select
 
 # Top-level params the model applies after its layer stack.
@@ -25,7 +25,7 @@ class Freeze(Method):
     names = {"/".join(path): path for path in flat}
     self.chosen = [names[n] for n in select(list(names), self.targets, "parameters")]
     self.last_layers = int(cfg.last_layers)
-    depth = next((b.value.shape[0] for b in flat.values() if b.names[:1] == ("layers",)), 0)
+    depth = stack_depth(flat)
     if self.last_layers < 0 or (depth and self.last_layers > depth):
       raise ConfigError(
           f"peft.last_layers={self.last_layers} is invalid; valid choices: 0..{depth}"
@@ -56,12 +56,9 @@ class Freeze(Method):
     if not self.frozen_layers:
       return self.combine(trainable, frozen)
     params, n = flatten(frozen), self.frozen_layers
-    for path in [p for p in params if p[0] == "layers"]:
-      value = params.pop(path)
-      if path in self.partial:  # the frozen tree holds only the prefix
-        params[("frozen_layers", *path[1:])] = value
-      else:
-        params[("frozen_layers", *path[1:])], params[path] = value[:n], value[n:]
+    prefix = {p: params.pop(p) for p in self.partial}  # the frozen tree holds only the prefix
+    params = prefix_params(params, n)
+    params.update({("frozen_layers", *p[1:]): v for p, v in prefix.items()})
     params.update(flatten(trainable))
     return unflatten(params)
 

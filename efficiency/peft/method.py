@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import traverse_util
 
+from efficiency.errors import ConfigError
 from efficiency.peft import int4, int8
 from efficiency.peft.targets import KernelLayout, layout_of, select
 
@@ -47,6 +48,24 @@ class Method:
   lr_multipliers = None
 
 
+def stack_depth(flat: dict) -> int:
+  """Layers of the model's scanned stack (the leading `layers` axis of its boxed params; 0: the
+  model does not scan its layers)."""
+  return next((b.value.shape[0] for b in flat.values() if b.names[:1] == ("layers",)), 0)
+
+
+def prefix_params(flat: dict, n: int) -> dict:
+  """Flat params of a model split at layer `n` (`Transformer.frozen_layers`): the first `n`
+  layers of every stacked leaf under `frozen_layers`, the rest under `layers`."""
+  out = {}
+  for path, value in flat.items():
+    if path[0] == "layers":
+      out[("frozen_layers", *path[1:])], out[path] = value[:n], value[n:]
+    else:
+      out[path] = value
+  return out
+
+
 def flatten(tree: Params) -> dict[tuple[str, ...], object]:
   return traverse_util.flatten_dict(tree, is_leaf=lambda _, x: not isinstance(x, dict))
 
@@ -75,6 +94,16 @@ class Adapter(Method):
     if cfg.base_quant == "int4":
       for path, layout in self.layouts.items():
         int4.check("/".join(path), layout, self.group_size)
+    depth, self.adapter_layers = stack_depth(flat), int(cfg.get("adapter_layers", 0))
+    if self.adapter_layers < 0 or (depth and self.adapter_layers > depth) or \
+        (self.adapter_layers and not depth):
+      valid = f"0..{depth}" if depth else "0 (the model does not scan its layers)"
+      raise ConfigError(f"peft.adapter_layers={self.adapter_layers} is invalid; valid choices: "
+                        f"{valid}")
+    # With adapters on the last layers only, the layers below run as a frozen prefix.
+    self.frozen_layers = depth - self.adapter_layers if self.adapter_layers else 0
+    self.stacked = {p for p, box in ((p, flat[p + ("kernel",)]) for p in self.layouts)
+                    if box.names[:1] == ("layers",)} if self.frozen_layers else set()
 
   @property
   def group_size(self) -> int:
@@ -103,6 +132,10 @@ class Adapter(Method):
     for i, (path, layout) in enumerate(sorted(self.layouts.items())):
       box = flat[path + ("kernel",)]
       adapter, kept = self.init_adapter(layout, box.value, jax.random.fold_in(rng, i))
+      if path in self.stacked:  # adapters (and PiSSA's residual) on the last layers only
+        n = self.frozen_layers
+        adapter = {k: leaf.replace_boxed(leaf.value[n:]) for k, leaf in adapter.items()}
+        kept = jnp.concatenate([box.value[:n], kept[n:]])
       for name, leaf in adapter.items():
         trainable[path + (name,)] = leaf
       if self.cfg.base_quant == "int8":
@@ -143,17 +176,28 @@ class Adapter(Method):
     for path, adapter in self._adapters(trainable).items():
       layout = self.layouts[path]
       kernel = self.base_kernel(layout, params, path)
-      params[path + ("kernel",)] = self.effective(layout, kernel, adapter)
+      if path in self.stacked:
+        n = self.frozen_layers
+        params[path + ("kernel",)] = jnp.concatenate(
+            [kernel[:n], self.effective(layout, kernel[n:], adapter)])
+      else:
+        params[path + ("kernel",)] = self.effective(layout, kernel, adapter)
     return unflatten(params)
+
+  def train_model(self, model: nn.Module) -> nn.Module:
+    return model.clone(frozen_layers=self.frozen_layers) if self.frozen_layers else model
 
   def apply_params(self, trainable: Params, frozen: Params) -> Params:
     """Each targeted projection's frozen base (`kernel`, or `kernel_int8` / `kernel_int4` with
     `kernel_scale`) beside its adapters, B times `scale`: efficiency.model.adapter's layout."""
     params = flatten(frozen)
-    for path, adapter in self._adapters(trainable).items():
+    for path in self.layouts:
       for storage in ("int8", "int4", "scale"):
         if path + ("kernel", storage) in params:
           params[path + (f"kernel_{storage}",)] = params.pop(path + ("kernel", storage))
+    if self.frozen_layers:
+      params = prefix_params(params, self.frozen_layers)
+    for path, adapter in self._adapters(trainable).items():
       for name, leaf in adapter.items():
         params[path + (name,)] = (self.scale * leaf).astype(leaf.dtype) if name == "lora_b" \
             else leaf

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from jax.ad_checkpoint import print_saved_residuals
 
+from efficiency.errors import ConfigError
 from efficiency.model.adapter import adapted
 from efficiency.model.transformer import make_model
 from efficiency.peft import PEFT_METHODS, int4, make_method
@@ -42,7 +43,7 @@ def _perturbed_split(config, seed: int = 1):
 
 
 def _gradients(config):
-  """(gradients of the trainable tree as training computes them, as the merged-kernel
+  """((loss, gradients of the trainable tree) as training computes them, as the merged-kernel
   formulation computes them: the loss of `combine`'s params on the untouched model)."""
   method, model, trainable, frozen = _perturbed_split(config)
   batch = jax.tree.map(jnp.asarray, packed_batch(np.random.default_rng(0), config))
@@ -50,7 +51,8 @@ def _gradients(config):
   train_model = method.train_model(model)
   ours = lambda p: summed_loss(method.apply_params(p, frozen), batch, train_model, rng)[0]
   merged = lambda p: summed_loss(method.combine(p, frozen), batch, model, rng)[0]
-  return jax.jit(jax.grad(ours))(trainable), jax.jit(jax.grad(merged))(trainable)
+  return (jax.jit(jax.value_and_grad(ours))(trainable),
+          jax.jit(jax.value_and_grad(merged))(trainable))
 
 
 def _assert_trees_close(got, want, rtol: float = 2e-4):
@@ -82,6 +84,28 @@ def test_gradients_equal_merged_kernel_formulation(method):
 )
 def test_gradients_equal_merged_on_quantized_base(method, base_quant):
   _assert_trees_close(*_gradients(tiny_peft_config(method, base_quant=base_quant)))
+
+
+@pytest.mark.parametrize("method,base_quant", [
+    ("pissa", "none"), ("lora", "int4"), pytest.param("dora", "int8", marks=pytest.mark.slow)])
+def test_adapters_on_the_last_layer_equal_merged_formulation(method, base_quant):
+  """peft.adapter_layers=1 of 2: the first layer is a frozen prefix (its base alone, float or
+  codes) and the merged kernels change only the last layer."""
+  config = tiny_peft_config(method, base_quant=base_quant, adapter_layers=1)
+  method_obj, _, trainable, frozen = _perturbed_split(config)
+  assert method_obj.frozen_layers == 1
+  assert all(leaf.shape[0] == 1 for leaf in jax.tree.leaves(trainable["layers"]))
+  _assert_trees_close(*_gradients(config))
+  merged = method_obj.combine(trainable, frozen)["layers"]["mlp"]["up"]["kernel"]
+  base = method_obj.combine(jax.tree.map(jnp.zeros_like, trainable), frozen)
+  base = base["layers"]["mlp"]["up"]["kernel"]
+  np.testing.assert_array_equal(merged[0], base[0])
+  assert not np.allclose(merged[1], base[1])
+
+
+def test_adapter_layers_out_of_range_is_a_config_error():
+  with pytest.raises(ConfigError, match=r"peft.adapter_layers=3 is invalid; valid choices: 0..2"):
+    tiny_peft_config("lora", adapter_layers=3)
 
 
 def _moe_mla_config(method: str):
@@ -157,6 +181,7 @@ def test_lora_fuses_base_and_adapter_products_into_one_dot():
   assert not fused & _dot_contracted_sizes(full.as_text())
 
 
+@functools.cache
 def _flops(method: str, layers: int, **peft) -> float:
   config = tiny_peft_config(method, **peft)
   config.model.num_layers = layers
@@ -164,11 +189,13 @@ def _flops(method: str, layers: int, **peft) -> float:
   return step_flops(training, packed_batch(np.random.default_rng(0), config))
 
 
-def test_frozen_layers_cost_forward_only():
+@pytest.mark.parametrize("method,peft", [("freeze", {"last_layers": 1}),
+                                         ("lora", {"adapter_layers": 1})])
+def test_frozen_layers_cost_forward_only(method, peft):
   """Two more frozen layers add their forward FLOPs only: a third of what two more trained
   layers add to full fine-tuning (backward = 2 x forward for every matmul)."""
   added_full = _flops("full", 4) - _flops("full", 2)
-  added_frozen = _flops("freeze", 4, last_layers=1) - _flops("freeze", 2, last_layers=1)
+  added_frozen = _flops(method, 4, **peft) - _flops(method, 2, **peft)
   assert added_full > 0
   np.testing.assert_allclose(added_frozen, added_full / 3, rtol=0.1)
 
