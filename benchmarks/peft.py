@@ -2,8 +2,9 @@
 
   python -m benchmarks.peft --init_from=PRETRAINED_DIR [--out=peft.json] [--parts=compute,study]
       [--steps=40] [--lrs=3e-4,1e-3,3e-3] [--adapter_lrs=1e-3,3e-3,1e-2] [--rounds=3]
-      [--timed_steps=3]
-      [--methods=full,freeze,lora,...] [--large=8,512] [--large_batch=16]
+      [--timed_steps=3] [--methods=full,freeze,lora,...] [--large=8,512] [--large_batch=16]
+  python -m benchmarks.peft --shape=0.5b [--shape_batch=8] [--flops=0] [--set=FIELD=VALUE,...]
+      [--rounds --timed_steps --methods --out]      # the compute table on a GPU (below 8 min)
 
 1. Compute, at the pretrained model's shape and at `--large` (layers, d_model; heads, KV heads
    and d_ff scaled with d_model): per method, the compiled train step's FLOPs (XLA cost
@@ -16,6 +17,8 @@
    learning rate of `--lrs` (adapter methods: `--adapter_lrs`, since adapters train best at
    higher rates; configs/finetune.py otherwise, warmup a quarter of the steps, at most 20), all
    on the same batches, and is evaluated on the same eval batches.
+3. With `--shape`, the compute table alone for a configs/efficientllm.py model (random weights
+   and tokens), `--set` overriding config fields (a CPU smoke run of a smaller model).
 """
 
 import argparse
@@ -27,7 +30,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from configs import finetune
+from benchmarks.attention_variants import random_batch
+from configs import efficientllm, finetune
+from efficiency.config import override as set_field
 from efficiency.config import resolve
 from efficiency.sharding.mesh import to_global
 from efficiency.train.inputs import load_inputs
@@ -45,13 +50,32 @@ def method_config(init_from: str, method: str, **overrides) -> ml_collections.Co
   config = finetune.get_config()
   config.init_from = init_from
   config.peft.method = method
+  return resolve(override(config, overrides), jax.device_count())
+
+
+def shape_config(size: str, method: str, batch: int, fields: str = "",
+                 **overrides) -> ml_collections.ConfigDict:
+  """configs/finetune.py for `method` on the configs/efficientllm.py SIZE model (bfloat16 compute,
+  float32 master weights, its seq_len), random init, `batch` rows; resolved for this process."""
+  study = efficientllm.get_config(size)
+  config = finetune.get_config()
+  config.model, config.seq_len, config.batch_size = study.model, study.seq_len, batch
+  config.peft.method = method
+  for item in filter(None, fields.split(",")):
+    field, value = item.split("=", 1)
+    set_field(config, field, value)
+  return resolve(override(config, overrides), jax.device_count())
+
+
+def override(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+  """`config` with dotted fields set."""
   for field, value in overrides.items():
     target = config
     *parents, name = field.split(".")
     for parent in parents:
       target = target[parent]
     target[name] = value
-  return resolve(config, jax.device_count())
+  return config
 
 
 def larger(config: ml_collections.ConfigDict, layers: int, d_model: int):
@@ -64,7 +88,7 @@ def larger(config: ml_collections.ConfigDict, layers: int, d_model: int):
 
 
 def compute(configs: dict[str, ml_collections.ConfigDict], local: dict, rounds: int,
-            steps: int = 3) -> dict[str, dict]:
+            steps: int = 3, flops: bool = True) -> dict[str, dict]:
   """Per method: step FLOPs, temp bytes, optimizer-state bytes and step seconds (the fastest of
   `steps` steps in each of `rounds` interleaved rounds; random init: the time does not depend
   on the weights)."""
@@ -75,7 +99,7 @@ def compute(configs: dict[str, ml_collections.ConfigDict], local: dict, rounds: 
     states[method] = training.init(config.seed)
     batches[method] = to_global(local, training.rows_sharding)
     out[method] = {
-        "step_flops": step_flops(training, local),
+        "step_flops": step_flops(training, local) if flops else float("nan"),
         "step_temp_bytes": step_temp_bytes(fns[method]),
         "optimizer_state_bytes": training.optimizer_state_bytes(),
         "trainable_param_count": training.trainable_param_count(),
@@ -141,9 +165,28 @@ def study_table(args, methods, lrs, losses, compute_results, configs) -> None:
     print(f"{row}{cells} | {losses[m][best]:.4f} (lr {best:g}) |")
 
 
+def shape_table(args, methods: list[str]) -> None:
+  """The compute table at --shape on this process's devices, written to --out."""
+  configs = {m: shape_config(args.shape, m, args.shape_batch, args.set) for m in methods}
+  configs |= {name: shape_config(args.shape, method, args.shape_batch, args.set, **overrides)
+              for name, (method, overrides) in VARIANTS.items()}
+  local = random_batch(np.random.default_rng(0), next(iter(configs.values())))
+  results = compute(configs, local, args.rounds, args.timed_steps, flops=bool(args.flops))
+  kind = jax.devices()[0].device_kind
+  seq_len = next(iter(configs.values())).seq_len
+  compute_table(f"{args.shape} shape, batch {args.shape_batch} x {seq_len}, on {kind}", results)
+  Path(args.out).write_text(json.dumps({"args": vars(args), "device_kind": kind,
+                                        "compute": results}, indent=1))
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--init_from", required=True)
+  parser.add_argument("--init_from", help="the pretrained workdir (not with --shape)")
+  parser.add_argument("--shape", help="instead: the compute table of a configs/efficientllm.py "
+                      "SIZE model, random init (the GPU table; for example 0.5b)")
+  parser.add_argument("--shape_batch", type=int, default=8, help="rows of --shape")
+  parser.add_argument("--flops", type=int, default=1, help="0: skip the unrolled FLOP count")
+  parser.add_argument("--set", default="", help="with --shape: FIELD=VALUE,... config overrides")
   parser.add_argument("--out", default="peft.json")
   parser.add_argument("--parts", default="compute,study", help="compute, study or both")
   parser.add_argument("--steps", type=int, default=40)
@@ -160,6 +203,11 @@ def main() -> None:
   lrs = {m: rates(args.lrs if m in ("full", "freeze") else args.adapter_lrs) for m in methods}
   parts = args.parts.split(",")
   layers, d_model = (int(x) for x in args.large.split(","))
+  if args.shape:
+    shape_table(args, methods)
+    return
+  if not args.init_from:
+    parser.error("--init_from is required without --shape")
   warmup = min(20, args.steps // 4)
   configs = {m: method_config(args.init_from, m, steps=args.steps,
                               **{"optimizer.warmup_steps": warmup}) for m in methods}
