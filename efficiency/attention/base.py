@@ -9,14 +9,15 @@ and built from four steps, which subclasses fill in:
 
   heads = project(x_BTD, positions_BT)                          # named tensors per token
   out_BTNV = attend(heads, segment_ids_BT, positions_BT)        # attention within documents
-  out_BTNV, cache = attend_cached(heads, positions_BT, cache)   # the same over a KV cache
+  out_BTNV, cache = attend_cached(heads, segment_ids_BT, positions_BT, cache)  # over a KV cache
   y_BTD = out(out_BTNV)                                         # the output projection
 
-`attend_cached` writes the new tokens' entries at their positions (slot = position; one
-document per row) and attends to every cached entry up to each query's own position. Static
-methods give what the rest of the framework counts: `matmul_params(cfg)` and
-`score_flops_per_token(cfg, seq_len)` for FLOPs, `kv_cache_spec(cfg) -> {name: CacheEntry}` for
-the cache.
+`attend_cached` writes the new tokens' entries at their positions (one document per row; segment
+id 0 marks padding after a row's real tokens) and attends to every cached entry up to each
+query's own position (full entries: slot = position; windowed entries: ring buffers, see
+`efficiency.attention.cache`). Static methods give what the rest of the framework counts:
+`matmul_params(cfg)` and `score_flops_per_token(cfg, seq_len)` for FLOPs,
+`kv_cache_spec(cfg) -> {name: CacheEntry}` for the cache.
 """
 
 import flax.linen as nn
@@ -75,7 +76,7 @@ class Attention(nn.Module):
     heads = self.project(x_BTD, positions_BT)
     if cache is None:
       return self.out(self.attend(heads, segment_ids_BT, positions_BT))
-    out_BTNV, cache = self.attend_cached(heads, positions_BT, cache)
+    out_BTNV, cache = self.attend_cached(heads, segment_ids_BT, positions_BT, cache)
     return self.out(out_BTNV), cache
 
   def projection_kwargs(self, use_bias: bool = False) -> dict:
@@ -142,9 +143,9 @@ class Attention(nn.Module):
     raise NotImplementedError
 
   def attend_cached(
-      self, heads: Heads, positions_BT: jnp.ndarray, cache: Cache
+      self, heads: Heads, segment_ids_BT: jnp.ndarray, positions_BT: jnp.ndarray, cache: Cache
   ) -> tuple[jnp.ndarray, Cache]:
-    """Writes the new tokens into the cache, then attends over it: ([B, T, N, V], new cache)."""
+    """Writes the new tokens into the cache and attends over it: ([B, T, N, V], new cache)."""
     raise NotImplementedError
 
   @staticmethod

@@ -1,13 +1,30 @@
-"""What an attention variant stores in its KV cache, per token and per layer.
+"""What an attention variant stores in its KV cache, per token and per layer, and how decoding
+reads and writes it.
 
 Each variant's static `kv_cache_spec(cfg)` returns {name: CacheEntry}; a decoder allocates, per
-layer, an array [batch, max_len // every, *shape] of `dtype` for each entry (keeping only the last
-`window` tokens when the entry has one).
+layer, an array [batch, slots, *shape] of `dtype` for each entry (`CacheEntry.slots`) and moves a
+per-row pointer: a cached call writes its T tokens at positions start_B[b] .. start_B[b] + T - 1.
 
-Decoding (`efficiency.serving`) keeps one slot per position of the row (one per `every` positions
-for strided entries; windowed entries at full length, the window applied by the mask: a ring
-buffer would save that memory) and moves a per-row pointer: `write` stores new entries at the
-pointer and `cached_attention` masks everything past it.
+- Full entries (no `window`) keep one slot per position (one per `every` positions for strided
+  entries): `write` stores new entries at slot = position and `cached_attention` masks every
+  slot past a query's position (stale entries of rejected drafts or padding), so rolling back
+  is moving the pointer.
+- Windowed entries are ring buffers of `window + rollback` slots, slot = position mod ring
+  length (`ring_write`). `rollback` is a bound the decoder gives when it allocates: the most
+  positions at or past a call's first position that earlier calls have already written (stale
+  rejected drafts, tokens fed again); 0 when every call starts at the row's pointer. A call's
+  queries see the ring as it was before the call (each slot holding the latest position before
+  the call's start that maps to it, `ring_positions`) plus the call's own keys
+  (`ring_attention`), so one call may write more tokens than the ring holds (a long prompt).
+  Of the positions before a call's start s, its queries see only the last window - 1; any other
+  position sharing a slot with one of them is at least s + R - window + 1, beyond every position
+  written so far (< s + rollback) since R >= window - 1 + rollback. So no slot a query can see
+  holds anything but its own position, and after a rollback the visible slots hold exactly what
+  a ring fed only the kept tokens holds (one slot to spare). With `rollback=None` windowed
+  entries are allocated at full length, where the same ring arithmetic is slot = position.
+
+Padding tokens of a cached call (segment id 0, after the row's real tokens) are not written into
+rings, so right-padded prompts of different lengths need no extra slots.
 """
 
 import dataclasses
@@ -24,8 +41,8 @@ from efficiency.attention.dot_product import grouped_attention
 class CacheEntry:
   """One cached tensor: `shape` per stored entry, one entry per `every` tokens of context.
 
-  `window` (tokens) marks entries only the most recent tokens of which are ever read, so a
-  decoder may keep a ring buffer of that length; None means every token is kept.
+  `window` (tokens) marks per-token entries only the most recent tokens of which are ever read:
+  decoders keep them in a ring buffer (see the module docstring); None means every token is kept.
   """
 
   shape: tuple[int, ...]
@@ -36,6 +53,13 @@ class CacheEntry:
   def bytes_per_token(self) -> float:
     return math.prod(self.shape) * jnp.dtype(self.dtype).itemsize / self.every
 
+  def slots(self, max_len: int, rollback: int | None) -> int:
+    """Slots a decoder allocates for `max_len` positions per row: max_len // every, or for a
+    windowed entry with a `rollback` bound a ring of at most window + rollback slots."""
+    full = max_len // self.every
+    if self.window is None or rollback is None:
+      return full
+    return min(full, self.window + rollback)
 
 
 def write(cache_BS: jnp.ndarray, new_BT: jnp.ndarray, start_B: jnp.ndarray) -> jnp.ndarray:
@@ -45,22 +69,51 @@ def write(cache_BS: jnp.ndarray, new_BT: jnp.ndarray, start_B: jnp.ndarray) -> j
   )
 
 
+def ring_write(
+    ring_BR: jnp.ndarray, new_BT: jnp.ndarray, start_B: jnp.ndarray, segment_ids_BT: jnp.ndarray
+) -> jnp.ndarray:
+  """Writes each row's real new entries (segment id != 0, a prefix of the row) into its ring
+  [B, R, ...] at slot (start_B[b] + t) mod R; of more than R real tokens only the last R."""
+  b, t = new_BT.shape[:2]
+  r = ring_BR.shape[1]
+  real_BT = segment_ids_BT != 0
+  count_B1 = real_BT.sum(axis=1, keepdims=True)
+  t_1T = jnp.arange(t)[None]
+  keep_BT = real_BT & (t_1T >= count_B1 - r)
+  slot_BT = jnp.where(keep_BT, (start_B[:, None] + t_1T) % r, r)  # r: out of range, dropped
+  return ring_BR.at[jnp.arange(b)[:, None], slot_BT].set(new_BT.astype(ring_BR.dtype), mode="drop")
+
+
+def ring_positions(start_B: jnp.ndarray, length: int) -> jnp.ndarray:
+  """Position held by each slot of a ring of `length` slots before a call at start_B: the latest
+  position before start_B[b] that maps to the slot; negative where none does yet. [B, length]."""
+  last_B1 = start_B[:, None] - 1
+  return last_B1 - (last_B1 - jnp.arange(length, dtype=start_B.dtype)[None]) % length
+
+
+def window_mask(
+    q_positions_BT: jnp.ndarray, k_positions_BS: jnp.ndarray, window: int | None
+) -> jnp.ndarray:
+  """[B, 1, T, S]: key positions 0 <= k <= q (and q - k < window)."""
+  q_BT1, k_B1S = q_positions_BT[:, :, None], k_positions_BS[:, None, :]
+  mask_BTS = (k_B1S <= q_BT1) & (k_B1S >= 0)
+  if window is not None:
+    mask_BTS &= q_BT1 - k_B1S < window
+  return mask_BTS[:, None]
+
+
 def cached_mask(
     q_positions_BT: jnp.ndarray, length: int, window: int | None = None
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
   """Decode mask [B, 1, T, S] and key positions [B, S] for queries at `q_positions_BT` over a
-  cache of `length` slots, slot s holding the token at position s of its row.
+  full cache of `length` slots, slot s holding the token at position s of its row.
 
   A query sees slots s <= its position (and > position - window): slots past the row's pointer
   hold stale entries of rejected drafts or padding and stay masked until overwritten.
   """
   b = q_positions_BT.shape[0]
   k_positions_BS = jnp.broadcast_to(jnp.arange(length, dtype=q_positions_BT.dtype), (b, length))
-  q_BT1, k_B1S = q_positions_BT[:, :, None], k_positions_BS[:, None, :]
-  mask_BTS = k_B1S <= q_BT1
-  if window is not None:
-    mask_BTS &= q_BT1 - k_B1S < window
-  return mask_BTS[:, None], k_positions_BS
+  return window_mask(q_positions_BT, k_positions_BS, window), k_positions_BS
 
 
 def cached_attention(
@@ -72,7 +125,30 @@ def cached_attention(
     window: int | None = None,
     scale: float | None = None,
 ) -> jnp.ndarray:
-  """Attention of new queries to a whole cache (see `cached_mask`). Returns [B, T, N, V]."""
+  """Attention of new queries to a whole full cache (see `cached_mask`). Returns [B, T, N, V]."""
   mask_B1TS, k_positions_BS = cached_mask(q_positions_BT, k_BSKH.shape[1], window)
+  bias_BNTS = None if bias is None else bias(q_positions_BT, k_positions_BS)
+  return grouped_attention(q_BTNH, k_BSKH, v_BSKH, mask_B1TS, bias_BNTS, scale)
+
+
+def ring_attention(
+    q_BTNH: jnp.ndarray,
+    ring_k_BRKH: jnp.ndarray,
+    ring_v_BRKH: jnp.ndarray,
+    k_BTKH: jnp.ndarray,
+    v_BTKH: jnp.ndarray,
+    q_positions_BT: jnp.ndarray,
+    bias: nn.Module | None,
+    window: int,
+    scale: float | None = None,
+) -> jnp.ndarray:
+  """Windowed attention of a call's queries to the ring as it was before the call and to the
+  call's own keys (at the queries' positions, in the ring's dtype as if read back from it), each
+  key at its real position (for the mask and the position bias). Returns [B, T, N, V]."""
+  ring_positions_BR = ring_positions(q_positions_BT[:, 0], ring_k_BRKH.shape[1])
+  k_positions_BS = jnp.concatenate([ring_positions_BR, q_positions_BT], axis=1)
+  k_BSKH = jnp.concatenate([ring_k_BRKH, k_BTKH.astype(ring_k_BRKH.dtype)], axis=1)
+  v_BSKH = jnp.concatenate([ring_v_BRKH, v_BTKH.astype(ring_v_BRKH.dtype)], axis=1)
+  mask_B1TS = window_mask(q_positions_BT, k_positions_BS, window)
   bias_BNTS = None if bias is None else bias(q_positions_BT, k_positions_BS)
   return grouped_attention(q_BTNH, k_BSKH, v_BSKH, mask_B1TS, bias_BNTS, scale)

@@ -43,8 +43,9 @@ class GroupedQueryAttention(Attention):
     )
 
   def attend_cached(
-      self, heads: Heads, positions_BT: jnp.ndarray, cache: Cache
+      self, heads: Heads, segment_ids_BT: jnp.ndarray, positions_BT: jnp.ndarray, cache: Cache
   ) -> tuple[jnp.ndarray, Cache]:
+    del segment_ids_BT  # full cache: padding lands past the pointer, masked until overwritten
     start_B = positions_BT[:, 0]
     cache = {"key": write(cache["key"], heads["key"], start_B),
              "value": write(cache["value"], heads["value"], start_B)}

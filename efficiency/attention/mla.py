@@ -133,10 +133,11 @@ class MultiHeadLatentAttention(Attention):
     return attention
 
   def attend_cached(
-      self, heads: Heads, positions_BT: jnp.ndarray, cache: Cache
+      self, heads: Heads, segment_ids_BT: jnp.ndarray, positions_BT: jnp.ndarray, cache: Cache
   ) -> tuple[jnp.ndarray, Cache]:
     """Writes the new latents, then the absorbed form over the cache; served quantized models
     (no float up-projection kernels) use the expanded form over the cached latents."""
+    del segment_ids_BT  # full cache: padding lands past the pointer, masked until overwritten
     start_B = positions_BT[:, 0]
     cache = {"c_kv": write(cache["c_kv"], heads["c_kv"], start_B),
              "k_rope": write(cache["k_rope"], heads["k_rope"], start_B)}

@@ -20,8 +20,10 @@ straddles a boundary is unused by the compressed branch, and a packed document's
 fall where they would for the document alone.
 
 Training and decoding run the same branch functions (`attend_blocks`, `choose_blocks`,
-`attend_selected`); they differ only in where keys come from (the row, or the cache with slot =
-position and one document per row) and in the masks that follow from it.
+`attend_selected`); they differ only in where keys come from (the row, or the cache with one
+document per row: selection keys and compressed blocks at slot = position, the window branch's
+keys and the raw keys of the block being compressed in ring buffers) and in the masks that follow
+from it.
 """
 
 import flax.linen as nn
@@ -31,7 +33,7 @@ import ml_collections
 import numpy as np
 
 from efficiency.attention.base import Attention, Cache, Heads, head_dim
-from efficiency.attention.cache import CacheEntry, cached_attention, write
+from efficiency.attention.cache import CacheEntry, ring_attention, ring_write, write
 from efficiency.attention.dot_product import NEG_INF
 from efficiency.attention.windowed import mean_visible_keys
 from efficiency.model.layers import Projection
@@ -277,23 +279,27 @@ class NativeSparseAttention(Attention):
     return self.mix(heads, cmp_BTNH, sel_BTNH, win_BTNH)
 
   def attend_cached(
-      self, heads: Heads, positions_BT: jnp.ndarray, cache: Cache
+      self, heads: Heads, segment_ids_BT: jnp.ndarray, positions_BT: jnp.ndarray, cache: Cache
   ) -> tuple[jnp.ndarray, Cache]:
-    """Raw keys/values of every branch are written at the new positions; each compression block
-    whose last token is new is compressed from the raw cache into its `compressed_*` slot (one
-    per stride). Then the branch functions run over the cache: compressed blocks that end at or
-    before the query, the tokens of its top-n selection blocks up to itself, its last `window`
-    tokens."""
+    """Selection keys/values are written at slot = position; the compression branch's raw
+    keys/values and the window branch's keys/values go into rings (`ring_write`), since only
+    the block being compressed and the window read them. Each compression block whose last
+    token is new is compressed from its raw tokens (from the raw ring as it was before the call,
+    and the call's own) into its `compressed_*` slot (one per stride). Then the branch functions
+    run over the cache: compressed blocks that end at or before the query, the tokens of its
+    top-n selection blocks up to itself, its last `window` tokens (`ring_attention`)."""
     nsa = self.config.nsa
     q_BTNH = heads["query"]
     b, t = q_BTNH.shape[:2]
     start_B = positions_BT[:, 0]
-    cache = dict(cache)
-    for branch, suffix in (("compressed", "_raw"), ("selected", ""), ("window", "")):
-      for kind in KINDS:
-        name = f"{branch}_{kind}{suffix}"
-        cache[name] = write(cache[name], heads[f"{branch}_{kind}"], start_B)
-    s, m = cache["selected_key"].shape[1], cache["compressed_key"].shape[1]
+    new = dict(cache)
+    for kind in KINDS:
+      new[f"selected_{kind}"] = write(cache[f"selected_{kind}"], heads[f"selected_{kind}"],
+                                      start_B)
+      for ring, source in ((f"compressed_{kind}_raw", f"compressed_{kind}"),
+                           (f"window_{kind}", f"window_{kind}")):
+        new[ring] = ring_write(cache[ring], heads[source], start_B, segment_ids_BT)
+    s, m = new["selected_key"].shape[1], cache["compressed_key"].shape[1]
 
     # Blocks completed by this step: m * stride + l - 1 in [start, start + t).
     c = t // nsa.stride + 2
@@ -301,34 +307,41 @@ class NativeSparseAttention(Attention):
     block_BC = first_B[:, None] + jnp.arange(c)
     end_BC = block_BC * nsa.stride + nsa.block_size - 1
     slot_BC = jnp.where((end_BC < start_B[:, None] + t) & (block_BC < m), block_BC, m)
-    index_BX = jnp.minimum(
-        (block_BC[..., None] * nsa.stride + np.arange(nsa.block_size)).reshape(b, -1), s - 1
-    )
+    # A block's tokens before the call come from the raw ring, the rest from the call itself.
+    r = cache["compressed_key_raw"].shape[1]
+    position_BX = (block_BC[..., None] * nsa.stride + np.arange(nsa.block_size)).reshape(b, -1)
+    offset_BX = position_BX - start_B[:, None]
+    index_BX = jnp.where(offset_BX < 0, position_BX % r, r + jnp.minimum(offset_BX, t - 1))
     for kind in KINDS:
-      raw_BXKH = jnp.take_along_axis(cache[f"compressed_{kind}_raw"], index_BX[..., None, None], 1)
+      ring_BRKH = cache[f"compressed_{kind}_raw"]
+      context_BYKH = jnp.concatenate(
+          [ring_BRKH, heads[f"compressed_{kind}"].astype(ring_BRKH.dtype)], axis=1
+      )
+      raw_BXKH = jnp.take_along_axis(context_BYKH, index_BX[..., None, None], 1)
       k, h = raw_BXKH.shape[2:]
       blocks_BCKH = self.compress_blocks(raw_BXKH.reshape(b, c, nsa.block_size, k, h), kind)
       name = f"compressed_{kind}"
-      cache[name] = cache[name].at[jnp.arange(b)[:, None], slot_BC].set(
+      new[name] = cache[name].at[jnp.arange(b)[:, None], slot_BC].set(
           blocks_BCKH.astype(cache[name].dtype), mode="drop"
       )
 
     end_M = np.arange(m) * nsa.stride + nsa.block_size - 1
     end_BM = jnp.broadcast_to(jnp.asarray(end_M, positions_BT.dtype), (b, m))
     cmp_BTNH, importance_BKTM = attend_blocks(
-        q_BTNH, cache["compressed_key"], cache["compressed_value"],
+        q_BTNH, new["compressed_key"], new["compressed_value"],
         end_M[None, None, :] <= positions_BT[:, :, None], self.bias, positions_BT, end_BM,
     )
     chosen_BKTn = choose_blocks(nsa, importance_BKTM, s, positions_BT, jnp.zeros_like(positions_BT))
     slots_BS = jnp.broadcast_to(jnp.arange(s, dtype=positions_BT.dtype), (b, s))
     sel_BTNH = attend_selected(
-        nsa, q_BTNH, cache["selected_key"], cache["selected_value"], chosen_BKTn, positions_BT,
+        nsa, q_BTNH, new["selected_key"], new["selected_value"], chosen_BKTn, positions_BT,
         self.bias, positions_BT, slots_BS,
     )
-    win_BTNH = cached_attention(
-        q_BTNH, cache["window_key"], cache["window_value"], positions_BT, self.bias, nsa.window
+    win_BTNH = ring_attention(
+        q_BTNH, cache["window_key"], cache["window_value"], heads["window_key"],
+        heads["window_value"], positions_BT, self.bias, nsa.window,
     )
-    return self.mix(heads, cmp_BTNH, sel_BTNH, win_BTNH), cache
+    return self.mix(heads, cmp_BTNH, sel_BTNH, win_BTNH), new
 
   @staticmethod
   def window_of(cfg: ml_collections.ConfigDict) -> int:
@@ -359,8 +372,10 @@ class NativeSparseAttention(Attention):
   @staticmethod
   def kv_cache_spec(cfg: ml_collections.ConfigDict) -> dict[str, CacheEntry]:
     """Per KV head: raw compression-branch keys/values for the block being filled (window l),
-    one compressed key/value per stride d, selection keys/values for every token, and window
-    keys/values for the last w tokens."""
+    one compressed key/value per stride d, selection keys/values for every token (any block of
+    the context may be selected), and window keys/values for the last w tokens. Each branch has
+    its own keys and values, so the windowed ones (rings when decoding) are read by the window
+    branch and the compression of new blocks only."""
     nsa, shape, dt = cfg.nsa, (cfg.num_kv_heads, head_dim(cfg)), cfg.dtype
     return {
         "compressed_key_raw": CacheEntry(shape, dt, window=nsa.block_size),

@@ -66,8 +66,8 @@ class Transformer(nn.Module):
 
   Decoding passes a KV `cache` (`efficiency.serving.cache.init_cache`: each layer's entries
   [B, S, ...], stacked on a leading layer axis when `scan_layers`) and the new tokens' positions
-  (slot = position, so positions_BT[:, 0] is each row's write pointer); the call then returns
-  (logits, new cache).
+  (positions_BT[:, 0] is each row's write pointer; segment id 0 marks padding after a row's
+  real tokens); the call then returns (logits, new cache).
 
   Training only: with `scan_layers`, `frozen_layers` = n > 0 runs the first n layers as their own
   scan, params `frozen_layers` (the rest stay `layers`), with its output under stop_gradient, so

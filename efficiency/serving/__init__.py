@@ -2,7 +2,8 @@
 quantized export, and what decoding costs. It reaches trained models only through the workdir
 loader (`efficiency.workdir.restore`).
 
-- `cache`: allocate a model's cache from its attention variant's `kv_cache_spec`.
+- `cache`: allocate a model's cache from its attention variant's `kv_cache_spec` (windowed
+  entries as ring buffers sized by the decoder's rollback bound), and its size in bytes.
 - `runner`: one model's cached forward pass (prefill and decode steps alike), and a host-side
   runner of it (the host engine's).
 - `sampling`: temperature, top-k and top-p as explicit float64 distributions (the reference).

@@ -15,6 +15,11 @@ in distribution, token for token at temperature 0.
 Row b of the batch holds its committed length n[b], whether a carried token waits at slot n[b]
 of its sequence buffer, and both models' caches, valid through n - 3 between rounds; a
 rejection only moves n (stale entries are masked, then overwritten).
+
+Ring-buffer cache entries (`efficiency.serving.cache`) are sized by how many positions at or
+past a call's first position earlier calls wrote: none for standard decoding; for CoS a verifier
+writes n-1 .. n+gamma and, as the next round's proposer, starts at n'-2 >= n-1, so gamma + 2
+(`cos_rollback`; a proposer writes up to n+gamma-1 and next verifies from n'-1 >= n).
 """
 
 import dataclasses
@@ -50,11 +55,19 @@ from efficiency.serving.unpack import decode_form
 METHODS = ("standard", "cos")
 
 
-def _prefill(models, params, tokens_BP: jnp.ndarray, max_len: int) -> tuple[list, list]:
+def cos_rollback(gamma: int) -> int:
+  """The rollback bound of either model's cache under CoS (see the module docstring)."""
+  return gamma + 2
+
+
+def _prefill(
+    models, params, tokens_BP: jnp.ndarray, lengths_B: jnp.ndarray, max_len: int, rollback: int
+) -> tuple[list, list]:
   """Every model's logits [B, P, V] and cache after the prompts."""
   b = tokens_BP.shape[0]
-  out = [cached_forward(m, p, tokens_BP, init_cache(m.config, b, max_len),
-                        jnp.zeros(b, jnp.int32)) for m, p in zip(models, params, strict=True)]
+  out = [cached_forward(m, p, tokens_BP, init_cache(m.config, b, max_len, rollback),
+                        jnp.zeros(b, jnp.int32), lengths_B)
+         for m, p in zip(models, params, strict=True)]
   return [x[0] for x in out], [x[1] for x in out]
 
 
@@ -66,7 +79,7 @@ def _standard(
   """New tokens [B, max_new_tokens] and the steps run (traced under jit)."""
   b = tokens_BP.shape[0]
   keys_B = row_keys(seed, rows_B)
-  logits, caches = _prefill(models, params, tokens_BP, max_len)
+  logits, caches = _prefill(models, params, tokens_BP, lengths_B, max_len, rollback=0)
   last = [x[jnp.arange(b), lengths_B - 1] for x in logits]
   greedy = collab.sampling.temperature == 0
   first_B = device_sampling.draw(step_keys(keys_B, 0), target_probs(collab, last), greedy)
@@ -101,7 +114,7 @@ def _cos(
   b, p = tokens_BP.shape
   keys_B = row_keys(seed, rows_B)
   rows = jnp.arange(b)
-  _, caches = _prefill(models, params, tokens_BP, max_len)
+  _, caches = _prefill(models, params, tokens_BP, lengths_B, max_len, cos_rollback(gamma))
   seq_BL = jnp.zeros((b, max_len), jnp.int32).at[:, :p].set(tokens_BP)
   end_B = lengths_B + max_new_tokens
   g = gamma + 1  # pending tokens at most: a carried one and gamma drafts

@@ -5,6 +5,9 @@ row at EOS. The host sends the prompts once and reads the tokens back once per r
 
 Row b of a request draws its tokens from `fold_in(key(seed), first_row + b)`, so a prompt gets
 the same tokens whatever batch it decodes in.
+
+Each call starts at its row's pointer and the prompt padding is not written into ring buffers,
+so windowed cache entries are rings of `window` slots (`ROLLBACK` = 0) whatever the context.
 """
 
 import dataclasses
@@ -18,13 +21,14 @@ import numpy as np
 
 from efficiency.errors import ConfigError
 from efficiency.serving import device_sampling
-from efficiency.serving.cache import init_cache
+from efficiency.serving.cache import cache_bytes, init_cache
 from efficiency.serving.runner import bucket, cached_forward
 from efficiency.serving.sampling import Sampling
 from efficiency.serving.unpack import decode_form
 
 NO_TOKEN = -1  # fills the output after a row stops
 NEVER = -2  # the EOS id when there is none (no sampled token equals it)
+ROLLBACK = 0  # no position at or past a call's start is written before it (serving.cache)
 
 
 def check_request(prompts: list[np.ndarray], max_new_tokens: int) -> None:
@@ -95,8 +99,10 @@ def _generate(
   """New tokens [B, max_new_tokens], NO_TOKEN after a row's EOS (traced under jit)."""
   b = tokens_BP.shape[0]
   keys_B = row_keys(seed, rows_B)
-  cache = init_cache(model.config, b, max_len)
-  logits_BPV, cache = cached_forward(model, params, tokens_BP, cache, jnp.zeros(b, jnp.int32))
+  cache = init_cache(model.config, b, max_len, ROLLBACK)
+  logits_BPV, cache = cached_forward(
+      model, params, tokens_BP, cache, jnp.zeros(b, jnp.int32), lengths_B
+  )
   first_B = device_sampling.sample(
       step_keys(keys_B, 0), logits_BPV[jnp.arange(b), lengths_B - 1], sampling
   )
@@ -128,6 +134,11 @@ def program(model: nn.Module, sampling: Sampling, max_new_tokens: int, max_len: 
   model, unpack = decode_form(model)
   core = functools.partial(_generate, model, sampling, max_new_tokens, max_len)
   return jax.jit(lambda params, *args: core(unpack(params), *args))
+
+
+def kv_cache_bytes(model: nn.Module, batch: int, prompt_len: int, max_new_tokens: int) -> int:
+  """Bytes of the KV cache `run` allocates for `batch` prompts of at most `prompt_len` tokens."""
+  return cache_bytes(model.config, batch, bucket(prompt_len) + max_new_tokens, ROLLBACK)
 
 
 def eos_arg(eos_id: int | None) -> np.int32:

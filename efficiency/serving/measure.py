@@ -14,7 +14,7 @@ from efficiency.errors import ConfigError
 from efficiency.metrics import study
 from efficiency.metrics.sampler import Sampler
 from efficiency.serving import export
-from efficiency.serving.generate import generate
+from efficiency.serving.generate import generate, kv_cache_bytes
 from efficiency.serving.quant_report import compression
 from efficiency.serving.sampling import Sampling
 from efficiency.train.inputs import load_inputs
@@ -28,8 +28,9 @@ def measure_infer(
 ) -> dict:
   """The `infer` section of efficiency.json: `requests` greedy generations of `new_tokens`
   tokens for `batch` prompts of `prompt_len` tokens from the run's validation split (AMU, PCU,
-  AL, IT, AEC, MCR). With `quant_bits`, MCR is measured against the model in bf16 on the eval
-  batches; otherwise it comes from the workdir's quant_report.json, if any."""
+  AL, IT, AEC, MCR) and the bytes of the KV cache a request allocates (windowed entries as
+  rings). With `quant_bits`, MCR is measured against the model in bf16 on the eval batches;
+  otherwise it comes from the workdir's quant_report.json, if any."""
   if min(batch, prompt_len, new_tokens) < 1:
     raise ConfigError(
         f"batch={batch}, prompt_len={prompt_len} and new_tokens={new_tokens} must all be >= 1"
@@ -72,6 +73,7 @@ def measure_infer(
       "model": f"int{quant_bits} weights (efficiency.serving.export)" if quant_bits
       else "as trained",
       "batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens,
+      "kv_cache_bytes": kv_cache_bytes(served.model, batch, prompt_len, new_tokens),
       "param_count": int(sum(x.size for x in jax.tree.leaves(served.params))),
       "devices": jax.device_count(),
       "device_kind": jax.devices()[0].device_kind,

@@ -1,6 +1,7 @@
 """One model's cached forward pass: writes T new tokens at each row's pointer and returns their
 next-token logits. Prefill (the prompt) and decode steps (1 token, or a draft to verify) are the
-same function; each distinct T compiles once."""
+same function; each distinct T compiles once. A row's tokens past its `lengths_B` are padding:
+marked segment 0, so ring-buffer entries skip them."""
 
 import functools
 
@@ -13,12 +14,18 @@ from efficiency.serving.cache import init_cache
 
 
 def cached_forward(
-    model: nn.Module, params: dict, tokens_BT: jnp.ndarray, cache: dict, start_B: jnp.ndarray
+    model: nn.Module, params: dict, tokens_BT: jnp.ndarray, cache: dict, start_B: jnp.ndarray,
+    lengths_B: jnp.ndarray | None = None,
 ) -> tuple[jnp.ndarray, dict]:
-  """Logits [B, T, V] of tokens_BT placed at positions start_B[b] + t, and the updated cache."""
+  """Logits [B, T, V] of tokens_BT placed at positions start_B[b] + t, and the updated cache;
+  only the first lengths_B[b] tokens of row b are real (all when None)."""
   t = tokens_BT.shape[1]
-  positions_BT = start_B[:, None] + jnp.arange(t, dtype=jnp.int32)[None]
-  segment_ids_BT = jnp.ones_like(tokens_BT)
+  t_1T = jnp.arange(t, dtype=jnp.int32)[None]
+  positions_BT = start_B[:, None] + t_1T
+  if lengths_B is None:
+    segment_ids_BT = jnp.ones_like(tokens_BT)
+  else:
+    segment_ids_BT = (t_1T < lengths_B[:, None]).astype(tokens_BT.dtype)
   return model.apply({"params": params}, tokens_BT, segment_ids_BT, positions_BT, cache=cache)
 
 
@@ -35,22 +42,27 @@ def bucket(length: int) -> int:
 
 
 class Runner:
-  """A model, its parameters and one cache of `max_len` slots for `batch` rows.
+  """A model, its parameters and one cache of `max_len` positions for `batch` rows.
 
   `model` is any `Transformer` (a quantized one decodes through the same path); `params` its
-  parameters.
+  parameters. `rollback` bounds how far a feed may start behind the highest position fed so far
+  (windowed entries are then rings, `efficiency.serving.cache`); None keeps them at full length.
   """
 
-  def __init__(self, model: nn.Module, params: dict, batch: int, max_len: int):
+  def __init__(self, model: nn.Module, params: dict, batch: int, max_len: int,
+               rollback: int | None = None):
     self.model, self.params, self.batch, self.max_len = model, params, batch, max_len
-    self.cache = init_cache(model.config, batch, max_len)
+    self.rollback = rollback
+    self.cache = init_cache(model.config, batch, max_len, rollback)
     self._forward = compiled_forward(model)
 
-  def feed(self, tokens_BT: np.ndarray, start_B: np.ndarray) -> np.ndarray:
-    """Writes tokens_BT at slots start_B[b].. and returns their logits [B, T, V] (float32).
+  def feed(self, tokens_BT: np.ndarray, start_B: np.ndarray,
+           lengths_B: np.ndarray | None = None) -> np.ndarray:
+    """Writes tokens_BT at positions start_B[b].. and returns their logits [B, T, V] (float32);
+    only the first lengths_B[b] tokens of row b are real (all T when None).
 
     The feed is padded to `bucket(T)` tokens; the padding lands past the pointer and stays
-    masked until overwritten.
+    masked until overwritten (rings skip it).
     """
     b, t = tokens_BT.shape
     padded = bucket(t)
@@ -58,14 +70,17 @@ class Runner:
       raise ValueError(f"cache of {self.max_len} slots cannot hold {int(np.max(start_B)) + t}")
     tokens = np.zeros((b, padded), np.int32)
     tokens[:, :t] = tokens_BT
+    lengths_B = np.full(b, t, np.int32) if lengths_B is None else np.asarray(lengths_B, np.int32)
     logits_BTV, self.cache = self._forward(
-        self.params, tokens, self.cache, np.asarray(start_B, np.int32)
+        self.params, tokens, self.cache, np.asarray(start_B, np.int32), lengths_B
     )
     return np.asarray(logits_BTV)[:, :t]
 
   def warmup(self, max_tokens: int) -> None:
-    """Compiles every feed length up to `max_tokens` (so no compilation lands in a timing)."""
+    """Compiles every feed length up to `max_tokens` (so no compilation lands in a timing),
+    then starts from an empty cache (the warmup's writes count against no rollback bound)."""
     length = 1
     while length <= bucket(max_tokens):
       self.feed(np.zeros((self.batch, length), np.int32), np.zeros(self.batch, np.int32))
       length *= 2
+    self.cache = init_cache(self.model.config, self.batch, self.max_len, self.rollback)

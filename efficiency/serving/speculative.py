@@ -13,6 +13,11 @@ Caches roll back by pointer: row b's committed length n[b] moves on by its accep
 and entries past it are stale (masked, then overwritten). The target's cache is valid up to
 n - 2 between rounds (a round feeds x[n-1] and the drafts); the draft's up to n - 3, since its
 last draft is never fed, so each round's first draft call feeds x[n-2], x[n-1] again.
+
+A round writes the target at n-1 .. n-1+gamma and the draft at n-2 .. n+gamma-2, and the next
+round starts at n'-1 (n'-2) with n' >= n + 1: at most gamma positions at or past a call's first
+position were written before (2 for the draft's first call after the prefill), so windowed
+entries are rings of window + `rollback(gamma)` slots (`efficiency.serving.cache`).
 """
 
 import dataclasses
@@ -42,6 +47,12 @@ from efficiency.serving.runner import cached_forward
 from efficiency.serving.sampling import Sampling
 from efficiency.serving.speculation import check_gamma
 from efficiency.serving.unpack import decode_form
+
+
+def rollback(gamma: int) -> int:
+  """The most positions at or past a call's first position that either model's earlier calls
+  wrote (see above): the rollback bound its rings are sized for."""
+  return gamma + 1
 
 
 def check_vocabularies(target: nn.Module, draft: nn.Module) -> None:
@@ -97,10 +108,12 @@ def _speculate(
   batch_rows = jnp.arange(b)
   zeros_B = jnp.zeros(b, jnp.int32)
   _, target_cache = cached_forward(
-      target, target_params, tokens_BP, init_cache(target.config, b, max_len), zeros_B
+      target, target_params, tokens_BP, init_cache(target.config, b, max_len, rollback(gamma)),
+      zeros_B, lengths_B,
   )
   _, draft_cache = cached_forward(
-      draft, draft_params, tokens_BP, init_cache(draft.config, b, max_len), zeros_B
+      draft, draft_params, tokens_BP, init_cache(draft.config, b, max_len, rollback(gamma)),
+      zeros_B, lengths_B,
   )
   seq_BL = jnp.zeros((b, max_len), jnp.int32).at[:, :p].set(tokens_BP)
   end_B = lengths_B + max_new_tokens

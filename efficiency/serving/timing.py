@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from efficiency.serving.generate import generate
+from efficiency.serving.generate import generate, kv_cache_bytes
 from efficiency.serving.sampling import Sampling
 
 METHOD = (
@@ -21,7 +21,8 @@ def decode_speed(
     model: nn.Module, params: dict, prompt_BP: jnp.ndarray, new_tokens: int, repeats: int = 3
 ) -> dict:
   """Best-of-`repeats` wall time of greedy generation after a compile run: per-token latency (s)
-  and generated tokens per second over the batch; also returns the tokens [B, new_tokens]."""
+  and generated tokens per second over the batch, and the bytes of the KV cache it allocates
+  (windowed entries as rings); also returns the tokens [B, new_tokens]."""
   prompts = list(np.asarray(prompt_BP, np.int32))
   greedy = Sampling(temperature=0.0)
   run = lambda: generate(model, params, prompts, new_tokens, greedy, eos_id=None)
@@ -35,5 +36,6 @@ def decode_speed(
       "latency_s_per_token": best / new_tokens,
       "tokens_per_s": len(prompts) * new_tokens / best,
       "batch": len(prompts), "prompt_len": prompt_BP.shape[1], "new_tokens": new_tokens,
+      "kv_cache_bytes": kv_cache_bytes(model, len(prompts), prompt_BP.shape[1], new_tokens),
       "method": METHOD, "tokens": np.stack(out),
   }

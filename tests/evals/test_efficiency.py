@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 from efficiency.model.flops import flops_per_token
+from efficiency.serving.cache import cache_bytes
 from efficiency.workdir.files import load_config
 
 
@@ -70,6 +71,8 @@ def test_infer_mode_measures_kv_cache_generation_and_keeps_train_section(sweep_r
   expected_it = 2 * 5 / metrics["AL"]["value"]
   assert abs(metrics["IT"]["value"] - expected_it) / expected_it < 1e-6
   assert metrics["AMU"]["value"] > 1e6
+  # The cache a request allocates: 2 rows x (8 prompt + 5 new) positions of every entry.
+  assert report["kv_cache_bytes"] == cache_bytes(load_config(workdir).model, 2, 8 + 5)
 
 
 def test_infer_mode_rejects_bad_sizes(sweep_root):
