@@ -114,7 +114,7 @@ def target_model(attention: str):
   return make_model(attention, "alibi" if attention == "sliding" else "rope")
 
 
-@pytest.mark.parametrize("attention", ["sliding", "nsa"])
+@pytest.mark.parametrize("attention", ["sliding", pytest.param("nsa", marks=SLOW)])
 def test_greedy_generation_equals_host_loop(attention):
   """The jitted loop (rings of 4 slots) against the host loop (full-length cache), up to 29
   positions."""
@@ -152,7 +152,8 @@ def test_cos_greedy_equals_host_standard(attention):
   assert 0 < out.accepted < out.verified
 
 
-@pytest.mark.parametrize("bits", [8, pytest.param(4, marks=SLOW)])
+@SLOW  # a served model's compile: about 12 s
+@pytest.mark.parametrize("bits", [8, 4])
 def test_served_sliding_model_generation_equals_host_loop(bits):
   config = quant_config(mode="int8" if bits == 8 else "none")
   config.model.update(attention="sliding", position="alibi")
