@@ -4,8 +4,10 @@
                                     [--rounds=5] [--float_run=DIR --quant_runs=MODE=DIR,...]
 
 Part 1 converts DIR's checkpoint (evals.quantize) and measures, side by side in one process,
-for bf16, int8 and int4 weights: weight bytes, eval loss (change vs bf16), next-token accuracy,
-MCR (size ratio vs bf16 x accuracy ratio) and greedy CPU decode tokens/s (ratio vs bf16).
+for bf16, int8 and int4 weights, each with the float and the quantized embedding table
+(`+table`: quant.embedding int8 / int4): weight bytes, eval loss (change vs bf16), next-token
+accuracy, MCR (size ratio vs bf16 x accuracy ratio) and greedy CPU decode tokens/s (ratio vs
+bf16).
 Part 2 reads train.py runs' metrics.jsonl: eval loss of each quantized run against the float
 run at equal tokens, and tokens_to_target, printed as markdown tables.
 """
@@ -34,7 +36,9 @@ def served_table(
   models = {
       "bf16": export.cast_float(trained, "bfloat16"),
       "int8": export.convert(trained, 8, "bfloat16"),
+      "int8+table": export.convert(trained, 8, "bfloat16", embedding="int8"),
       "int4": export.convert(trained, 4, "bfloat16", group_size),
+      "int4+table": export.convert(trained, 4, "bfloat16", group_size, "int4"),
   }
   rows = {name: dict(bytes=export.weight_bytes(m.params), **quality(m, batches), tokens_per_s=0)
           for name, m in models.items()}

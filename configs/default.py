@@ -88,6 +88,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.quant.attention = False  # also quantize attention score/value products (gqa, mla; forward)
   c.quant.serve = "none"  # set by evals.quantize: none | int8 | int4 (weights of a converted model)
   c.quant.group_size = 0  # serve=int4: rows per scale along the contracted dims; 0 = per channel
+  # set by evals.quantize --embedding: none | int8 | int4, the token table of a converted model
+  # (per-row scales; int4 per quant.group_size entries of a row when > 0)
+  c.quant.embedding = "none"
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adamw"  # adamw | lion | sgd (momentum b1)

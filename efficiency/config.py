@@ -29,6 +29,7 @@ from efficiency.peft import BASE_QUANT, PEFT_METHODS, make_method
 from efficiency.position import POSITIONS
 from efficiency.quant import MODE_BACKENDS, QUANT_MODES
 from efficiency.quant.einsum import SERVE_MODES
+from efficiency.quant.table import check_mode, check_table
 from efficiency.sharding.mesh import mesh_shape
 from efficiency.train.optimizer import OPTIMIZERS, SCHEDULES
 from efficiency.workdir.files import load_config
@@ -294,6 +295,14 @@ def _check_quant(config: ml_collections.ConfigDict, backend: str) -> None:
     raise ConfigError(f"quant.exclude={q.exclude!r} is invalid; use comma-separated globs")
   if not isinstance(q.get("group_size", 0), int) or q.get("group_size", 0) < 0:
     raise ConfigError(f"quant.group_size={q.group_size!r} is invalid; 0 (per channel) or more")
+  embedding = q.get("embedding", "none")
+  check_mode("quant.embedding", embedding)
+  if embedding != "none" and q.get("serve", "none") == "none":
+    raise ConfigError(
+        f"quant.embedding={embedding!r} is unsupported with quant.serve='none': it is the table "
+        "storage of a converted model (python -m evals.quantize --embedding=...)"
+    )
+  check_table(config.model.d_model, q.get("group_size", 0), embedding)
 
 
 def _check_data(config: ml_collections.ConfigDict) -> None:

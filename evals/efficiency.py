@@ -35,6 +35,8 @@ _STEPS = flags.DEFINE_integer(
 )
 _INTERVAL = flags.DEFINE_float("interval", 0.1, "Seconds between memory/power samples.")
 _QUANT = flags.DEFINE_enum("quant", "none", ["none", "8", "4"], "infer: weight bits of the model.")
+_QUANT_EMBEDDING = flags.DEFINE_string(
+    "quant_embedding", "none", "infer, with --quant: the embedding table as none, int8, int4.")
 _BATCH = flags.DEFINE_integer("batch", 1, "infer: prompts per request.")
 _PROMPT_LEN = flags.DEFINE_integer("prompt_len", 64, "infer: prompt tokens (from eval data).")
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 64, "infer: tokens generated per prompt.")
@@ -53,7 +55,7 @@ def main(argv: list[str]) -> None:
   else:
     quant_bits = None if _QUANT.value == "none" else int(_QUANT.value)
     report = measure_infer(workdir, _STEPS.value, _INTERVAL.value, quant_bits, _BATCH.value,
-                           _PROMPT_LEN.value, _NEW_TOKENS.value)
+                           _PROMPT_LEN.value, _NEW_TOKENS.value, _QUANT_EMBEDDING.value)
   path = workdir / files.EFFICIENCY
   files.write_json_atomic(path, {**files.read_json(path), _MODE.value: report})
   for name, m in report["metrics"].items():

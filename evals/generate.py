@@ -39,6 +39,8 @@ _BATCH = flags.DEFINE_integer("batch", 8, "Prompts decoded together.")
 _DRAFT = flags.DEFINE_string("draft", None, "A draft model's workdir: speculative decoding.")
 _GAMMA = flags.DEFINE_integer("gamma", 5, "Draft tokens per verification (with --draft).")
 _QUANT = flags.DEFINE_enum("quant", "none", ["none", "8", "4"], "Weight bits of the target.")
+_QUANT_EMBEDDING = flags.DEFINE_string(
+    "quant_embedding", "none", "With --quant: the target's embedding table as none, int8, int4.")
 _REPORT = flags.DEFINE_string("report", None, "Write tokens/s (and acceptance) as JSON here.")
 flags.mark_flag_as_required("workdir")
 
@@ -51,7 +53,7 @@ def main(argv: list[str]) -> None:
     raise ConfigError(f"batch={_BATCH.value} must be >= 1")
   check_gamma(_GAMMA.value)
   quant_bits = None if _QUANT.value == "none" else int(_QUANT.value)
-  target = load_model(_WORKDIR.value, quant_bits)
+  target = load_model(_WORKDIR.value, quant_bits, _QUANT_EMBEDDING.value)
   tokenizer = tokenizer_of(target.config)
   sampling = Sampling(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value)
   prompts = [tokenizer.encode(p) for p in _PROMPT.value]

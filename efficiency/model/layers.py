@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from efficiency.model import adapter
+from efficiency.quant import table
 from efficiency.quant.einsum import make_einsum, weight_storage
 from efficiency.quant.pack import dequantize_int4, matrix_shape, num_groups, quantize_int4
 
@@ -149,7 +150,10 @@ class RMSNorm(nn.Module):
 
 class Embed(nn.Module):
   """Token embedding table [vocab, d_model]; `attend` gives the tied logits projection, in
-  float unless `quant.logits` is set (the table itself always stays in float)."""
+  float unless `quant.logits` is set. A served model with `quant.embedding` int8 or int4 holds
+  the table as codes `embedding_int8` / `embedding_int4` with per-row (or, int4, per-group)
+  float32 scales `embedding_scale` (efficiency.quant.table); its logits are then weight-only
+  (activations stay float, `quant.logits` or not)."""
 
   vocab_size: int
   d_model: int
@@ -159,18 +163,40 @@ class Embed(nn.Module):
   quant: Quant = None
 
   def setup(self):
-    self.embedding = self.param(
-        "embedding",
-        nn.with_logical_partitioning(nn.initializers.normal(self.init_std), ("vocab", "embed")),
-        (self.vocab_size, self.d_model),
-        self.param_dtype,
-    )
+    storage = table.embedding_storage(self.quant)
+    if storage == "none":
+      self.embedding = self.param(
+          "embedding",
+          nn.with_logical_partitioning(
+              nn.initializers.normal(self.init_std), ("vocab", "embed")
+          ),
+          (self.vocab_size, self.d_model),
+          self.param_dtype,
+      )
+      return
+    bits = table.BITS[storage]
+    width, dtype = (self.d_model, jnp.int8) if bits == 8 else (self.d_model // 2, jnp.uint8)
+    groups = table.scale_groups(bits, self.d_model, self.quant.get("group_size", 0))
+    self.codes = self.param(f"embedding_{storage}", nn.initializers.zeros,
+                            (self.vocab_size, width), dtype)
+    self.scale_VG = self.param("embedding_scale", nn.initializers.ones,
+                               (self.vocab_size, groups), jnp.float32)
+
+  def _bits(self) -> int | None:
+    return table.BITS.get(table.embedding_storage(self.quant))
 
   def __call__(self, tokens_BT: jnp.ndarray) -> jnp.ndarray:
+    bits = self._bits()
+    if bits is not None:
+      return table.lookup(self.codes, self.scale_VG, tokens_BT, bits, self.dtype)
     return jnp.take(self.embedding, tokens_BT, axis=0).astype(self.dtype)
 
   @nn.compact
   def attend(self, x_BTD: jnp.ndarray) -> jnp.ndarray:
+    bits = self._bits()
+    if bits is not None:
+      return table.logits(x_BTD, self.codes, self.scale_VG, bits, self.dtype,
+                          token_major(jnp.einsum))
     einsum = token_major(make_einsum(self, self.quant, logits=True))
     return einsum("btd,vd->btv", x_BTD, self.embedding.astype(self.dtype))
 

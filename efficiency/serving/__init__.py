@@ -19,7 +19,8 @@ loader (`efficiency.workdir.restore`).
   alternate (CoS) decoding of any number of models, batch 1.
 - `compare`: decoding methods side by side on the same prompts (the CoS benchmark).
 - `prompts`: prompts cut from a run's validation documents.
-- `export`: int8 (AQT) and packed int4 conversion of a trained model.
+- `export`: int8 (AQT) and packed int4 conversion of a trained model (and of its embedding
+  table, `quant.embedding`).
 - `quant_report`: a conversion's size, quality and decode speed against bf16.
 - `timing`: greedy decode latency and tokens/s.
 - `measure`: the efficiency study's inference metrics (evals.efficiency --mode=infer).

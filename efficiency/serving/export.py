@@ -4,10 +4,14 @@ int8 runs AQT's CONVERT pass, which freezes every quantized kernel as int8 value
 per-channel scales under `.../aqt/` in the params tree; the served model (quant.serve=int8) reads
 them in AQT's SERVE mode and quantizes activations on the fly. int4 is weight-only: kernels are
 packed two values per byte (`kernel_int4`) with per-channel or per-group scales (`kernel_scale`)
-and dequantized for a float matmul. Excluded layers, embeddings and norms keep float weights,
-stored in `dtype`. The result applies as `model.apply({"params": params}, tokens, segment_ids,
-positions)` with no extra collections or RNGs; its config's `quant` section says how its weights
-are stored (`quant.serve`), and `make_model` builds it from that config like any other.
+and dequantized for a float matmul. With `embedding` int8 or int4 (`quant.embedding`) the token
+embedding table is stored as per-row int8 or packed int4 codes with float32 scales
+(efficiency.quant.table); it serves the lookup and the tied logits. An untied model's `unembed`
+projection keeps float weights. Excluded layers, the float table, position tables and norms keep
+float weights, stored in `dtype`. The result applies as
+`model.apply({"params": params}, tokens, segment_ids, positions)` with no extra collections or
+RNGs; its config's `quant` section says how its weights are stored (`quant.serve`,
+`quant.embedding`), and `make_model` builds it from that config like any other.
 """
 
 import dataclasses
@@ -18,6 +22,7 @@ import ml_collections
 
 from efficiency.errors import ConfigError
 from efficiency.model.transformer import make_model
+from efficiency.quant import table
 from efficiency.workdir.restore import TrainedModel, restore
 
 BITS = (8, 4)
@@ -25,11 +30,14 @@ DTYPES = ("bfloat16", "float16", "float32")
 
 
 def serve_config(
-    config: ml_collections.ConfigDict, bits: int, dtype: str, group_size: int, serve: str
+    config: ml_collections.ConfigDict, bits: int, dtype: str, group_size: int, serve: str,
+    embedding: str = "none",
 ) -> ml_collections.ConfigDict:
-  """A copy of `config` whose model stores weights per `serve` and float parts in `dtype`."""
+  """A copy of `config` whose model stores weights per `serve`, its embedding table per
+  `embedding` and float parts in `dtype`."""
   config = ml_collections.ConfigDict(config.to_dict())
-  config.quant.update(mode="int8" if bits == 8 else "none", serve=serve, group_size=group_size)
+  config.quant.update(mode="int8" if bits == 8 else "none", serve=serve, group_size=group_size,
+                      embedding=embedding)
   config.model.param_dtype = dtype
   return config
 
@@ -43,33 +51,48 @@ def _drop_float_kernels(tree: dict) -> dict:
 
 
 def _cast_floats(tree: dict, dtype: jnp.dtype) -> dict:
-  """Float leaves to `dtype`, except AQT's frozen scales (kept as AQT wrote them)."""
+  """Float leaves to `dtype`, except AQT's frozen scales (kept as AQT wrote them) and the
+  embedding table's float32 scales."""
   def cast(path, leaf):
-    in_aqt = any(getattr(p, "key", None) == "aqt" for p in path)
-    if jnp.issubdtype(leaf.dtype, jnp.floating) and not in_aqt:
+    keys = [getattr(p, "key", None) for p in path]
+    kept = "aqt" in keys or keys[-1] == "embedding_scale"
+    if jnp.issubdtype(leaf.dtype, jnp.floating) and not kept:
       return leaf.astype(dtype)
     return leaf
   return jax.tree_util.tree_map_with_path(cast, tree)
 
 
-def check_conversion(bits: int, dtype: str, group_size: int) -> None:
-  """The conversion's settings: bits in BITS, dtype in DTYPES, group_size 0 or more."""
+def check_conversion(bits: int, dtype: str, group_size: int, embedding: str = "none") -> None:
+  """The conversion's settings: bits in BITS, dtype in DTYPES, group_size 0 or more, embedding
+  (the table's storage) in EMBEDDING_MODES."""
   if bits not in BITS:
     raise ConfigError(f"bits={bits!r} is invalid; valid choices: {list(BITS)}")
   if dtype not in DTYPES:
     raise ConfigError(f"dtype={dtype!r} is invalid; valid choices: {list(DTYPES)}")
   if group_size < 0:
     raise ConfigError(f"group_size={group_size} is invalid; 0 (per channel) or more")
+  table.check_mode("embedding", embedding)
+
+
+def _quantize_table(params: dict, bits: int, group_size: int) -> dict:
+  """`params` with embed/embedding replaced by its codes and float32 scales."""
+  embed = dict(params["embed"])
+  codes, scale_VG = table.quantize_table(embed.pop("embedding"), bits, group_size)
+  embed[f"embedding_int{bits}"], embed["embedding_scale"] = codes, scale_VG
+  return {**params, "embed": embed}
 
 
 def convert(
-    trained: TrainedModel, bits: int, dtype: str = "bfloat16", group_size: int = 0
+    trained: TrainedModel, bits: int, dtype: str = "bfloat16", group_size: int = 0,
+    embedding: str = "none",
 ) -> TrainedModel:
-  """The served model of `trained` at `bits` (8 or 4), float parts in `dtype`."""
-  check_conversion(bits, dtype, group_size)
+  """The served model of `trained` at `bits` (8 or 4), its embedding table per `embedding`
+  (none: float), float parts in `dtype`."""
+  check_conversion(bits, dtype, group_size, embedding)
   base = trained.config
   if base.quant.get("serve", "none") != "none":
     raise ConfigError(f"the model is already converted (quant.serve={base.quant.serve!r})")
+  table.check_table(base.model.d_model, group_size, embedding)
   serve = f"int{bits}"
   conv_config = serve_config(base, bits, dtype, group_size, f"{serve}_convert")
   conv_config.model.param_dtype = base.model.param_dtype
@@ -84,8 +107,11 @@ def convert(
     )(trained.params)
   except ValueError as e:  # a group size that does not divide a contracted size
     raise ConfigError(str(e)) from None
-  params = _cast_floats(_drop_float_kernels(variables["params"]), jnp.dtype(dtype))
-  config = serve_config(base, bits, dtype, group_size, serve)
+  params = _drop_float_kernels(variables["params"])
+  if embedding != "none":
+    params = _quantize_table(params, table.BITS[embedding], group_size)
+  params = _cast_floats(params, jnp.dtype(dtype))
+  config = serve_config(base, bits, dtype, group_size, serve, embedding)
   return dataclasses.replace(trained, config=config, model=make_model(config), params=params)
 
 
@@ -98,10 +124,12 @@ def cast_float(trained: TrainedModel, dtype: str) -> TrainedModel:
 
 
 def load_quantized(
-    workdir: str, bits: int, dtype: str = "bfloat16", group_size: int = 0
+    workdir: str, bits: int, dtype: str = "bfloat16", group_size: int = 0,
+    embedding: str = "none",
 ) -> TrainedModel:
-  """Restores `workdir`'s newest checkpoint and converts it to `bits` (the decoder's loader)."""
-  return convert(restore(workdir), bits, dtype, group_size)
+  """Restores `workdir`'s newest checkpoint and converts it to `bits`, its table per
+  `embedding` (the decoder's loader)."""
+  return convert(restore(workdir), bits, dtype, group_size, embedding)
 
 
 def weight_bytes(params: dict) -> int:

@@ -7,15 +7,30 @@ import ml_collections
 
 from data.tokenizer import HFTokenizer
 from efficiency.errors import ConfigError
+from efficiency.quant import table
 from efficiency.serving import export
 from efficiency.train.inputs import tokenizer_config
 from efficiency.workdir.restore import TrainedModel, restore
 
 
-def load_model(workdir: str | Path, quant_bits: int | None = None) -> TrainedModel:
+def load_model(
+    workdir: str | Path, quant_bits: int | None = None, embedding: str = "none"
+) -> TrainedModel:
   """A workdir's newest checkpoint (ConfigError if it has none), converted to int8 or packed int4
-  weights when `quant_bits` is 8 or 4."""
-  return export.load_quantized(workdir, quant_bits) if quant_bits else restore(workdir)
+  weights when `quant_bits` is 8 or 4, its embedding table stored per `embedding`."""
+  check_embedding(quant_bits, embedding)
+  if quant_bits:
+    return export.load_quantized(workdir, quant_bits, embedding=embedding)
+  return restore(workdir)
+
+
+def check_embedding(quant_bits: int | None, embedding: str) -> None:
+  """A quantized table (`--quant_embedding`) comes only with quantized weights (`--quant`)."""
+  table.check_mode("quant_embedding", embedding)
+  if embedding != "none" and not quant_bits:
+    raise ConfigError(
+        f"quant_embedding={embedding!r} is unsupported with quant=none; use --quant=8 or 4"
+    )
 
 
 def _vocabulary(config: ml_collections.ConfigDict) -> tuple:

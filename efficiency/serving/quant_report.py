@@ -1,6 +1,13 @@
 """What a quantized export costs and saves against the same model in bf16 (the study's
 baseline): weight bytes, eval loss and next-token accuracy, MCR, and greedy decode speed, all
-measured side by side in one process (quant_report.json)."""
+measured side by side in one process (quant_report.json).
+
+The top-level fields describe the export as requested (its table per `embedding`; `none`, the
+default, keeps the float table as before). `embedding_variants` reports the same kernels with
+the table float (`none`) and quantized (the requested storage, or int{bits} when none was
+asked for): bytes, table bytes, quality, MCR and decode tokens/s of each, so the whole-model
+compression is on record either way.
+"""
 
 import jax.numpy as jnp
 import numpy as np
@@ -37,27 +44,67 @@ def compression(before: TrainedModel, after: TrainedModel, batches: list[Batch])
   }
 
 
-def quant_report(
-    trained: TrainedModel, bits: int, dtype: str, group_size: int, batches: list[Batch],
-    prompt_BP: jnp.ndarray, new_tokens: int,
-) -> dict:
-  """The quant_report.json fields for `trained` converted to `bits`."""
-  before = export.cast_float(trained, "bfloat16")
-  after = export.convert(trained, bits, dtype, group_size)
-  measured = compression(before, after, batches)
-  speed = {name: decode_speed(m.model, m.params, prompt_BP, new_tokens)
-           for name, m in (("before", before), ("after", after))}
-  same = float(np.mean(np.asarray(speed["before"].pop("tokens")) ==
-                       np.asarray(speed["after"].pop("tokens"))))
+def embedding_scheme(embedding: str, group_size: int) -> str:
+  """How the served table is stored (quant.embedding)."""
+  if embedding == "none":
+    return "float table in the served dtype"
+  scales = f"scales per {group_size} entries of a row" if embedding == "int4" and group_size \
+      else "per-row scales"
+  return (f"{embedding} codes ({'packed two per byte, ' if embedding == 'int4' else ''}"
+          f"float32 {scales}); lookup dequantizes gathered rows, tied logits are weight-only")
+
+
+def table_bytes(params: dict) -> int:
+  """Bytes of the token embedding table as stored (float, or codes and scales)."""
+  return export.weight_bytes(params["embed"])
+
+
+def _variant(measured: dict, after: TrainedModel, embedding: str, speed: dict) -> dict:
   q = measured["quality"]
   return {
-      "bits": bits, "dtype": dtype, "group_size": group_size,
+      "embedding": embedding,
+      "weight_bytes": measured["weight_bytes"]["after"],
+      "table_bytes": table_bytes(after.params),
+      "eval_loss": q["after"]["eval_loss"],
+      "eval_loss_change": q["after"]["eval_loss"] - q["before"]["eval_loss"],
+      "accuracy": q["after"]["accuracy"],
+      "mcr": measured["mcr"],
+      "decode_tokens_per_s": speed["tokens_per_s"],
+  }
+
+
+def quant_report(
+    trained: TrainedModel, bits: int, dtype: str, group_size: int, batches: list[Batch],
+    prompt_BP: jnp.ndarray, new_tokens: int, embedding: str = "none",
+) -> dict:
+  """The quant_report.json fields for `trained` converted to `bits`, its table per
+  `embedding`."""
+  before = export.cast_float(trained, "bfloat16")
+  after = export.convert(trained, bits, dtype, group_size, embedding)
+  other_embedding = f"int{bits}" if embedding == "none" else "none"
+  other = export.convert(trained, bits, dtype, group_size, other_embedding)
+  measured = compression(before, after, batches)
+  speed = {name: decode_speed(m.model, m.params, prompt_BP, new_tokens)
+           for name, m in (("before", before), ("after", after), ("other", other))}
+  same = float(np.mean(np.asarray(speed["before"].pop("tokens")) ==
+                       np.asarray(speed["after"].pop("tokens"))))
+  speed["other"].pop("tokens")
+  variants = {
+      embedding: _variant(measured, after, embedding, speed["after"]),
+      other_embedding: _variant(compression(before, other, batches), other, other_embedding,
+                                speed.pop("other")),
+  }
+  q = measured["quality"]
+  return {
+      "bits": bits, "dtype": dtype, "group_size": group_size, "embedding": embedding,
       "step": trained.step,
       "scheme": "int8: AQT CONVERT/SERVE (int8 weights, per-channel scales; activations int8 "
                 "on the fly)" if bits == 8 else
                 "int4: weight-only, symmetric, packed two per byte, "
                 + (f"scales per {group_size} rows" if group_size else "per-channel scales"),
-      "weight_bytes": measured["weight_bytes"],
+      "embedding_scheme": embedding_scheme(embedding, group_size),
+      "weight_bytes": {**measured["weight_bytes"], "table_before": table_bytes(before.params),
+                       "table_after": table_bytes(after.params)},
       "eval_loss": {"before": q["before"]["eval_loss"], "after": q["after"]["eval_loss"],
                     "change": q["after"]["eval_loss"] - q["before"]["eval_loss"],
                     "trained_float32": quality(trained, batches)["eval_loss"]},
@@ -65,4 +112,5 @@ def quant_report(
       "mcr": measured["mcr"],
       "mcr_definition": MCR_DEFINITION,
       "decode": {**speed, "same_greedy_tokens_fraction": same},
+      "embedding_variants": {e: variants[e] for e in ("none", "int8", "int4") if e in variants},
   }

@@ -1,7 +1,9 @@
 """The form a model decodes in: a packed int4 model unpacks its kernels once per request, inside
 the jitted program and before the decode loop, to its float weight dtype, and the loop runs the
 float model. Weights stay packed in storage and in transfer; each request makes one pass over
-them instead of one per token.
+them instead of one per token. A packed int4 embedding table (`quant.embedding=int4`) unpacks
+the same way, into a float table; an int8 table stays int8 in the loop (its lookup gathers
+int8 rows, its logits are (x @ codes^T) * scale).
 
 Why not unpack inside every step: XLA on CPU fuses the unpack into its matrix-vector loop, and
 that decoded at 0.14x of bf16 (BENCHMARKS.md, Decoding); unpacked once, int4 decodes through
@@ -17,6 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from efficiency.model.layers import Projection
+from efficiency.quant import table
 from efficiency.quant.pack import dequantize_int4
 
 
@@ -37,10 +40,22 @@ def _int4_layers(model: nn.Module) -> dict[tuple[str, ...], tuple[str, tuple[int
   return layers
 
 
-def _float_model(model: nn.Module) -> nn.Module:
+def _unpacked_model(model: nn.Module, kernels: bool, embedding: bool) -> nn.Module:
+  """`model` reading float kernels (`kernels`) and a float embedding table (`embedding`)."""
   quant = dict(model.quant)
-  quant.update(serve="none", mode="none")
+  if kernels:
+    quant.update(serve="none", mode="none")
+  if embedding:
+    quant.update(embedding="none")
   return model.clone(quant=ml_collections.FrozenConfigDict(quant))
+
+
+def _unpack_table(model: nn.Module, params: dict) -> dict:
+  """The params with a packed int4 table {embedding_int4, embedding_scale} as a float table."""
+  embed = dict(params["embed"])
+  codes, scale_VG = embed.pop("embedding_int4"), embed.pop("embedding_scale")
+  embed["embedding"] = table.dequantize(codes, scale_VG, 4, jnp.dtype(model.config.param_dtype))
+  return {**params, "embed": embed}
 
 
 def _unpack(model: nn.Module, params: dict) -> dict:
@@ -66,6 +81,13 @@ def _unpack(model: nn.Module, params: dict) -> dict:
 
 def decode_form(model: nn.Module) -> tuple[nn.Module, Callable[[dict], dict]]:
   """The model the decode loop runs and how its params get there (traced under jit)."""
-  if model.quant is not None and model.quant.get("serve", "none") == "int4":
-    return _float_model(model), functools.partial(_unpack, model)
-  return model, lambda params: params
+  if model.quant is None:
+    return model, lambda params: params
+  kernels = model.quant.get("serve", "none") == "int4"
+  embedding = table.embedding_storage(model.quant) == "int4"
+
+  def unpack(params: dict) -> dict:
+    params = _unpack(model, params) if kernels else params
+    return _unpack_table(model, params) if embedding else params
+
+  return _unpacked_model(model, kernels, embedding), unpack

@@ -76,7 +76,13 @@ def test_export_rejects_bad_bits_and_dtype():
 
 @pytest.mark.slow
 def test_untied_logits_projection_keeps_float_weights():
+  """With quant.embedding an untied model quantizes its input table only."""
   config = quant_config()
   config.model.tie_embeddings = False
-  served = export.convert(trained_model(config), 8, "float32").params
-  assert set(served["unembed"]) == {"kernel"}
+  served = export.convert(trained_model(config), 8, "float32", embedding="int8")
+  assert set(served.params["unembed"]) == {"kernel"}
+  assert served.params["unembed"]["kernel"].dtype == jnp.float32
+  assert served.params["embed"]["embedding_int8"].dtype == jnp.int8
+  tokens, segment_ids, positions = quant_batch()
+  out = served.model.apply({"params": served.params}, tokens, segment_ids, positions)
+  assert out.shape == (*tokens.shape, config.model.vocab_size)

@@ -1,5 +1,6 @@
 """Converted (served) int8 and int4 models decode from the KV cache exactly as they run in full;
-int4 unpacks its kernels once per request, outside the decode loop."""
+int4 unpacks its kernels and an int4 embedding table once per request, outside the decode
+loop."""
 
 import jax
 import numpy as np
@@ -41,9 +42,9 @@ def _uint8_vars(jaxpr) -> int:
 
 
 def test_int4_unpacks_once_per_request_not_per_token():
-  """The decode loop of a packed int4 model holds no uint8 value: its kernels are unpacked
-  before the while loop, once per request."""
-  served = export.convert(trained_model(quant_config()), 4, "float32")
+  """The decode loop of a packed int4 model holds no uint8 value: its kernels and its int4
+  embedding table are unpacked before the while loop, once per request."""
+  served = export.convert(trained_model(quant_config()), 4, "float32", embedding="int4")
   tokens_BP, lengths_B = generate_lib.pad_prompts([np.array([3, 5, 7], np.int32)])
   jitted = generate_lib.program(served.model, Sampling(0.0), 6, tokens_BP.shape[1] + 6)
   closed = jax.make_jaxpr(jitted)(served.params, tokens_BP, lengths_B, np.int32(-2),

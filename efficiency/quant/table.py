@@ -1,0 +1,105 @@
+"""The embedding table of a served model in int8 or packed int4, with per-row scales.
+
+A table [V, D] is stored as codes and float32 scales [V, G]: int8 codes [V, D] with one scale
+per row (G = 1); int4 codes packed two per byte along D, uint8 [V, D // 2], with one scale per
+row (group_size 0) or per `group_size` consecutive entries of a row (G = D // group_size).
+Values are round(w / scale), scale = max |w| / (127 or 7) over the row or group.
+
+Both uses of the table read the codes: the lookup of row v dequantizes only the rows it
+gathers, codes[v] * scale[v]; the tied logits are (x @ codes^T) * scale[v] when a row has one
+scale (a group-scaled int4 table is dequantized first, as int4 kernels are).
+"""
+
+import jax.numpy as jnp
+import ml_collections
+
+from efficiency.errors import ConfigError
+from efficiency.quant.pack import INT4_MAX, num_groups, pack_int4, unpack_int4
+
+EMBEDDING_MODES = ("none", "int8", "int4")  # the choices of `quant.embedding`
+BITS = {"int8": 8, "int4": 4}
+INT8_MAX = 127
+
+
+def embedding_storage(quant: ml_collections.ConfigDict | None) -> str:
+  """How a model keeps its embedding table: `quant.embedding` (none without a quant config)."""
+  return "none" if quant is None else quant.get("embedding", "none")
+
+
+def check_mode(field: str, embedding: str) -> None:
+  """That `embedding` (the value of `field`) is one of EMBEDDING_MODES."""
+  if embedding not in EMBEDDING_MODES:
+    raise ConfigError(
+        f"{field}={embedding!r} is invalid; valid choices: {list(EMBEDDING_MODES)}"
+    )
+
+
+def check_table(d_model: int, group_size: int, embedding: str) -> None:
+  """That an int4 table packs and groups along d_model (even; group_size divides it)."""
+  if embedding != "int4":
+    return
+  if d_model % 2 or (group_size and d_model % group_size):
+    raise ConfigError(
+        f"quant.embedding='int4' with quant.group_size={group_size} is unsupported for "
+        f"model.d_model={d_model}: int4 rows need an even d_model that the group size divides"
+    )
+
+
+def scale_groups(bits: int, d: int, group_size: int) -> int:
+  """Scales per row: 1 for int8; for int4 1 (group_size 0) or D // group_size."""
+  return 1 if bits == 8 else num_groups(d, group_size)
+
+
+def quantize_table(
+    table_VD: jnp.ndarray, bits: int, group_size: int = 0
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """A float table -> (codes: int8 [V, D] or packed uint8 [V, D // 2], float32 scales [V, G])."""
+  v, d = table_VD.shape
+  if bits == 4 and d % 2:
+    raise ValueError(f"int4 packing needs an even d_model, got {d}")
+  g = scale_groups(bits, d, group_size)
+  top = INT8_MAX if bits == 8 else INT4_MAX
+  w_VGK = table_VD.astype(jnp.float32).reshape(v, g, d // g)
+  scale_VG = jnp.max(jnp.abs(w_VGK), axis=-1) / top
+  scale_VG = jnp.where(scale_VG == 0, 1.0, scale_VG)
+  q_VD = jnp.clip(jnp.round(w_VGK / scale_VG[..., None]), -top, top).reshape(v, d)
+  if bits == 8:
+    return q_VD.astype(jnp.int8), scale_VG
+  return pack_int4(q_VD.T).T, scale_VG
+
+
+def codes_of(codes: jnp.ndarray, bits: int) -> jnp.ndarray:
+  """int8 values [..., D] of stored codes (int4: unpacks [..., D // 2])."""
+  if bits == 8:
+    return codes
+  flat = codes.reshape(-1, codes.shape[-1])
+  return unpack_int4(flat.T).T.reshape(*codes.shape[:-1], 2 * codes.shape[-1])
+
+
+def dequantize(codes: jnp.ndarray, scale_NG: jnp.ndarray, bits: int, dtype: jnp.dtype):
+  """Rows [..., D] in `dtype` from their codes and scales [..., G]."""
+  q = codes_of(codes, bits)
+  g = scale_NG.shape[-1]
+  w = q.reshape(*q.shape[:-1], g, -1).astype(jnp.float32) * scale_NG[..., None]
+  return w.reshape(q.shape).astype(dtype)
+
+
+def lookup(
+    codes: jnp.ndarray, scale_VG: jnp.ndarray, tokens_BT: jnp.ndarray, bits: int,
+    dtype: jnp.dtype,
+) -> jnp.ndarray:
+  """Embeddings [B, T, D] of `tokens_BT`: gathers their codes and scales, dequantizes those."""
+  rows = jnp.take(codes, tokens_BT, axis=0)
+  return dequantize(rows, jnp.take(scale_VG, tokens_BT, axis=0), bits, dtype)
+
+
+def logits(
+    x_BTD: jnp.ndarray, codes: jnp.ndarray, scale_VG: jnp.ndarray, bits: int, dtype: jnp.dtype,
+    einsum=jnp.einsum,
+) -> jnp.ndarray:
+  """Tied logits [B, T, V] against the table: (x @ codes^T) * scale[v] when each row has one
+  scale, else x @ (the dequantized table)^T."""
+  if scale_VG.shape[-1] > 1:
+    return einsum("btd,vd->btv", x_BTD.astype(dtype), dequantize(codes, scale_VG, bits, dtype))
+  y_BTV = einsum("btd,vd->btv", x_BTD.astype(dtype), codes_of(codes, bits).astype(dtype))
+  return (y_BTV.astype(jnp.float32) * scale_VG[:, 0]).astype(dtype)
