@@ -14,11 +14,12 @@ import jax.numpy as jnp
 import ml_collections
 
 from efficiency.errors import ConfigError
-from efficiency.quant.pack import INT4_MAX, num_groups, pack_int4, unpack_int4
+from efficiency.quant.pack import num_groups, quantize_int4, unpack_int4
 
 EMBEDDING_MODES = ("none", "int8", "int4")  # the choices of `quant.embedding`
 BITS = {"int8": 8, "int4": 4}
 INT8_MAX = 127
+TIED_LOGITS_SPEC = "btd,vd->btv"
 
 
 def embedding_storage(quant: ml_collections.ConfigDict | None) -> str:
@@ -53,19 +54,17 @@ def scale_groups(bits: int, d: int, group_size: int) -> int:
 def quantize_table(
     table_VD: jnp.ndarray, bits: int, group_size: int = 0
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """A float table -> (codes: int8 [V, D] or packed uint8 [V, D // 2], float32 scales [V, G])."""
-  v, d = table_VD.shape
-  if bits == 4 and d % 2:
-    raise ValueError(f"int4 packing needs an even d_model, got {d}")
-  g = scale_groups(bits, d, group_size)
-  top = INT8_MAX if bits == 8 else INT4_MAX
-  w_VGK = table_VD.astype(jnp.float32).reshape(v, g, d // g)
-  scale_VG = jnp.max(jnp.abs(w_VGK), axis=-1) / top
-  scale_VG = jnp.where(scale_VG == 0, 1.0, scale_VG)
-  q_VD = jnp.clip(jnp.round(w_VGK / scale_VG[..., None]), -top, top).reshape(v, d)
-  if bits == 8:
-    return q_VD.astype(jnp.int8), scale_VG
-  return pack_int4(q_VD.T).T, scale_VG
+  """A float table -> (codes: int8 [V, D] or packed uint8 [V, D // 2], float32 scales [V, G]).
+  int4 is the kernels' packing (`pack.quantize_int4`) of the table as the tied logits' kernel,
+  transposed to rows."""
+  if bits == 4:
+    packed_HV, scale_GV = quantize_int4(table_VD, TIED_LOGITS_SPEC, group_size)
+    return packed_HV.T, scale_GV.T
+  w_VD = table_VD.astype(jnp.float32)
+  scale_V1 = jnp.max(jnp.abs(w_VD), axis=-1, keepdims=True) / INT8_MAX
+  scale_V1 = jnp.where(scale_V1 == 0, 1.0, scale_V1)
+  q_VD = jnp.clip(jnp.round(w_VD / scale_V1), -INT8_MAX, INT8_MAX)
+  return q_VD.astype(jnp.int8), scale_V1
 
 
 def codes_of(codes: jnp.ndarray, bits: int) -> jnp.ndarray:
@@ -100,6 +99,6 @@ def logits(
   """Tied logits [B, T, V] against the table: (x @ codes^T) * scale[v] when each row has one
   scale, else x @ (the dequantized table)^T."""
   if scale_VG.shape[-1] > 1:
-    return einsum("btd,vd->btv", x_BTD.astype(dtype), dequantize(codes, scale_VG, bits, dtype))
-  y_BTV = einsum("btd,vd->btv", x_BTD.astype(dtype), codes_of(codes, bits).astype(dtype))
+    return einsum(TIED_LOGITS_SPEC, x_BTD.astype(dtype), dequantize(codes, scale_VG, bits, dtype))
+  y_BTV = einsum(TIED_LOGITS_SPEC, x_BTD.astype(dtype), codes_of(codes, bits).astype(dtype))
   return (y_BTV.astype(jnp.float32) * scale_VG[:, 0]).astype(dtype)
