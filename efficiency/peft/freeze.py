@@ -48,9 +48,6 @@ class Freeze(Method):
         trainable[path] = box
     return unflatten(trainable), unflatten(frozen)
 
-  def train_model(self, model):
-    return model.clone(frozen_layers=self.frozen_layers) if self.frozen_layers else model
-
   def apply_params(self, trainable, frozen):
     """With a frozen prefix: its layers' params as `frozen_layers`, the rest as `layers`."""
     if not self.frozen_layers:

@@ -40,9 +40,12 @@ class Method:
     """The params `train_model` applies in training; by default the combined ones."""
     return self.combine(trainable, frozen)
 
+  # Leading layers that run as a frozen prefix with no backward pass (Transformer.frozen_layers).
+  frozen_layers = 0
+
   def train_model(self, model: nn.Module) -> nn.Module:
-    """The model training applies `apply_params` to; by default `model` itself."""
-    return model
+    """The model training applies `apply_params` to: `model`, split after its frozen prefix."""
+    return model.clone(frozen_layers=self.frozen_layers) if self.frozen_layers else model
 
   # A method with per-parameter learning rates defines lr_multipliers(trainable) -> tree of floats.
   lr_multipliers = None
@@ -183,9 +186,6 @@ class Adapter(Method):
       else:
         params[path + ("kernel",)] = self.effective(layout, kernel, adapter)
     return unflatten(params)
-
-  def train_model(self, model: nn.Module) -> nn.Module:
-    return model.clone(frozen_layers=self.frozen_layers) if self.frozen_layers else model
 
   def apply_params(self, trainable: Params, frozen: Params) -> Params:
     """Each targeted projection's frozen base (`kernel`, or `kernel_int8` / `kernel_int4` with
