@@ -61,20 +61,14 @@ def shape_config(size: str, method: str, batch: int, fields: str = "",
   config = finetune.get_config()
   config.model, config.seq_len, config.batch_size = study.model, study.seq_len, batch
   config.peft.method = method
-  for item in filter(None, fields.split(",")):
-    field, value = item.split("=", 1)
-    set_field(config, field, value)
+  overrides |= dict(item.split("=", 1) for item in filter(None, fields.split(",")))
   return resolve(override(config, overrides), jax.device_count())
 
 
 def override(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
-  """`config` with dotted fields set."""
+  """`config` with dotted fields set (efficiency.config.override each)."""
   for field, value in overrides.items():
-    target = config
-    *parents, name = field.split(".")
-    for parent in parents:
-      target = target[parent]
-    target[name] = value
+    set_field(config, field, value)
   return config
 
 
