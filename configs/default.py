@@ -104,6 +104,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optimizer.weight_decay = 0.1
   c.optimizer.grad_clip = 1.0
 
+  # Knowledge distillation (efficiency.train.distill), e.g. a speculative draft from its target.
+  c.distill = ml_collections.ConfigDict()
+  c.distill.teacher = ""  # a finished train.py workdir with the same tokenizer; "" = off
+  c.distill.weight = 0.5  # the KL term's share of the objective; 1 = the teacher's alone
+  c.distill.temperature = 1.0  # softmax temperature of both sides (the KL is scaled by its square)
+
   c.data = ml_collections.ConfigDict()
   c.data.name = "stdlib"  # the default corpus: the running interpreter's standard library
   c.data.data_dir = ""  # "": $EFFICIENCY_DATA_DIR or ~/.cache/efficiency/data

@@ -30,7 +30,9 @@ from efficiency.position import POSITIONS
 from efficiency.quant import MODE_BACKENDS, QUANT_MODES
 from efficiency.quant.einsum import SERVE_MODES
 from efficiency.quant.table import check_mode, check_table
+from efficiency.serving.loading import check_same_tokenizer
 from efficiency.sharding.mesh import mesh_shape
+from efficiency.train.distill import distill_config
 from efficiency.train.optimizer import OPTIMIZERS, SCHEDULES
 from efficiency.workdir.files import load_config
 
@@ -86,6 +88,7 @@ def resolve(
   """
   config = ml_collections.ConfigDict(config.to_dict())
   _take_pretrained(config)
+  _check_distill(config)
   _check_run(config)
   _check_model(config)
   _check_variants(config)
@@ -187,6 +190,26 @@ def _take_pretrained(config: ml_collections.ConfigDict) -> None:
   config.model = pretrained.model
   if not config.data.get("tokenizer_from"):
     config.data.tokenizer_from = workdir
+
+
+def _check_distill(config: ml_collections.ConfigDict) -> None:
+  """A teacher for distillation: a workdir whose vocabulary and tokenizer the run shares (by
+  default the run takes the teacher's tokenizer)."""
+  distill = distill_config(config)
+  if distill is None:
+    return
+  teacher = load_config(distill.teacher, "distill.teacher", "give a finished train.py workdir")
+  _fraction("distill.weight", distill.weight)
+  if not distill.temperature > 0:
+    raise ConfigError(f"distill.temperature={distill.temperature} must be > 0")
+  if teacher.model.vocab_size != config.model.vocab_size:
+    raise ConfigError(
+        f"distill.teacher={distill.teacher!r} has model.vocab_size={teacher.model.vocab_size}, "
+        f"this run {config.model.vocab_size}; a student must share its teacher's vocabulary"
+    )
+  if not config.data.get("tokenizer_from"):
+    config.data.tokenizer_from = distill.teacher
+  check_same_tokenizer([config, teacher], ["this run", "distill.teacher"])
 
 
 def _check_run(config: ml_collections.ConfigDict) -> None:

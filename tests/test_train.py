@@ -148,3 +148,22 @@ def test_restore_loads_final_params(finished_run, tmp_path):
     restore(tmp_path)
   with pytest.raises(ConfigError, match="step=7 is not saved"):
     restore(finished_run, step=7)
+
+
+def test_a_distilled_student_trains_toward_its_teacher(finished_run, tiny_corpus, tmp_path):
+  """A smaller model distilled from the finished run (`distill.teacher`) takes its tokenizer,
+  logs the KL to it each step, and moves toward it."""
+  workdir = tmp_path / "student"
+  flags = tiny_train_flags(
+      tiny_corpus, tmp_path / "data", steps=12, log_every=2, eval_every=12, checkpoint_every=12,
+      **{"model.num_layers": 1, "model.d_model": 16, "model.num_heads": 2,
+         "model.num_kv_heads": 1, "model.d_ff": 32, "optimizer.lr": 1e-2,
+         "distill.teacher": finished_run, "distill.weight": 0.9},
+  )
+  run_train(workdir, flags)
+  config = json.loads((workdir / "config.json").read_text())
+  assert config["data"]["tokenizer_from"] == str(finished_run)
+  kls = [m["distill_kl"] for m in read_metrics(workdir) if "distill_kl" in m]
+  assert len(kls) == 6 and all(np.isfinite(kls))
+  assert kls[-1] < 0.8 * kls[0]
+  assert json.loads((workdir / "summary.json").read_text())["status"] == "completed"

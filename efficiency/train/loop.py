@@ -31,7 +31,7 @@ from efficiency.train.setup import Training
 from efficiency.train.state import TrainState
 from efficiency.workdir import files
 from efficiency.workdir.lock import WorkdirLock
-from efficiency.workdir.restore import restore
+from efficiency.workdir.restore import load_teacher, restore
 from efficiency.workdir.resume import check_resume, fill_shards
 from efficiency.workdir.storage import as_storage_error, remove_partial_saves
 from efficiency.workdir.summary import Summary
@@ -162,7 +162,7 @@ def _train(
   check_resume(config, workdir)
   mesh = make_mesh(config.mesh)
   inputs = load_inputs(config, jax.process_index(), jax.process_count())
-  training = Training(config, mesh)
+  training = Training(config, mesh, teacher=load_teacher(config))
 
   writer = MetricWriter(workdir, enabled=is_main)
   if is_main:
@@ -358,7 +358,7 @@ class Loop:
       self.throughput.interval_start += compile_s  # log-interval rates leave compiles out too
       warm = False
     t1 = time.perf_counter()
-    state, metrics = self.compiled_steps[seq_len](state, batch)
+    state, metrics = self.compiled_steps[seq_len](state, batch, *self.training.step_extras)
     if self.pending is not None:
       self.log_pending()  # reads the previous step's metrics while this step runs
     tokens = int(local_batch["weights"].sum()) * jax.process_count()  # for rates only

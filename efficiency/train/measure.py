@@ -18,7 +18,7 @@ from efficiency.sharding.mesh import to_global
 from efficiency.train.inputs import load_inputs
 from efficiency.train.setup import Training
 from efficiency.workdir import files
-from efficiency.workdir.restore import restore
+from efficiency.workdir.restore import load_teacher, restore
 
 WARM_STEPS = 2  # run (and left out of the timing) after compiling
 
@@ -26,7 +26,9 @@ WARM_STEPS = 2  # run (and left out of the timing) after compiling
 def step_flops(training: Training, example: dict) -> float:
   """FLOPs of one train step from XLA's cost analysis, compiled with the layer scans unrolled
   (the analysis counts a loop body once) but otherwise as `training` runs it."""
-  unrolled = Training(training.config, training.mesh, unroll_layers=True)
+  unrolled = Training(
+      training.config, training.mesh, unroll_layers=True, teacher=training.teacher
+  )
   cost = unrolled.compile(example)[0].cost_analysis()
   return float((cost[0] if isinstance(cost, list) else cost)["flops"])
 
@@ -47,14 +49,16 @@ def measure_train(
   config = ml_collections.ConfigDict(config.to_dict())
   config.data.seq_len_warmup.start = 0
   inputs = load_inputs(config, jax.process_index(), jax.process_count(), evaluation=False)
-  training = Training(config)
+  training = Training(config, teacher=load_teacher(config))
   restored = files.checkpoint_steps(workdir)
   state = training.init(config.seed, restore(workdir).params if restored else None)
   example = next(inputs.train)
   step_fn, _ = training.compile(example)
   flops = step_flops(training, example)
   for _ in range(WARM_STEPS):
-    state, _ = step_fn(state, to_global(next(inputs.train), training.rows_sharding))
+    state, _ = step_fn(
+        state, to_global(next(inputs.train), training.rows_sharding), *training.step_extras
+    )
   jax.block_until_ready(state)
 
   iterations = []
@@ -62,7 +66,7 @@ def measure_train(
   for _ in tqdm(range(steps), desc="measure", unit="step"):
     start = time.perf_counter()
     local = next(inputs.train)
-    state, _ = step_fn(state, to_global(local, training.rows_sharding))
+    state, _ = step_fn(state, to_global(local, training.rows_sharding), *training.step_extras)
     jax.block_until_ready(state)
     tokens = int(local["weights"].sum()) * jax.process_count()
     iterations.append(study.Iteration(

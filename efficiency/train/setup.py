@@ -18,6 +18,7 @@ from efficiency.peft import make_method
 from efficiency.peft.method import Method
 from efficiency.sharding.mesh import batch_sharding, logical_shardings, make_mesh, unboxed
 from efficiency.sharding.rules import LOGICAL_AXIS_RULES
+from efficiency.train.distill import Distillation, distill_config, place_teacher
 from efficiency.train.optimizer import make_optimizer
 from efficiency.train.state import PeftTrainState, TrainState
 from efficiency.train.step import Batch, train_step
@@ -43,6 +44,10 @@ def _init_state(
   return TrainState(**fields) if frozen is None else PeftTrainState(**fields, frozen=frozen)
 
 
+def _shardings_of(tree):
+  return jax.tree.map(lambda x: x.sharding, tree)
+
+
 def _nbytes(tree) -> int:
   return int(sum(x.size * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
 
@@ -54,15 +59,20 @@ class Training:
   Every method runs inside the mesh and the logical-axis rules (`context()`), so callers need
   neither. With a PEFT method (`config.peft`), `state.params` holds only the trainable
   parameters and `state.frozen` the rest; `effective_params(state)` is what the model applies.
+  With `config.distill`, the compiled step takes the teacher's parameters as a third argument:
+  call it with `*step_extras`.
   """
 
   def __init__(
       self, config: ml_collections.ConfigDict, mesh: Mesh | None = None,
-      unroll_layers: bool = False,
+      unroll_layers: bool = False, teacher: tuple[nn.Module, dict] | None = None,
   ):
-    """`unroll_layers` unrolls the layer scans of the train step (for FLOP counting)."""
+    """`unroll_layers` unrolls the layer scans of the train step (for FLOP counting).
+    `teacher`: the (model, host parameters) of `config.distill.teacher` (`load_teacher`);
+    without it the step trains on cross-entropy alone (for callers that need only shapes)."""
     self.config = config
     self.mesh = make_mesh(config.mesh) if mesh is None else mesh
+    self.teacher = teacher
     self.model = make_model(config)
     with self.context():
       self.method, boxed_base = make_method(config)
@@ -90,12 +100,20 @@ class Training:
         in_shardings=(None, self.base_sharding),
         out_shardings=self.state_sharding,
     )
+    self.step_extras: tuple = ()  # the compiled step's arguments after (state, batch)
+    distillation = None
+    if teacher is not None:
+      distill = distill_config(config)
+      distillation = Distillation(teacher[0], distill.weight, distill.temperature)
+      self.step_extras = (place_teacher(teacher[1], self.mesh),)
     self._train_step = jax.jit(
         functools.partial(
             train_step, model=train_model, tx=self.tx, schedule=self.schedule,
             grad_accum_steps=config.grad_accum_steps, combine=self.method.apply_params,
+            distill=distillation,
         ),
-        in_shardings=(self.state_sharding, self.rows_sharding),
+        in_shardings=(self.state_sharding, self.rows_sharding)
+        + tuple(_shardings_of(x) for x in self.step_extras),
         out_shardings=(self.state_sharding, None),
         donate_argnums=0,
     )
@@ -120,7 +138,7 @@ class Training:
   def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
     """One optimizer update (jitted; `state` is donated)."""
     with self.context():
-      return self._train_step(state, batch)
+      return self._train_step(state, batch, *self.step_extras)
 
   def compile(
       self, example: Batch, seq_len: int | None = None
@@ -130,7 +148,7 @@ class Training:
     start = time.perf_counter()
     with self.context():
       abstract = self.abstract_batch(example, seq_len)
-      lowered = self._train_step.lower(self.abstract_state, abstract)
+      lowered = self._train_step.lower(self.abstract_state, abstract, *self.step_extras)
       compiled = lowered.compile()
     return compiled, time.perf_counter() - start
 

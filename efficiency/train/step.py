@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from efficiency.train.distill import Distillation, kl_sum
 from efficiency.train.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -26,16 +27,25 @@ def forward(params, batch: Batch, model: nn.Module, rng: jax.Array) -> tuple[jax
   )
 
 
-def summed_loss(params, batch: Batch, model: nn.Module, rng: jax.Array):
+def summed_loss(
+    params, batch: Batch, model: nn.Module, rng: jax.Array,
+    distill: Distillation | None = None, teacher_params=None,
+):
   """The objective summed over real targets, and its parts: `loss_sum` (token cross-entropies,
-  nats), `weight_sum` (real targets) and, for MoE models, `moe_aux_loss_sum` (the load-balancing
-  loss averaged over layers, times weight_sum) and `moe_dropped` (routing choices dropped over
-  capacity, all layers). The objective adds aux_loss_weight * moe_aux_loss_sum to loss_sum."""
+  nats), `weight_sum` (real targets), with `distill` `distill_kl_sum` (see
+  `efficiency.train.distill`) and, for MoE models, `moe_aux_loss_sum` (the load-balancing loss
+  averaged over layers, times weight_sum) and `moe_dropped` (routing choices dropped over
+  capacity, all layers). The objective is loss_sum, or with `distill` (1 - weight) * loss_sum +
+  weight * distill_kl_sum; it adds aux_loss_weight * moe_aux_loss_sum."""
   logits_BTV, aux = forward(params, batch, model, rng)
   losses_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, batch["targets"])
   weights_BT = batch["weights"].astype(jnp.float32)
   stats = {"loss_sum": jnp.sum(losses_BT * weights_BT), "weight_sum": jnp.sum(weights_BT)}
   objective = stats["loss_sum"]
+  if distill is not None:
+    teacher_BTV, _ = forward(teacher_params, batch, distill.model, jax.random.fold_in(rng, 1))
+    stats["distill_kl_sum"] = kl_sum(logits_BTV, teacher_BTV, weights_BT, distill.temperature)
+    objective = (1 - distill.weight) * objective + distill.weight * stats["distill_kl_sum"]
   if "moe" in aux:
     aux_loss = jnp.mean(_sown(aux["moe"], "aux_loss"))
     stats["moe_aux_loss_sum"] = aux_loss * stats["weight_sum"]
@@ -67,25 +77,26 @@ def _micro_batches(batch: Batch, n: int) -> Batch:
 def train_step(
     state: TrainState,
     batch: Batch,
+    teacher_params=None,
     *,
     model: nn.Module,
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     grad_accum_steps: int = 1,
     combine: Callable | None = None,
+    distill: Distillation | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update on the mean token loss of `batch`, accumulated over micro-batches.
 
   With `combine` (a PEFT method's `apply_params`), gradients flow to `state.params` (the
   trainable tree) through `combine(state.params, state.frozen)`, the params `model` applies; the
-  frozen tree passes through the step unchanged.
+  frozen tree passes through the step unchanged. With `distill`, `teacher_params` are the
+  teacher's (forward only).
   """
   rng, step_rng = jax.random.split(state.rng)
-  if combine is None:
-    loss_fn = summed_loss
-  else:
-    frozen = getattr(state, "frozen", None)
-    loss_fn = lambda p, b, m, r: summed_loss(combine(p, frozen), b, m, r)
+  frozen = getattr(state, "frozen", None)
+  params_of = (lambda p: p) if combine is None else (lambda p: combine(p, frozen))
+  loss_fn = lambda p, b, m, r: summed_loss(params_of(p), b, m, r, distill, teacher_params)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   if grad_accum_steps == 1:
@@ -117,6 +128,8 @@ def train_step(
       "lr": schedule(state.step),
       "tokens": weight_sum,
   }
+  if "distill_kl_sum" in stats:
+    metrics["distill_kl"] = stats["distill_kl_sum"] / denom
   if isinstance(opt_state, optax.ApplyIfFiniteState):  # on_nonfinite=skip
     metrics["skipped_steps"] = opt_state.total_notfinite
     metrics["consecutive_skips"] = opt_state.notfinite_count

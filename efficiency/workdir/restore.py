@@ -12,6 +12,7 @@ import ml_collections
 from efficiency.errors import ConfigError, MissingPathError
 from efficiency.model.transformer import make_model
 from efficiency.train import checkpoint
+from efficiency.train.distill import distill_config
 from efficiency.train.setup import Training
 from efficiency.workdir import files
 
@@ -54,3 +55,13 @@ def restore(
   weights = checkpoint.restore_weights(workdir, step, training.abstract_state)
   params = jax.device_get(training.method.combine(weights["params"], weights.get("frozen")))
   return TrainedModel(config, make_model(config), params, step, workdir)
+
+
+def load_teacher(config: ml_collections.ConfigDict) -> tuple[nn.Module, dict] | None:
+  """The (model, host parameters) of the run `config.distill.teacher` names, or None."""
+  distill = distill_config(config)
+  if distill is None:
+    return None
+  hint = "give a finished train.py workdir"
+  trained = restore(distill.teacher, field="distill.teacher", hint=hint)
+  return trained.model, trained.params
