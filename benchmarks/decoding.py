@@ -1,8 +1,8 @@
 """Decoding benchmarks on trained workdirs, every part side by side in one process (ratios).
 
-  python benchmarks/decoding.py --default DIR --small DIR [--seed1 DIR]
+  python benchmarks/decoding.py --default DIR --small DIR [--seed1 DIR] [--third DIR]
       [--prompts 8 --prompt_tokens 64 --max_new_tokens 64 --parts limit,speculative,quant,cos
-       --out decoding.json]
+       --cos_settings we,cd[,we3] --cos_gammas 1,2,3,5,8 --out decoding.json]
 
 - `limit`: default model, greedy: the on-device generation (one jitted program per request,
   prefill included) at batch 1 and 8, against the host loop it replaced (one jitted step per
@@ -17,7 +17,9 @@
 - `cos`: collaborative decoding on device, batch 1 (each prompt its own request): standard
   against CoS (two models alternating), weighted ensemble (lambda 0.5) of default and small (or
   --seed1) and contrastive decoding of default (expert) and small (amateur, mu 0.1); temperature
-  0 at gamma 1, 2, 3, 5, 8 and temperature 1 at gamma 3 and 5. CoS starts with small proposing.
+  0 at gamma 1, 2, 3, 5, 8 (`--cos_gammas`) and temperature 1 at gamma 3 and 5. CoS starts with
+  small proposing. `we3` (with `--third`): the uniform weighted ensemble of default, small and
+  third, small proposing first, then default, then third.
 - `host_cos` (not in the default parts): the host engine (numpy acceptance, batch 1) on CD T=0
   gamma 5, for what the machinery used to cost.
 """
@@ -218,6 +220,9 @@ def main() -> None:
   parser.add_argument("--default", required=True)
   parser.add_argument("--small", required=True)
   parser.add_argument("--seed1")
+  parser.add_argument("--third", help="a third model, for the three-model ensemble (we3)")
+  parser.add_argument("--cos_settings", default="we,cd")
+  parser.add_argument("--cos_gammas", default="1,2,3,5,8")
   parser.add_argument("--prompts", type=int, default=8)
   parser.add_argument("--prompt_tokens", type=int, default=64)
   parser.add_argument("--max_new_tokens", type=int, default=64)
@@ -225,8 +230,9 @@ def main() -> None:
   parser.add_argument("--parts", default="limit,speculative,quant,cos")
   parser.add_argument("--out", default="decoding.json")
   args = parser.parse_args()
-  names = [args.default, args.small] + ([args.seed1] if args.seed1 else [])
-  loaded = [load_model(n) for n in names]
+  names = [args.default, args.small, args.seed1 or args.small, args.third or args.small]
+  unique = {n: load_model(n) for n in dict.fromkeys(names)}
+  loaded = [unique[n] for n in names]
   check_same_tokenizer([m.config for m in loaded], names)
   default, small = loaded[0], loaded[1]
   tokenizer = tokenizer_of(default.config)
@@ -244,12 +250,17 @@ def main() -> None:
   if "quant" in parts:
     results["quant"] = quant(default, prompts, new, args.rounds)
   if "cos" in parts:
-    partner = (loaded[2].model, loaded[2].params) if args.seed1 else draft
+    partner, third = ((m.model, m.params) for m in loaded[2:])
+    settings = args.cos_settings.split(",")
     results["cos"] = []
-    for t, gammas in ((0.0, (1, 2, 3, 5, 8)), (1.0, (3, 5))):
+    t0_gammas = tuple(int(g) for g in args.cos_gammas.split(","))
+    for t, gammas in ((0.0, t0_gammas), (1.0, (3, 5))):
       sampling = Sampling(t)
       pairs = {f"we T={t:g}": (WeightedEnsemble((0.5, 0.5), sampling), [target, partner], 1),
-               f"cd T={t:g}": (Contrastive(0.1, sampling), [target, draft], 1)}
+               f"cd T={t:g}": (Contrastive(0.1, sampling), [target, draft], 1),
+               f"we3 T={t:g}": (WeightedEnsemble((1 / 3,) * 3, sampling),
+                                [target, draft, third], 1)}
+      pairs = {k: v for k, v in pairs.items() if k.split()[0] in settings}
       results["cos"] += cos(pairs, prompts, new, eos, args.rounds, gammas)
   if "host_cos" in parts:
     results["host_cos"] = host_cos(Contrastive(0.1, Sampling(0.0)), [target, draft], 1,

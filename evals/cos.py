@@ -2,7 +2,8 @@
 
   python -m evals.cos --models=DIR1,DIR2[,DIR3] --method=we|cd
       [--weights=0.5,0.5 --mu=0.1 --gamma=5 --temperature=0 --prompts=FILE --num_prompts=8
-       --prompt_tokens=64 --max_new_tokens=64 --seed=0 --output=cos_report.json]
+       --prompt_tokens=64 --max_new_tokens=64 --seed=0 --engine=device|host
+       --output=cos_report.json]
 
 `we` is the weighted ensemble sum_k w_k softmax(l_k) (weights default to uniform); `cd` is
 contrastive decoding softmax(l_1 - mu l_2) with DIR1 the expert and DIR2 the amateur. The
@@ -11,9 +12,10 @@ excluded from the timings):
   standard   token by token, every model called for every token (the baseline);
   naive      speculation with a fixed proposer (the first model for we, the amateur for cd);
   cos        the alternate proposal framework (models take turns proposing and verifying).
-With two models, standard and cos run on device (one jitted program per prompt, acceptance on
-device; `efficiency.serving.collaborate`, which has no naive schedule); with three or more, all
-three run on the host engine (`efficiency.serving.speculation`).
+With --engine=device (the default), standard and cos run on device for any number of models (one
+jitted program per prompt, acceptance on device; `efficiency.serving.collaborate`, which has no
+naive schedule); --engine=host runs all three on the host engine (`efficiency.serving.speculation`,
+numpy acceptance), for what that machinery costs.
 Prompts are lines of --prompts, or the first --prompt_tokens tokens of validation documents.
 Writes a JSON report and prints tokens/s, speedup over standard, acceptance rate and tokens per
 model call.
@@ -46,6 +48,8 @@ _NUM_PROMPTS = flags.DEFINE_integer("num_prompts", 8, "Validation prompts when -
 _PROMPT_TOKENS = flags.DEFINE_integer("prompt_tokens", 64, "Tokens per validation prompt.")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "Tokens to generate per prompt.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_ENGINE = flags.DEFINE_enum("engine", "device", ["device", "host"],
+                            "On-device programs (standard, cos) or the host engine (+ naive).")
 _OUTPUT = flags.DEFINE_string("output", "cos_report.json", "Where to write the JSON report.")
 flags.mark_flag_as_required("models")
 
@@ -71,7 +75,7 @@ def main(argv: list[str]) -> None:
   else:
     prompts = validation_prompts(configs[0], tokenizer, _NUM_PROMPTS.value, _PROMPT_TOKENS.value)
   members = [(m.model, m.params) for m in loaded]
-  if len(members) == 2:
+  if _ENGINE.value == "device":
     report = compare_on_device(collab, members, prompts, _MAX_NEW.value, _GAMMA.value, proposer,
                                _SEED.value, tokenizer.eos_id)
   else:
@@ -82,7 +86,7 @@ def main(argv: list[str]) -> None:
       "models": _MODELS.value, "method": _METHOD.value, "weights": list(collab.weights)
       if _METHOD.value == "we" else None, "mu": _MU.value if _METHOD.value == "cd" else None,
       "gamma": _GAMMA.value, "temperature": _TEMPERATURE.value, "prompts": len(prompts),
-      "max_new_tokens": _MAX_NEW.value, "on_device": len(members) == 2,
+      "max_new_tokens": _MAX_NEW.value, "on_device": _ENGINE.value == "device",
   }
   Path(_OUTPUT.value).write_text(json.dumps(report, indent=2))
   print(table(report))

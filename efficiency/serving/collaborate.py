@@ -1,16 +1,18 @@
-"""Collaborative decoding on device, batched: standard (every model scores every token, one
-token drawn from r) for any number of models, and CoS, the alternate proposal framework, for two.
+"""Collaborative decoding on device, batched, for any number of models: standard (every model
+scores every token, one token drawn from r) and CoS, the alternate proposal framework.
 
-CoS (one jitted `lax.while_loop`, rounds alternate the two models' roles): the proposer P drafts
-`gamma` tokens (one call that also scores the pending carried token, then a `lax.scan` of
-one-token steps); the verifier V scores all pending tokens in one call; each row keeps its
-leading tokens with probability min(1, r / q_P) and at the first rejection draws the residual of
-r - q_P. When a row keeps everything, V's own next-token sample (drawn from V's q, since r needs
-P's logits there) is not emitted: it is carried as V's proposal, and V proposes in the next round
-(scoring it first). After a rejection V proposes next too (the model that found it), so the two
-roles alternate every round for every row, as in the paper's two-model schedule. Keeping with
-min(q, r) plus the residual gives exactly r: outputs are those of standard collaborative decoding
-in distribution, token for token at temperature 0.
+CoS (one jitted `lax.while_loop` of rounds, each a `lax.switch` over which model proposes): the
+proposer P drafts `gamma` tokens (one call that also scores the pending carried token, then a
+`lax.scan` of one-token steps); every other model scores all pending tokens in one call each;
+each row keeps its leading tokens with probability min(1, r / q_P) and at the first rejection
+draws the residual of r - q_P. The last verifier, (P - 1) mod n, proposes next: when a row keeps
+everything, that model's own next-token sample (drawn from its q, since r needs the other
+models' logits there) is not emitted but carried as its proposal (scored by the others in the
+next round); after a rejection it proposes too (the model that completed r there). With two
+models the roles alternate every round, as in the paper's two-model schedule; with n, every
+model proposes once in n rounds. Keeping with min(q, r) plus the residual gives exactly r:
+outputs are those of standard collaborative decoding in distribution, token for token at
+temperature 0.
 
 Row b of the batch holds its committed length n[b], whether a carried token waits at slot n[b]
 of its sequence buffer, and both models' caches, valid through n - 3 between rounds; a
@@ -112,6 +114,7 @@ def _cos(
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
   """New tokens [B, max_new_tokens] and [rounds, verified, accepted] (traced under jit)."""
   b, p = tokens_BP.shape
+  num_models = len(models)
   keys_B = row_keys(seed, rows_B)
   rows = jnp.arange(b)
   _, caches = _prefill(models, params, tokens_BP, lengths_B, max_len, cos_rollback(gamma))
@@ -152,22 +155,28 @@ def _cos(
                             jnp.concatenate([logits_BgV, logits_BgV[:, -1:]], 1))
     return pending_Bg1, logits_Bg1V, cache
 
-  def half_round(pi, state):
-    """One round with model pi proposing and the other verifying."""
-    vi = 1 - pi
-    rounds, seq_BL, n_B, carry_B, done_B, caches, verified, accepted = state
+  def round_of(pi, state):
+    """One round with model pi proposing and every other model verifying; the last verifier
+    ((pi - 1) mod n, the one that finds a rejection or carries a proposal) proposes next."""
+    rounds, _, seq_BL, n_B, carry_B, done_B, caches, verified, accepted = state
+    verifiers = [(pi + k) % num_models for k in range(1, num_models)]
+    last = verifiers[-1]
     round_keys_B = step_keys(keys_B, rounds)
     pending_BG, proposer_BGV, cache_p = draft(pi, round_keys_B, seq_BL, n_B, carry_B, caches[pi])
     m_B = gamma + carry_B.astype(jnp.int32)
     verify_BH = jnp.concatenate([seq_BL[rows, n_B - 1][:, None], pending_BG], axis=1)
-    verifier_BHV, cache_v = cached_forward(models[vi], params[vi], verify_BH, caches[vi], n_B - 1)
-    ordered = [proposer_BGV, verifier_BHV[:, :g]][:: 1 if pi == 0 else -1]
-    r_BGV = target_probs(collab, ordered)
+    logits, caches = [None] * num_models, list(caches)
+    logits[pi], caches[pi] = proposer_BGV, cache_p
+    for vi in verifiers:
+      verifier_BHV, caches[vi] = cached_forward(
+          models[vi], params[vi], verify_BH, caches[vi], n_B - 1)
+      logits[vi] = verifier_BHV[:, :g]
+    r_BGV = target_probs(collab, logits)
     q_BGV = proposal_probs(collab, pi, proposer_BGV)
     a_B, next_B = accept(round_keys_B, pending_BG, q_BGV, r_BGV, m_B, greedy)
     kept_all_B = a_B == m_B
     carried_B = device_sampling.draw(
-        step_keys(round_keys_B, g + 2), proposal_probs(collab, vi, verifier_BHV[rows, m_B]),
+        step_keys(round_keys_B, g + 2), proposal_probs(collab, last, verifier_BHV[rows, m_B]),
         greedy)
     new_BG = jnp.where(window < a_B[:, None], pending_BG, next_B[:, None])
     count_B = jnp.where(kept_all_B, m_B, a_B + 1)
@@ -187,19 +196,19 @@ def _cos(
     carry_B = kept_all_B & ~done_B
     verified += jnp.where(live_B, jnp.minimum(a_B + 1, m_B), 0).sum()
     accepted += jnp.where(live_B, a_B, 0).sum()
-    caches = [cache_p, cache_v][:: 1 if pi == 0 else -1]
-    rounds += live_B.any().astype(jnp.int32)
-    return rounds, seq_BL, n_B, carry_B, done_B, caches, verified, accepted
+    return (rounds + 1, jnp.int32(last), seq_BL, n_B, carry_B, done_B, caches, verified,
+            accepted)
 
   def cond(state):
-    return ~state[4].all()
+    return ~state[5].all()
 
   def body(state):
-    return half_round(1 - proposer, half_round(proposer, state))
+    return jax.lax.switch(state[1], [functools.partial(round_of, k) for k in range(num_models)],
+                          state)
 
-  state = (jnp.int32(0), seq_BL, lengths_B, jnp.zeros(b, bool), jnp.zeros(b, bool), caches,
-           jnp.int32(0), jnp.int32(0))
-  rounds, seq_BL, n_B, _, _, _, verified, accepted = jax.lax.while_loop(cond, body, state)
+  state = (jnp.int32(0), jnp.int32(proposer), seq_BL, lengths_B, jnp.zeros(b, bool),
+           jnp.zeros(b, bool), caches, jnp.int32(0), jnp.int32(0))
+  rounds, _, seq_BL, n_B, _, _, _, verified, accepted = jax.lax.while_loop(cond, body, state)
   out_BN = new_tokens(seq_BL, lengths_B, n_B, max_new_tokens)
   return out_BN, jnp.stack([rounds, verified, accepted])
 
@@ -221,9 +230,9 @@ def program(models: tuple, collab: Collaboration, method: str, gamma: int, propo
 
 @dataclasses.dataclass
 class Collaborated:
-  """A request's new tokens per row; rounds (CoS: gamma proposer calls and one verifier call
-  each) or steps (standard: one call per model each), for the whole batch; drafts verified and
-  kept over all rows; and its time."""
+  """A request's new tokens per row; rounds (CoS: gamma proposer calls and one call of each
+  other model each) or steps (standard: one call per model each), for the whole batch; drafts
+  verified and kept over all rows; and its time."""
 
   tokens: list[np.ndarray]
   method: str
@@ -242,7 +251,7 @@ class Collaborated:
   @property
   def calls(self) -> int:
     """Batched model calls after the prefill, all models together."""
-    per = self.num_models if self.method == "standard" else self.gamma + 1
+    per = self.num_models if self.method == "standard" else self.gamma + self.num_models - 1
     return self.rounds * per
 
   @property
@@ -263,15 +272,15 @@ def collaborate(
     first_row: int = 0,
 ) -> Collaborated:
   """Decodes every prompt in one batch from r = `collab` of `members` (in its order) by
-  `method` (`standard`, or `cos` with two models, `proposer` drafting first)."""
+  `method` (`standard`, or `cos` with `proposer` drafting first)."""
   if method not in METHODS:
     raise ConfigError(f"method={method!r} is unknown; valid choices: {list(METHODS)}")
   check_request(prompts, max_new_tokens)
   check_gamma(gamma)
   if len(members) != collab.num_models:
     raise ConfigError(f"{len(members)} models given; the target needs {collab.num_models}")
-  if method == "cos" and len(members) != 2:
-    raise ConfigError(f"method=cos on device takes 2 models; got {len(members)}")
+  if method == "cos" and len(members) < 2:
+    raise ConfigError(f"method=cos needs 2 or more models; got {len(members)}")
   vocabs = [m.config.vocab_size for m, _ in members]
   if len(set(vocabs)) > 1:
     raise ConfigError(

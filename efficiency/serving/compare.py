@@ -1,7 +1,7 @@
 """Decoding methods side by side on the same prompts: standard collaborative decoding, naive
 speculation and CoS (the alternate proposal framework), with tokens/s, speedup over standard,
-acceptance and tokens per model call. `compare_on_device` runs standard and CoS of two models on
-device (`collaborate`); `compare` runs the host engine (any number of models, and `naive`)."""
+acceptance and tokens per model call. `compare_on_device` runs standard and CoS on device
+(`collaborate`); `compare` runs the host engine (`naive` too). Both take any number of models."""
 
 import numpy as np
 from tqdm import tqdm

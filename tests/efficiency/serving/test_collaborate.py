@@ -1,7 +1,8 @@
 """Collaborative decoding on device: CoS and standard emit tokens distributed as the enumerated
 collaborative target r (chi-square per prompt, rows of different prompt lengths in one batch;
-each test also rejects the proposer's own distribution), and at temperature 0 both equal the
-host engine's standard collaborative decoding token for token at batch 1 and 4."""
+each test also rejects the proposer's own distribution), for two and three models, and at
+temperature 0 both equal the host engine's standard collaborative decoding token for token at
+batch 1 and 4."""
 
 import numpy as np
 import pytest
@@ -24,6 +25,11 @@ def we_case():
   return WeightedEnsemble((0.5, 0.5), SAMPLED), [tiny_model(0), tiny_model(1)], 0
 
 
+def we3_case():
+  collab = WeightedEnsemble((0.5, 0.3, 0.2), SAMPLED)
+  return collab, [tiny_model(0), tiny_model(1), tiny_model(2, layers=2)], 1
+
+
 def cd_case():
   collab = Contrastive(0.5, Sampling(temperature=1.0, top_k=3))
   return collab, [tiny_model(0, layers=2), tiny_model(1)], 1
@@ -31,12 +37,13 @@ def cd_case():
 
 # gamma 1 reaches every path within K = 2 tokens: rejection + residual, all kept + a carried
 # proposal, and a carried proposal verified (kept or rejected) in the next round.
-CASES = {"we-cos": (we_case, "cos"), "cd-cos": (cd_case, "cos"),
+# With three models, gamma 1 and K = 2 reach the same paths with each model as proposer.
+CASES = {"we-cos": (we_case, "cos"), "cd-cos": (cd_case, "cos"), "we3-cos": (we3_case, "cos"),
          "we-standard": (we_case, "standard")}
 
 
 @pytest.mark.parametrize("name", [
-    "we-cos", "cd-cos", pytest.param("we-standard", marks=pytest.mark.slow)])
+    "we-cos", "cd-cos", "we3-cos", pytest.param("we-standard", marks=pytest.mark.slow)])
 def test_output_follows_collaborative_distribution(name):
   make, method = CASES[name]
   collab, members, proposer = make()
@@ -61,12 +68,20 @@ def members():
   return [tiny_model(0, vocab=11), tiny_model(1, vocab=11)]
 
 
-@pytest.mark.parametrize("kind", ["we", pytest.param("cd", marks=pytest.mark.slow)])
+COLLABS = {"we": WeightedEnsemble((0.5, 0.5), GREEDY), "cd": Contrastive(0.1, GREEDY),
+           "we3": WeightedEnsemble((0.4, 0.35, 0.25), GREEDY)}
+
+
+@pytest.mark.parametrize("kind", ["we", "we3", pytest.param("cd", marks=pytest.mark.slow)])
 def test_greedy_equals_host_standard(kind, members):
-  collab = WeightedEnsemble((0.5, 0.5), GREEDY) if kind == "we" else Contrastive(0.1, GREEDY)
+  collab = COLLABS[kind]
+  if kind == "we3":
+    members = [*members, tiny_model(2, vocab=11, layers=2)]
   engine = Engine(collab, members, max_len=96)
   expected = [engine.decode(p, 16, np.random.default_rng(0), "standard")[0] for p in LONG]
   runs = [("standard", LONG, 1, 0), ("cos", LONG, 3, 1), ("cos", LONG[1:2], 3, 0)]
+  if kind == "we3":  # standard and batch 1 are the same code for any number of models
+    runs = [("cos", LONG, 2, 2)]
   for method, prompts, gamma, proposer in runs:
     out = collaborate(collab, members, prompts, 16, method, None, gamma, proposer)
     want = expected if len(prompts) == len(LONG) else expected[1:2]
@@ -77,8 +92,8 @@ def test_greedy_equals_host_standard(kind, members):
 
 def test_clear_errors(members):
   collab = WeightedEnsemble((0.5, 0.3, 0.2), GREEDY)
-  with pytest.raises(ConfigError, match="method=cos on device takes 2 models; got 3"):
-    collaborate(collab, [*members, members[0]], LONG, 4, "cos", None)
+  with pytest.raises(ConfigError, match="method=cos needs 2 or more models; got 1"):
+    collaborate(Single(GREEDY), members[:1], LONG, 4, "cos", None)
   with pytest.raises(ConfigError, match="valid choices"):
     collaborate(WeightedEnsemble((0.5, 0.5), GREEDY), members, LONG, 4, "parallel", None)
   with pytest.raises(ConfigError, match="2 models given; the target needs 3"):
