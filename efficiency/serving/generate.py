@@ -13,6 +13,7 @@ so windowed cache entries are rings of `window` slots (`ROLLBACK` = 0) whatever 
 import dataclasses
 import functools
 import time
+from collections.abc import Iterator
 
 import flax.linen as nn
 import jax
@@ -91,12 +92,13 @@ def trim(tokens_N: np.ndarray, eos_id: int | None) -> np.ndarray:
   return tokens_N.astype(np.int32)
 
 
-def _generate(
+def _start(
     model: nn.Module, sampling: Sampling, max_new_tokens: int, max_len: int,
     params: dict, tokens_BP: jnp.ndarray, lengths_B: jnp.ndarray, eos_id: jnp.ndarray,
     seed: jnp.ndarray, rows_B: jnp.ndarray,
-) -> jnp.ndarray:
-  """New tokens [B, max_new_tokens], NO_TOKEN after a row's EOS (traced under jit)."""
+) -> tuple:
+  """The decode state after the prefill and the first new token: (step, cache, out_BN,
+  last_B, done_B, keys_B) (traced under jit)."""
   b = tokens_BP.shape[0]
   keys_B = row_keys(seed, rows_B)
   cache = init_cache(model.config, b, max_len, ROLLBACK)
@@ -107,13 +109,22 @@ def _generate(
       step_keys(keys_B, 0), logits_BPV[jnp.arange(b), lengths_B - 1], sampling
   )
   out_BN = jnp.full((b, max_new_tokens), NO_TOKEN, jnp.int32).at[:, 0].set(first_B)
+  return jnp.int32(1), cache, out_BN, first_B, first_B == eos_id, keys_B
+
+
+def _advance(
+    model: nn.Module, sampling: Sampling, params: dict, lengths_B: jnp.ndarray,
+    eos_id: jnp.ndarray, state: tuple, until: jnp.ndarray,
+) -> tuple:
+  """The decode state after the steps up to `until` new tokens (or every row's EOS): a
+  `lax.while_loop` of cached one-token steps (traced under jit)."""
 
   def cond(state):
-    step, _, _, _, done_B = state
-    return (step < max_new_tokens) & ~done_B.all()
+    step, _, _, _, done_B, _ = state
+    return (step < until) & ~done_B.all()
 
   def body(state):
-    step, cache, out_BN, last_B, done_B = state
+    step, cache, out_BN, last_B, done_B, keys_B = state
     positions_B = lengths_B + step - 1
     logits_B1V, cache = cached_forward(
         model, params, jnp.maximum(last_B, 0)[:, None], cache, positions_B
@@ -121,10 +132,21 @@ def _generate(
     next_B = device_sampling.sample(step_keys(keys_B, step), logits_B1V[:, 0], sampling)
     next_B = jnp.where(done_B, NO_TOKEN, next_B)
     out_BN = jax.lax.dynamic_update_index_in_dim(out_BN, next_B, step, axis=1)
-    return step + 1, cache, out_BN, next_B, done_B | (next_B == eos_id)
+    return step + 1, cache, out_BN, next_B, done_B | (next_B == eos_id), keys_B
 
-  state = (jnp.int32(1), cache, out_BN, first_B, first_B == eos_id)
-  return jax.lax.while_loop(cond, body, state)[2]
+  return jax.lax.while_loop(cond, body, state)
+
+
+def _generate(
+    model: nn.Module, sampling: Sampling, max_new_tokens: int, max_len: int,
+    params: dict, tokens_BP: jnp.ndarray, lengths_B: jnp.ndarray, eos_id: jnp.ndarray,
+    seed: jnp.ndarray, rows_B: jnp.ndarray,
+) -> jnp.ndarray:
+  """New tokens [B, max_new_tokens], NO_TOKEN after a row's EOS (traced under jit)."""
+  state = _start(model, sampling, max_new_tokens, max_len, params, tokens_BP, lengths_B,
+                 eos_id, seed, rows_B)
+  state = _advance(model, sampling, params, lengths_B, eos_id, state, jnp.int32(max_new_tokens))
+  return state[2]
 
 
 @functools.cache
@@ -134,6 +156,26 @@ def program(model: nn.Module, sampling: Sampling, max_new_tokens: int, max_len: 
   model, unpack = decode_form(model)
   core = functools.partial(_generate, model, sampling, max_new_tokens, max_len)
   return jax.jit(lambda params, *args: core(unpack(params), *args))
+
+
+@functools.cache
+def stream_programs(model: nn.Module, sampling: Sampling, max_new_tokens: int, max_len: int,
+                    chunk: int):
+  """The jitted pieces of a streamed generation: `start` (params, tokens_BP, lengths_B, eos_id,
+  seed, rows_B) -> state, and `advance` (params, lengths_B, eos_id, state, until) -> (state,
+  the [B, chunk] tokens ending at the step reached, that step, whether every row is done), the
+  state donated. (A packed int4 model unpacks once per call of either.)"""
+  model, unpack = decode_form(model)
+  start = functools.partial(_start, model, sampling, max_new_tokens, max_len)
+
+  def advance(params, lengths_B, eos_id, state, until):
+    state = _advance(model, sampling, unpack(params), lengths_B, eos_id, state, until)
+    step, out_BN, done_B = state[0], state[2], state[4]
+    chunk_BC = jax.lax.dynamic_slice_in_dim(out_BN, jnp.maximum(step - chunk, 0), chunk, axis=1)
+    return state, chunk_BC, step, done_B.all()
+
+  return (jax.jit(lambda params, *args: start(unpack(params), *args)),
+          jax.jit(advance, donate_argnums=3))
 
 
 def kv_cache_bytes(model: nn.Module, batch: int, prompt_len: int, max_new_tokens: int) -> int:
@@ -209,3 +251,44 @@ def generate(
 ) -> list[np.ndarray]:
   """New tokens for each prompt (up to and including EOS, at most max_new_tokens)."""
   return run(model, params, prompts, max_new_tokens, sampling, eos_id, seed, first_row).tokens
+
+
+def stream(
+    model: nn.Module,
+    params: dict,
+    prompts: list[np.ndarray],
+    max_new_tokens: int,
+    sampling: Sampling,
+    eos_id: int | None,
+    chunk: int,
+    seed: int = 0,
+    first_row: int = 0,
+) -> Iterator[list[np.ndarray]]:
+  """Decodes every prompt in one batch on device like `run` (the same tokens), handing each row's
+  new tokens to the host every `chunk` steps: yields, per chunk, each row's tokens of that chunk
+  (none once a row has stopped), one device-to-host transfer each."""
+  check_request(prompts, max_new_tokens)
+  if chunk < 1:
+    raise ConfigError(f"stream chunk={chunk} must be >= 1 token")
+  chunk = min(chunk, max_new_tokens)
+  tokens_BP, lengths_B = pad_prompts(prompts)
+  max_len = tokens_BP.shape[1] + max_new_tokens
+  start, advance = stream_programs(model, sampling, max_new_tokens, max_len, chunk)
+  params, tokens_BP, lengths_B, eos, seed_arg, rows_B = jax.device_put(
+      (params, tokens_BP, lengths_B, eos_arg(eos_id), np.int32(seed),
+       row_ids(first_row, len(prompts))))
+  state = start(params, tokens_BP, lengths_B, eos, seed_arg, rows_B)
+  stopped = np.zeros(len(prompts), bool)
+  sent, done = 0, False
+  while sent < max_new_tokens and not done:
+    until = min(sent + chunk, max_new_tokens)
+    state, chunk_BC, step, done = advance(params, lengths_B, eos, state, np.int32(until))
+    chunk_BC, step, done = jax.device_get((chunk_BC, step, done))  # one transfer per chunk
+    first = max(int(step) - chunk, 0)  # the step of the chunk's first column
+    pieces = []
+    for b, row in enumerate(chunk_BC[:, sent - first : int(step) - first]):
+      row = np.asarray([] if stopped[b] else trim(row, eos_id), np.int32)
+      stopped[b] |= len(row) < int(step) - sent or (eos_id is not None and eos_id in row)
+      pieces.append(row)
+    yield pieces
+    sent = int(step)

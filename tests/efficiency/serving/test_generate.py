@@ -15,7 +15,7 @@ from efficiency.errors import ConfigError
 from efficiency.serving import device_sampling, export
 from efficiency.serving import generate as generate_lib
 from efficiency.serving.collaborative import Single
-from efficiency.serving.generate import check_context, generate, run
+from efficiency.serving.generate import check_context, generate, run, stream
 from efficiency.serving.sampling import Sampling, distribution
 from tests.efficiency.serving.exactness import ALPHA, analytic, chi_square_p
 from tests.efficiency.serving.host_decode import host_generate
@@ -151,7 +151,33 @@ def test_one_jitted_loop_and_one_transfer(model_11, monkeypatch):
   assert [len(t) for t in result.tokens] == [12, 12, 12]
 
 
+@pytest.mark.parametrize("chunk, sampling, stop", [(3, Sampling(1.0, top_k=6), True),
+                                                    (5, GREEDY, False), (12, GREEDY, True)])
+def test_streamed_chunks_are_the_request_tokens(model_11, chunk, sampling, stop, monkeypatch):
+  """Streaming hands over each row's tokens every `chunk` steps, one transfer per chunk; joined,
+  they are `run`'s tokens (same keys), rows stopping at EOS."""
+  eos = None
+  if stop:
+    full = generate(*model_11, PROMPTS, 12, sampling, None, seed=2)
+    eos = next(int(t) for t in full[0] if any(t not in row for row in full))
+  want = generate(*model_11, PROMPTS, 12, sampling, eos, seed=2)
+  list(stream(*model_11, PROMPTS, 12, sampling, eos, chunk, seed=2))  # compiles
+  reads = []
+  device_get = jax.device_get
+  monkeypatch.setattr(jax, "device_get", lambda x: reads.append(1) or device_get(x))
+  with jax.transfer_guard_device_to_host("disallow"):
+    chunks = list(stream(*model_11, PROMPTS, 12, sampling, eos, chunk, seed=2))
+  assert len(reads) == len(chunks) <= -(-12 // chunk)
+  assert all(len(piece) <= chunk for pieces in chunks for piece in pieces)
+  for b, expected in enumerate(want):
+    np.testing.assert_array_equal(np.concatenate([pieces[b] for pieces in chunks]), expected)
+  if stop:
+    assert any(len(w) < 12 for w in want) and any(len(w) == 12 for w in want)
+
+
 def test_clear_errors(model_11):
+  with pytest.raises(ConfigError, match="stream chunk=0 must be >= 1"):
+    next(stream(*model_11, PROMPTS, 4, GREEDY, None, chunk=0))
   with pytest.raises(ConfigError, match="max_new_tokens=0"):
     generate(*model_11, PROMPTS, 0, GREEDY, None)
   with pytest.raises(ConfigError, match="at least one token"):
