@@ -2,7 +2,7 @@
 
   python -m evals.generate --workdir=DIR --prompt=TEXT [--prompt=TEXT ...]
       [--max_new_tokens=64 --temperature=1 --top_k=0 --top_p=1 --seed=0 --batch=8]
-      [--draft=DIR2 --gamma=5] [--quant=8|4] [--report=FILE]
+      [--draft=DIR2 --gamma=5] [--quant=8|4] [--report=FILE] [--stream=N]
 
 Prompts are decoded in batches of --batch rows (right-padded; each row at its own positions),
 each batch one jitted program on device (prefill, generation and sampling; rows stop at EOS) and
@@ -11,6 +11,8 @@ target verifies them in one pass, every row accepting its own number; the output
 the target's. With --quant, the target is converted to int8 (AQT serving) or packed int4 weights
 first and decodes through the same path. --report writes tokens/s (decoding only, compilation
 excluded), the batch and, with --draft, the acceptance and the calls per model as JSON.
+--stream=N prints each batch's text as it decodes, N tokens at a time (one read of the device
+per N tokens; rows of a batch as `[i] text` lines); it takes neither --draft nor --report.
 """
 
 import json
@@ -21,7 +23,7 @@ from absl import flags
 
 from efficiency import cli
 from efficiency.errors import ConfigError
-from efficiency.serving.generate import check_context, run
+from efficiency.serving.generate import check_context, run, stream
 from efficiency.serving.loading import check_same_tokenizer, load_model
 from efficiency.serving.sampling import Sampling
 from efficiency.serving.speculation import check_gamma
@@ -42,6 +44,7 @@ _QUANT = flags.DEFINE_enum("quant", "none", ["none", "8", "4"], "Weight bits of 
 _QUANT_EMBEDDING = flags.DEFINE_string(
     "quant_embedding", "none", "With --quant: the target's embedding table as none, int8, int4.")
 _REPORT = flags.DEFINE_string("report", None, "Write tokens/s (and acceptance) as JSON here.")
+_STREAM = flags.DEFINE_integer("stream", 0, "Print text every N new tokens as it decodes; 0: off.")
 flags.mark_flag_as_required("workdir")
 
 
@@ -52,6 +55,10 @@ def main(argv: list[str]) -> None:
   if _BATCH.value < 1:
     raise ConfigError(f"batch={_BATCH.value} must be >= 1")
   check_gamma(_GAMMA.value)
+  if _STREAM.value < 0:
+    raise ConfigError(f"stream={_STREAM.value} must be >= 0 (0: off)")
+  if _STREAM.value and (_DRAFT.value or _REPORT.value):
+    raise ConfigError("--stream takes neither --draft nor --report; run without it for those")
   quant_bits = None if _QUANT.value == "none" else int(_QUANT.value)
   target = load_model(_WORKDIR.value, quant_bits, _QUANT_EMBEDDING.value)
   tokenizer = tokenizer_of(target.config)
@@ -64,6 +71,9 @@ def main(argv: list[str]) -> None:
   if _DRAFT.value:
     draft = load_model(_DRAFT.value)
     check_same_tokenizer([target.config, draft.config], [_WORKDIR.value, _DRAFT.value])
+  if _STREAM.value:
+    _print_streamed(target, tokenizer, prompts, sampling)
+    return
   outputs, tokens, seconds, rounds, verified, accepted = [], 0, 0.0, 0, 0, 0
   for start in range(0, len(prompts), _BATCH.value):
     chunk = prompts[start : start + _BATCH.value]
@@ -89,6 +99,38 @@ def main(argv: list[str]) -> None:
   for text, new in zip(_PROMPT.value, outputs, strict=True):
     print(text + tokenizer.decode([t for t in new if t != tokenizer.eos_id]))
     print("---")
+
+
+def _print_streamed(target, tokenizer, prompts: list, sampling: Sampling) -> None:
+  """Each batch's text as it decodes: a single prompt continues on its line, rows of a larger
+  batch print `[i] new text` per chunk."""
+  for start in range(0, len(prompts), _BATCH.value):
+    chunk = prompts[start : start + _BATCH.value]
+    texts = _PROMPT.value[start : start + len(chunk)]
+    new = [[] for _ in chunk]
+    shown = ["" for _ in chunk]
+    if len(chunk) == 1:
+      print(texts[0], end="", flush=True)
+    for pieces in stream(target.model, target.params, chunk, _MAX_NEW.value, sampling,
+                         tokenizer.eos_id, _STREAM.value, seed=_SEED.value, first_row=start):
+      for b, piece in enumerate(pieces):
+        new[b] += [int(t) for t in piece if t != tokenizer.eos_id]
+        text = tokenizer.decode(new[b]).rstrip("\ufffd")  # a character still incomplete
+        if text != shown[b] and text.startswith(shown[b]):
+          delta, shown[b] = text[len(shown[b]):], text
+          if len(chunk) == 1:
+            print(delta, end="", flush=True)
+          else:
+            print(f"[{start + b}] {delta!r}", flush=True)
+    final = [tokenizer.decode(row) for row in new]
+    if len(chunk) > 1:
+      for text, row in zip(texts, final, strict=True):
+        print(text + row)
+        print("---")
+    else:
+      rest = final[0][len(shown[0]):] if final[0].startswith(shown[0]) else "\n" + final[0]
+      print(rest)
+      print("---")
 
 
 if __name__ == "__main__":

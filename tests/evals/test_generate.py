@@ -19,6 +19,12 @@ def test_greedy_generation_and_speculative_agree(sweep_root, tmp_path):
   plain = run("evals.generate", f"--workdir={target}", "--batch=2", *common)
   assert plain.returncode == 0, plain.stderr[-3000:]
   assert plain.stdout.count("---") == 2 and plain.stdout.startswith("def main(")
+  streamed = run("evals.generate", f"--workdir={target}", "--batch=1", "--stream=2", *common)
+  assert streamed.returncode == 0, streamed.stderr[-3000:]
+  assert streamed.stdout == plain.stdout
+  refused = run("evals.generate", f"--workdir={target}", "--stream=2", f"--draft={draft}",
+                *common)
+  assert refused.returncode != 0 and "--stream takes neither --draft" in refused.stderr
   report = tmp_path / "report.json"
   spec = run("evals.generate", f"--workdir={target}", f"--draft={draft}", "--gamma=3", *common,
              f"--report={report}")
