@@ -72,7 +72,8 @@ COLLABS = {"we": WeightedEnsemble((0.5, 0.5), GREEDY), "cd": Contrastive(0.1, GR
            "we3": WeightedEnsemble((0.4, 0.35, 0.25), GREEDY)}
 
 
-@pytest.mark.parametrize("kind", ["we", "we3", pytest.param("cd", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("kind", [
+    "we", pytest.param("we3", marks=pytest.mark.slow), pytest.param("cd", marks=pytest.mark.slow)])
 def test_greedy_equals_host_standard(kind, members):
   collab = COLLABS[kind]
   if kind == "we3":
