@@ -203,6 +203,19 @@ def executable(jitted, *args) -> tuple:
   return _EXECUTABLES[key], time.perf_counter() - start
 
 
+def _request(
+    params: dict, prompts: list[np.ndarray], max_new_tokens: int, eos_id: int | None, seed: int,
+    first_row: int,
+) -> tuple[tuple, int]:
+  """The checked request on device as the programs take it (params, tokens_BP, lengths_B,
+  eos_id, seed, rows_B), and its cache length."""
+  check_request(prompts, max_new_tokens)
+  tokens_BP, lengths_B = pad_prompts(prompts)
+  args = jax.device_put((params, tokens_BP, lengths_B, eos_arg(eos_id), np.int32(seed),
+                         row_ids(first_row, len(prompts))))
+  return args, tokens_BP.shape[1] + max_new_tokens
+
+
 @dataclasses.dataclass
 class Generated:
   """A request's new tokens per row, and its time: decoding (prefill included) and compiling."""
@@ -227,11 +240,7 @@ def run(
     first_row: int = 0,
 ) -> Generated:
   """Decodes every prompt in one batch on device; see the module docstring."""
-  check_request(prompts, max_new_tokens)
-  tokens_BP, lengths_B = pad_prompts(prompts)
-  max_len = tokens_BP.shape[1] + max_new_tokens
-  args = jax.device_put((params, tokens_BP, lengths_B, eos_arg(eos_id), np.int32(seed),
-                         row_ids(first_row, len(prompts))))
+  args, max_len = _request(params, prompts, max_new_tokens, eos_id, seed, first_row)
   compiled, compile_s = executable(program(model, sampling, max_new_tokens, max_len), *args)
   start = time.perf_counter()
   out_BN = jax.device_get(compiled(*args))  # the request's one device-to-host transfer
@@ -267,17 +276,13 @@ def stream(
   """Decodes every prompt in one batch on device like `run` (the same tokens), handing each row's
   new tokens to the host every `chunk` steps: yields, per chunk, each row's tokens of that chunk
   (none once a row has stopped), one device-to-host transfer each."""
-  check_request(prompts, max_new_tokens)
   if chunk < 1:
     raise ConfigError(f"stream chunk={chunk} must be >= 1 token")
+  args, max_len = _request(params, prompts, max_new_tokens, eos_id, seed, first_row)
   chunk = min(chunk, max_new_tokens)
-  tokens_BP, lengths_B = pad_prompts(prompts)
-  max_len = tokens_BP.shape[1] + max_new_tokens
   start, advance = stream_programs(model, sampling, max_new_tokens, max_len, chunk)
-  params, tokens_BP, lengths_B, eos, seed_arg, rows_B = jax.device_put(
-      (params, tokens_BP, lengths_B, eos_arg(eos_id), np.int32(seed),
-       row_ids(first_row, len(prompts))))
-  state = start(params, tokens_BP, lengths_B, eos, seed_arg, rows_B)
+  params, _, lengths_B, eos, _, _ = args
+  state = start(*args)
   stopped = np.zeros(len(prompts), bool)
   sent, done = 0, False
   while sent < max_new_tokens and not done:
