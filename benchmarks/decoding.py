@@ -13,7 +13,8 @@
   default model alone (on-device generation) at temperatures 0 and 1, gamma 3 and 5, batch 1, 4
   and 8 (the prompts cycled to fill the batch); acceptance and target calls per token.
 - `quant`: greedy on-device decode of int8 (AQT serve) and int4 (packed) weights against bf16,
-  batch 1 and 8.
+  batch 1 and 8; int4 in both decode forms (`quant.int4_decode`: float, unpacked once per
+  request, and s4, jnp.int4 dequantized in every step).
 - `cos`: collaborative decoding on device, batch 1 (each prompt its own request): standard
   against CoS (two models alternating), weighted ensemble (lambda 0.5) of default and small (or
   --seed1) and contrastive decoding of default (expert) and small (amateur, mu 0.1); temperature
@@ -25,12 +26,14 @@
 """
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
 from pathlib import Path
 
 import jax
+import ml_collections
 import numpy as np
 
 from efficiency.serving import export
@@ -158,10 +161,17 @@ def speculative(target, draft, prompts, new: int, eos: int, rounds: int) -> list
   return rows
 
 
+def _int4_form(served, form: str):
+  """`served` (a packed int4 model) decoding in `form` (quant.int4_decode)."""
+  quant = ml_collections.FrozenConfigDict({**served.model.quant, "int4_decode": form})
+  return dataclasses.replace(served, model=served.model.clone(quant=quant))
+
+
 def quant(trained, prompts, new: int, rounds: int) -> list[dict]:
+  int4 = export.convert(trained, 4, "bfloat16")
   models = {"bf16": export.cast_float(trained, "bfloat16"),
             "int8": export.convert(trained, 8, "bfloat16"),
-            "int4": export.convert(trained, 4, "bfloat16")}
+            "int4 float": _int4_form(int4, "float"), "int4 s4": _int4_form(int4, "s4")}
   rows = []
   for b in (1, 8):
     measured = interleaved(rounds, b, prompts, {

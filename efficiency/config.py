@@ -31,6 +31,7 @@ from efficiency.quant import MODE_BACKENDS, QUANT_MODES
 from efficiency.quant.einsum import SERVE_MODES
 from efficiency.quant.table import check_mode, check_table
 from efficiency.serving.loading import check_same_tokenizer
+from efficiency.serving.unpack import INT4_FORMS
 from efficiency.sharding.mesh import mesh_shape
 from efficiency.train.distill import distill_config
 from efficiency.train.optimizer import OPTIMIZERS, SCHEDULES
@@ -318,6 +319,7 @@ def _check_quant(config: ml_collections.ConfigDict, backend: str) -> None:
     raise ConfigError(f"quant.exclude={q.exclude!r} is invalid; use comma-separated globs")
   if not isinstance(q.get("group_size", 0), int) or q.get("group_size", 0) < 0:
     raise ConfigError(f"quant.group_size={q.group_size!r} is invalid; 0 (per channel) or more")
+  _choice("quant.int4_decode", q.get("int4_decode", "auto"), INT4_FORMS)
   embedding = q.get("embedding", "none")
   check_mode("quant.embedding", embedding)
   if embedding != "none" and q.get("serve", "none") == "none":

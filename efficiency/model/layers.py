@@ -10,7 +10,13 @@ import ml_collections
 from efficiency.model import adapter
 from efficiency.quant import table
 from efficiency.quant.einsum import make_einsum, weight_storage
-from efficiency.quant.pack import dequantize_int4, matrix_shape, num_groups, quantize_int4
+from efficiency.quant.pack import (
+  dequantize_codes,
+  dequantize_int4,
+  matrix_shape,
+  num_groups,
+  quantize_int4,
+)
 
 Dtype = jnp.dtype
 Quant = ml_collections.FrozenConfigDict | None
@@ -120,11 +126,15 @@ class Projection(nn.Module):
     return self._int4_kernel()
 
   def _int4_kernel(self) -> jnp.ndarray:
-    """The kernel dequantized from packed int4 values `kernel_int4` and `kernel_scale`."""
+    """The kernel dequantized from packed int4 values `kernel_int4` and `kernel_scale`, or
+    from the jnp.int4 values `kernel_s4` the decode form holds instead (serving.unpack)."""
     k, m = matrix_shape(self.spec, tuple(self.kernel_shape))
     groups = num_groups(k, self.quant.group_size)
-    packed = self.param("kernel_int4", nn.initializers.zeros, (k // 2, m), jnp.uint8)
     scale = self.param("kernel_scale", nn.initializers.ones, (groups, m), self.param_dtype)
+    if self.has_variable("params", "kernel_s4"):
+      codes = self.get_variable("params", "kernel_s4")
+      return dequantize_codes(codes, scale, self.spec, tuple(self.kernel_shape), self.dtype)
+    packed = self.param("kernel_int4", nn.initializers.zeros, (k // 2, m), jnp.uint8)
     return dequantize_int4(packed, scale, self.spec, tuple(self.kernel_shape), self.dtype)
 
 

@@ -76,7 +76,19 @@ def dequantize_int4(
     dtype: jnp.dtype,
 ) -> jnp.ndarray:
   """The kernel in `dtype` from its packed values and scales."""
-  q_KM = unpack_int4(packed_HM)
+  return dequantize_codes(unpack_int4(packed_HM), scale_GM, spec, kernel_shape, dtype)
+
+
+def int4_codes(packed_HM: jnp.ndarray) -> jnp.ndarray:
+  """uint8 [K // 2, M] -> the values as XLA's 4-bit integer type, jnp.int4 [K, M]."""
+  return unpack_int4(packed_HM).astype(jnp.int4)
+
+
+def dequantize_codes(
+    q_KM: jnp.ndarray, scale_GM: jnp.ndarray, spec: str, kernel_shape: tuple[int, ...],
+    dtype: jnp.dtype,
+) -> jnp.ndarray:
+  """The kernel in `dtype` from its integer values [K, M] (int8 or int4) and scales."""
   k, m = q_KM.shape
   g = scale_GM.shape[0]
   w_GRM = q_KM.reshape(g, k // g, m).astype(scale_GM.dtype) * scale_GM[:, None]

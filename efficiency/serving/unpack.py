@@ -1,13 +1,18 @@
-"""The form a model decodes in: a packed int4 model unpacks its kernels once per request, inside
-the jitted program and before the decode loop, to its float weight dtype, and the loop runs the
-float model. Weights stay packed in storage and in transfer; each request makes one pass over
-them instead of one per token. A packed int4 embedding table (`quant.embedding=int4`) unpacks
-the same way, into a float table; an int8 table stays int8 in the loop (its lookup gathers
-int8 rows, its logits are (x @ codes^T) * scale).
+"""The form a model decodes in. A packed int4 model (two values per uint8) takes one of two forms
+once per request, inside the jitted program and before the decode loop (`quant.int4_decode`):
+- `s4`: its kernels become XLA's 4-bit integer type, `jnp.int4`, and every step dequantizes
+  them (`codes.astype(dtype) * scale`) into its matmuls, so the loop reads 4-bit weights: the
+  form for devices where decoding is bound by weight bandwidth (GPU, TPU).
+- `float`: its kernels unpack to the float weight dtype and the loop runs the float model,
+  whose per-step work is bf16's: the form for CPU, where decode steps of these sizes are not
+  bandwidth-bound and the per-step dequantization costs more than it saves.
+`auto` (the default) is `float` on CPU and `s4` elsewhere. A packed int4 embedding table
+(`quant.embedding=int4`) unpacks once per request into a float table; an int8 table stays int8
+in the loop (its lookup gathers int8 rows, its logits are (x @ codes^T) * scale).
 
-Why not unpack inside every step: XLA on CPU fuses the unpack into its matrix-vector loop, and
-that decoded at 0.14x of bf16 (BENCHMARKS.md, Decoding); unpacked once, int4 decodes through
-the same per-token path as bf16.
+The third choice, unpacking the uint8 nibbles inside every step (shifts, masks, an interleave),
+made XLA on CPU turn the fused unpack and matrix-vector product into a plain loop: 0.14x of bf16
+(BENCHMARKS.md, Decoding). XLA converts `jnp.int4` values with one vectorized op instead.
 """
 
 import functools
@@ -20,7 +25,17 @@ import ml_collections
 
 from efficiency.model.layers import Projection
 from efficiency.quant import table
-from efficiency.quant.pack import dequantize_int4
+from efficiency.quant.pack import dequantize_int4, int4_codes
+
+INT4_FORMS = ("auto", "s4", "float")
+
+
+def int4_form(quant: ml_collections.ConfigDict, backend: str | None = None) -> str:
+  """`s4` or `float`: the form packed int4 kernels decode in on `backend` (default jax's)."""
+  form = quant.get("int4_decode", "auto")
+  if form != "auto":
+    return form
+  return "float" if (backend or jax.default_backend()) == "cpu" else "s4"
 
 
 @functools.cache
@@ -50,15 +65,7 @@ def _unpacked_model(model: nn.Module, kernels: bool, embedding: bool) -> nn.Modu
   return model.clone(quant=ml_collections.FrozenConfigDict(quant))
 
 
-def _unpack_table(model: nn.Module, params: dict) -> dict:
-  """The params with a packed int4 table {embedding_int4, embedding_scale} as a float table."""
-  embed = dict(params["embed"])
-  codes, scale_VG = embed.pop("embedding_int4"), embed.pop("embedding_scale")
-  embed["embedding"] = table.dequantize(codes, scale_VG, 4, jnp.dtype(model.config.param_dtype))
-  return {**params, "embed": embed}
-
-
-def _unpack(model: nn.Module, params: dict) -> dict:
+def _float_kernels(model: nn.Module, params: dict) -> dict:
   """The float params of an int4 model: each {kernel_int4, kernel_scale} becomes a kernel in
   the model's param dtype (layers stacked by `scan_layers` unpack one by one)."""
   dtype = jnp.dtype(model.config.param_dtype)
@@ -79,15 +86,37 @@ def _unpack(model: nn.Module, params: dict) -> dict:
   return walk(params, ())
 
 
+def _unpack_table(model: nn.Module, params: dict) -> dict:
+  """The params with a packed int4 table {embedding_int4, embedding_scale} as a float table."""
+  embed = dict(params["embed"])
+  codes, scale_VG = embed.pop("embedding_int4"), embed.pop("embedding_scale")
+  embed["embedding"] = table.dequantize(codes, scale_VG, 4, jnp.dtype(model.config.param_dtype))
+  return {**params, "embed": embed}
+
+
+def _int4_kernels(params: dict) -> dict:
+  """The params with each packed `kernel_int4` as jnp.int4 values `kernel_s4` (layers stacked
+  by `scan_layers` one by one); scales unchanged."""
+  out = {}
+  for name, value in params.items():
+    if name == "kernel_int4":
+      out["kernel_s4"] = jax.vmap(int4_codes)(value) if value.ndim == 3 else int4_codes(value)
+    else:
+      out[name] = _int4_kernels(value) if isinstance(value, dict) else value
+  return out
+
+
 def decode_form(model: nn.Module) -> tuple[nn.Module, Callable[[dict], dict]]:
   """The model the decode loop runs and how its params get there (traced under jit)."""
   if model.quant is None:
     return model, lambda params: params
   kernels = model.quant.get("serve", "none") == "int4"
+  to_float = kernels and int4_form(model.quant) == "float"
   embedding = table.embedding_storage(model.quant) == "int4"
 
   def unpack(params: dict) -> dict:
-    params = _unpack(model, params) if kernels else params
+    if kernels:
+      params = _float_kernels(model, params) if to_float else _int4_kernels(params)
     return _unpack_table(model, params) if embedding else params
 
-  return _unpacked_model(model, kernels, embedding), unpack
+  return _unpacked_model(model, to_float, embedding), unpack

@@ -1,8 +1,9 @@
 """Converted (served) int8 and int4 models decode from the KV cache exactly as they run in full;
-int4 unpacks its kernels and an int4 embedding table once per request, outside the decode
-loop."""
+int4 turns its packed kernels into jnp.int4 values and unpacks an int4 embedding table once per
+request, outside the decode loop, which reads 4-bit kernels."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -10,6 +11,7 @@ from efficiency.serving import export
 from efficiency.serving import generate as generate_lib
 from efficiency.serving.runner import Runner
 from efficiency.serving.sampling import Sampling
+from tests.efficiency.serving.host_decode import host_generate
 from tests.helpers import quant_config, trained_model
 
 ATOL = 1e-4  # float32 logits; cached and full passes reduce in different orders
@@ -32,19 +34,27 @@ def test_served_model_cached_decode_matches_full_forward(attention, bits):
   np.testing.assert_allclose(np.concatenate(got, axis=1), full_BTV, atol=ATOL)
 
 
-def _uint8_vars(jaxpr) -> int:
-  """Variables of dtype uint8 in a jaxpr and every jaxpr nested in it."""
-  count = sum(v.aval.dtype == np.uint8 for e in jaxpr.eqns for v in e.outvars)
+def _vars_of(jaxpr, dtype) -> int:
+  """Variables of `dtype` made in a jaxpr and every jaxpr nested in it."""
+  count = sum(v.aval.dtype == dtype for e in jaxpr.eqns for v in e.outvars)
   for eqn in jaxpr.eqns:
     for sub in jax.core.jaxprs_in_params(eqn.params):
-      count += _uint8_vars(sub)
+      count += _vars_of(sub, dtype)
   return count
 
 
-def test_int4_unpacks_once_per_request_not_per_token():
-  """The decode loop of a packed int4 model holds no uint8 value: its kernels and its int4
-  embedding table are unpacked before the while loop, once per request."""
-  served = export.convert(trained_model(quant_config()), 4, "float32", embedding="int4")
+def _int4_model(form: str):
+  """A packed int4 model (int4 table too) decoding in `form` (quant.int4_decode)."""
+  config = quant_config(int4_decode=form)
+  return export.convert(trained_model(config), 4, "float32", embedding="int4")
+
+
+@pytest.mark.parametrize("form", ["s4", "float"])
+def test_int4_unpacks_once_per_request_not_per_token(form):
+  """The decode loop of a packed int4 model holds no uint8 value: its kernels enter the while
+  loop as jnp.int4 values, dequantized inside each step (`s4`), or as float kernels (`float`),
+  and its int4 embedding table as a float one, all made once per request before the loop."""
+  served = _int4_model(form)
   tokens_BP, lengths_B = generate_lib.pad_prompts([np.array([3, 5, 7], np.int32)])
   jitted = generate_lib.program(served.model, Sampling(0.0), 6, tokens_BP.shape[1] + 6)
   closed = jax.make_jaxpr(jitted)(served.params, tokens_BP, lengths_B, np.int32(-2),
@@ -53,5 +63,22 @@ def test_int4_unpacks_once_per_request_not_per_token():
   program = calls[0].params["jaxpr"].jaxpr if calls else closed.jaxpr
   loops = [e for e in program.eqns if e.primitive.name == "while"]
   assert len(loops) == 1
-  assert _uint8_vars(loops[0].params["body_jaxpr"].jaxpr) == 0
+  body = loops[0].params["body_jaxpr"].jaxpr
+  assert _vars_of(body, np.uint8) == 0
+  int4_inputs = sum(v.aval.dtype == jnp.int4 for v in body.invars)
+  assert int4_inputs >= 4 if form == "s4" else int4_inputs == 0  # the layers' kernels
   assert any(v.aval.dtype == np.uint8 for v in program.invars)  # the packed kernels come in
+
+
+def test_int4_forms_decode_the_same_tokens_as_the_host_loop():
+  """Greedy on-device decoding of a packed int4 model in either form equals the host loop,
+  which runs the packed model as it is (unpacking in every call)."""
+  prompts = [np.array([3, 5, 7], np.int32), np.array([9, 1], np.int32)]
+  served = _int4_model("s4")
+  expected = host_generate(served.model, served.params, prompts, 8, Sampling(0.0), None)
+  assert any(len(set(e.tolist())) > 1 for e in expected)
+  for form in ("s4", "float"):
+    model = _int4_model(form)
+    got = generate_lib.generate(model.model, model.params, prompts, 8, Sampling(0.0), None)
+    for g, e in zip(got, expected, strict=True):
+      np.testing.assert_array_equal(g, e, err_msg=form)
