@@ -6,8 +6,9 @@
 
 - `limit`: default model, greedy: the on-device generation (one jitted program per request,
   prefill included) at batch 1 and 8, against the host loop it replaced (one jitted step per
-  token, logits read to the host, argmax there) and the jitted one-token cached step alone
-  (chained on device, read once: the floor of any per-token loop); and the small model's
+  token, logits read to the host, argmax there), streaming (`serving.generate.stream`, one read
+  every 16 tokens) and the jitted one-token cached step alone (chained on device, read once:
+  the floor of any per-token loop); and the small model's
   generation against the default's (what a draft step costs).
 - `speculative`: the small model drafts for the default one, on device and batched, against the
   default model alone (on-device generation) at temperatures 0 and 1, gamma 3 and 5, batch 1, 4
@@ -40,7 +41,7 @@ from efficiency.serving import export
 from efficiency.serving.collaborate import collaborate
 from efficiency.serving.collaborative import Contrastive, WeightedEnsemble
 from efficiency.serving.compare import compare
-from efficiency.serving.generate import run
+from efficiency.serving.generate import run, stream
 from efficiency.serving.loading import check_same_tokenizer, load_model
 from efficiency.serving.prompts import validation_prompts
 from efficiency.serving.runner import Runner, compiled_forward
@@ -106,6 +107,8 @@ def limit(model, params, prompt: np.ndarray, new: int, rounds: int) -> dict:
       "device_b1": lambda: run(model, params, [prompt], new, GREEDY, None).decode_s / new,
       "device_b8": lambda: run(model, params, [prompt] * 8, new, GREEDY, None).decode_s
       / (8 * new),
+      "stream16_b1": lambda: timed(lambda: list(stream(model, params, [prompt], new, GREEDY, None,
+                                                       16))) / new,
       "host_loop_b1": lambda: timed(host_loop) / new,
       "step_alone_b1": lambda: timed(step_alone) / new,
   }
@@ -120,6 +123,7 @@ def limit(model, params, prompt: np.ndarray, new: int, rounds: int) -> dict:
   out.update(
       device_over_step_alone=seconds["step_alone_b1"] / seconds["device_b1"],
       device_over_host_loop=seconds["host_loop_b1"] / seconds["device_b1"],
+      stream16_over_device=seconds["device_b1"] / seconds["stream16_b1"],
       batch8_over_batch1=seconds["device_b1"] / seconds["device_b8"],
   )
   return out
