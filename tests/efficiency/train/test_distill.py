@@ -69,7 +69,7 @@ def test_distilled_step_descends_the_mixed_objective(rng):
   after, metrics = training.train_step(state, to_global(batch, training.rows_sharding))
 
   inputs = (batch["inputs"], batch["segment_ids"], batch["positions"])
-  teacher_logits = teacher_model.apply({"params": teacher_params}, *inputs)
+  teacher_logits = jax.jit(teacher_model.apply)({"params": teacher_params}, *inputs)
   weights = batch["weights"]
 
   def objective(params):
@@ -80,12 +80,12 @@ def test_distilled_step_descends_the_mixed_objective(rng):
     kl = temperature**2 * jnp.sum(jnp.exp(log_t) * (log_t - log_s), -1)
     return jnp.sum(((1 - weight) * ce + weight * kl) * weights) / weights.sum()
 
-  grads = jax.grad(objective)(before)
+  grads = jax.jit(jax.grad(objective))(before)
   jax.tree.map(
       lambda b, a, g: np.testing.assert_allclose(b - a, g, atol=2e-6),
       before, jax.device_get(after.params), grads,
   )
-  logits = training.model.apply({"params": before}, *inputs)
+  logits = jax.jit(training.model.apply)({"params": before}, *inputs)
   np.testing.assert_allclose(
       float(metrics["distill_kl"]),
       _reference_kl(logits, teacher_logits, weights, temperature) / weights.sum(), rtol=1e-4,
