@@ -161,20 +161,21 @@ def program(model: nn.Module, sampling: Sampling, max_new_tokens: int, max_len: 
 @functools.cache
 def stream_programs(model: nn.Module, sampling: Sampling, max_new_tokens: int, max_len: int,
                     chunk: int):
-  """The jitted pieces of a streamed generation: `start` (params, tokens_BP, lengths_B, eos_id,
-  seed, rows_B) -> state, and `advance` (params, lengths_B, eos_id, state, until) -> (state,
-  the [B, chunk] tokens ending at the step reached, that step, whether every row is done), the
-  state donated. (A packed int4 model unpacks once per call of either.)"""
+  """The jitted pieces of a streamed generation: `unpack` (params -> the decode form's params,
+  once per request), `start` (decode params, tokens_BP, lengths_B, eos_id, seed, rows_B) ->
+  state, and `advance` (decode params, lengths_B, eos_id, state, until) -> (state, the
+  [B, chunk] tokens ending at the step reached, that step, whether every row is done), the
+  state donated."""
   model, unpack = decode_form(model)
-  start = functools.partial(_start, model, sampling, max_new_tokens, max_len)
 
   def advance(params, lengths_B, eos_id, state, until):
-    state = _advance(model, sampling, unpack(params), lengths_B, eos_id, state, until)
+    state = _advance(model, sampling, params, lengths_B, eos_id, state, until)
     step, out_BN, done_B = state[0], state[2], state[4]
     chunk_BC = jax.lax.dynamic_slice_in_dim(out_BN, jnp.maximum(step - chunk, 0), chunk, axis=1)
     return state, chunk_BC, step, done_B.all()
 
-  return (jax.jit(lambda params, *args: start(unpack(params), *args)),
+  return (jax.jit(unpack),
+          jax.jit(functools.partial(_start, model, sampling, max_new_tokens, max_len)),
           jax.jit(advance, donate_argnums=3))
 
 
@@ -280,9 +281,10 @@ def stream(
     raise ConfigError(f"stream chunk={chunk} must be >= 1 token")
   args, max_len = _request(params, prompts, max_new_tokens, eos_id, seed, first_row)
   chunk = min(chunk, max_new_tokens)
-  start, advance = stream_programs(model, sampling, max_new_tokens, max_len, chunk)
-  params, _, lengths_B, eos, _, _ = args
-  state = start(*args)
+  unpack, start, advance = stream_programs(model, sampling, max_new_tokens, max_len, chunk)
+  params, tokens_BP, lengths_B, eos, seed_arg, rows_B = args
+  params = unpack(params)  # once per request
+  state = start(params, tokens_BP, lengths_B, eos, seed_arg, rows_B)
   stopped = np.zeros(len(prompts), bool)
   sent, done = 0, False
   while sent < max_new_tokens and not done:
