@@ -1,4 +1,14 @@
-"""The form a model decodes in. A packed int4 model (two values per uint8) takes one of two forms
+"""The form a model decodes in.
+
+Layers: a model whose layers are one `nn.scan` (`scan_layers`, the training layout) decodes
+layer by layer: its stacked params split once per request, inside the jitted program, into
+`layers_0`..`layers_{L-1}`, and its cache is one buffer per layer. Inside the scan every decode
+step sliced each layer's kernels out of the stacked arrays (a copy per kernel per call on CPU,
+the largest single cost of a decode step) and wrote the stacked cache through the scan's
+outputs; unrolled, the slices are gone and each layer's cache updates in place (1.25x-1.7x
+tokens/s at batch 1, BENCHMARKS.md, Decoding). The math is the same.
+
+Weights: a packed int4 model (two values per uint8) takes one of two forms
 once per request, inside the jitted program and before the decode loop (`quant.int4_decode`):
 - `s4`: its kernels become XLA's 4-bit integer type, `jnp.int4`, and every step dequantizes
   them (`codes.astype(dtype) * scale`) into its matmuls, so the loop reads 4-bit weights: the
@@ -106,17 +116,36 @@ def _int4_kernels(params: dict) -> dict:
   return out
 
 
+def _unstack_layers(params: dict, num_layers: int) -> dict:
+  """The params of a scanned model with the stacked `layers` split into `layers_0`.. (the
+  params of the same model with `scan_layers` off)."""
+  out = {name: value for name, value in params.items() if name != "layers"}
+  for i in range(num_layers):
+    out[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], params["layers"])
+  return out
+
+
+def _layer_by_layer(model: nn.Module) -> nn.Module:
+  """`model` with `scan_layers` off (its own params split by `_unstack_layers`)."""
+  config = model.config.as_configdict()
+  config.scan_layers = False
+  return model.clone(config=ml_collections.FrozenConfigDict(config))
+
+
 def decode_form(model: nn.Module) -> tuple[nn.Module, Callable[[dict], dict]]:
   """The model the decode loop runs and how its params get there (traced under jit)."""
-  if model.quant is None:
-    return model, lambda params: params
-  kernels = model.quant.get("serve", "none") == "int4"
+  kernels = model.quant is not None and model.quant.get("serve", "none") == "int4"
   to_float = kernels and int4_form(model.quant) == "float"
   embedding = table.embedding_storage(model.quant) == "int4"
+  scanned = model.config.scan_layers
 
   def unpack(params: dict) -> dict:
     if kernels:
       params = _float_kernels(model, params) if to_float else _int4_kernels(params)
-    return _unpack_table(model, params) if embedding else params
+    if embedding:
+      params = _unpack_table(model, params)
+    return _unstack_layers(params, model.config.num_layers) if scanned else params
 
-  return _unpacked_model(model, to_float, embedding), unpack
+  if model.quant is not None:
+    model = _unpacked_model(model, to_float, embedding)
+  return (_layer_by_layer(model) if scanned else model), unpack

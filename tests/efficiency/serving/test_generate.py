@@ -151,6 +151,37 @@ def test_one_jitted_loop_and_one_transfer(model_11, monkeypatch):
   assert [len(t) for t in result.tokens] == [12, 12, 12]
 
 
+def _primitives(jaxpr) -> set[str]:
+  """The primitives of a jaxpr and of every jaxpr nested in it."""
+  names = {e.primitive.name for e in jaxpr.eqns}
+  for eqn in jaxpr.eqns:
+    for sub in jax.core.jaxprs_in_params(eqn.params):
+      names |= _primitives(sub)
+  return names
+
+
+def test_scanned_layers_decode_layer_by_layer(model_11):
+  """A model trained with `scan_layers` decodes with its layers unrolled: the decode loop holds
+  no layer scan (which sliced every kernel out of the stacked params in each step), and each
+  layer's kernels and cache enter the loop as their own arrays, none stacked over layers.
+  (Its tokens equal the scanned model's host loop: test_greedy_equals_host_decode.)"""
+  model, params = model_11
+  assert model.config.scan_layers and params["layers"]["mlp"]["down"]["kernel"].shape[0] == 2
+  tokens_BP, lengths_B = generate_lib.pad_prompts(PROMPTS)
+  jitted = generate_lib.program(model, GREEDY, 6, tokens_BP.shape[1] + 6)
+  closed = jax.make_jaxpr(jitted)(params, tokens_BP, lengths_B, np.int32(-2), np.int32(0),
+                                  np.arange(3, dtype=np.int32))
+  calls = [e for e in closed.jaxpr.eqns if "jaxpr" in e.params]  # the jit call, if kept
+  program = calls[0].params["jaxpr"].jaxpr if calls else closed.jaxpr
+  (loop,) = [e for e in program.eqns if e.primitive.name == "while"]
+  body = loop.params["body_jaxpr"].jaxpr
+  assert "scan" not in _primitives(body)
+  kernel_shape = params["layers"]["mlp"]["down"]["kernel"].shape[1:]
+  inputs = [v.aval.shape for v in body.invars]
+  assert inputs.count(kernel_shape) == 2  # each layer's down kernel
+  assert not any(s[:1] == (2,) and s[1:] == kernel_shape for s in inputs)
+
+
 @pytest.mark.parametrize("chunk, sampling, stop", [(3, Sampling(1.0, top_k=6), True),
                                                     (5, GREEDY, False), (12, GREEDY, True)])
 def test_streamed_chunks_are_the_request_tokens(model_11, chunk, sampling, stop, monkeypatch):
