@@ -1,5 +1,6 @@
 """Building blocks with logically partitioned parameters: projections, RMSNorm, embedding, MLP."""
 
+import math
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
@@ -45,6 +46,34 @@ def on_merged_tokens(spec: str, x: jnp.ndarray, fn: Callable[[str, jnp.ndarray],
   b, t = x.shape[:2]
   y = fn(flat, x.reshape(b * t, *x.shape[2:]))
   return y.reshape(b, t, *y.shape[1:])
+
+
+def contraction_merged(spec: str) -> str | None:
+  """`spec` with its contracted axes merged into one ("Z"), or None where there are fewer than
+  two or they are not the input's trailing and the kernel's leading axes, in one order."""
+  lhs, rest = spec.split(",")
+  rhs, out = rest.split("->")
+  contracted = "".join(a for a in lhs if a in rhs and a not in out)
+  if len(contracted) < 2 or not (lhs.endswith(contracted) and rhs.startswith(contracted)):
+    return None
+  return f"{lhs[: -len(contracted)]}Z,Z{rhs[len(contracted):]}->{out}"
+
+
+def merged_contraction_einsum(spec: str, x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
+  """jnp.einsum(spec, x, kernel) over one contracted axis where `contraction_merged` allows.
+
+  Given the attention output projection "tnh,nhd->td" as is, XLA's CPU backend transposed the
+  [N, H, D] kernel in every decode step, a copy of the whole kernel per layer and token that took
+  a fifth of a decode step (BENCHMARKS.md, Decoding); over "tZ,Zd->td" it reads the kernel as
+  stored. Training steps are unchanged (same speed within noise).
+  """
+  flat = contraction_merged(spec)
+  if flat is None:
+    return jnp.einsum(spec, x, kernel)
+  n = len(spec.split(",")[0]) - len(flat.split(",")[0]) + 1  # the axes merged into "Z"
+  k = math.prod(kernel.shape[:n])
+  x = x.reshape(*x.shape[: x.ndim - n], k)
+  return jnp.einsum(flat, x, kernel.reshape(k, *kernel.shape[n:]))
 
 
 def token_major(einsum: Einsum) -> Einsum:
@@ -100,7 +129,8 @@ class Projection(nn.Module):
           tuple(self.kernel_shape),
           self.param_dtype,
       )
-    einsum = token_major(make_einsum(self, self.quant, self.logits))
+    einsum = make_einsum(self, self.quant, self.logits)
+    einsum = token_major(merged_contraction_einsum if einsum is jnp.einsum else einsum)
     return self._add_bias(einsum(self.spec, x.astype(self.dtype), kernel.astype(self.dtype)))
 
   def _add_bias(self, y: jnp.ndarray) -> jnp.ndarray:

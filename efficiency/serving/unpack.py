@@ -127,8 +127,8 @@ def _unstack_layers(params: dict, num_layers: int) -> dict:
 
 def _layer_by_layer(model: nn.Module) -> nn.Module:
   """`model` with `scan_layers` off (its own params split by `_unstack_layers`)."""
-  config = model.config.as_configdict()
-  config.scan_layers = False
+  config = model.config.to_dict()  # a copy (editing as_configdict()'s would change its hash)
+  config["scan_layers"] = False
   return model.clone(config=ml_collections.FrozenConfigDict(config))
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from efficiency.model.flops import flops_per_token, matmul_params
+from efficiency.model.layers import contraction_merged, merged_contraction_einsum
 from efficiency.model.transformer import Transformer
 from tests.helpers import random_packed_batch, tiny_model_config
 
@@ -27,6 +28,20 @@ class Jitted:
 
   def __init__(self, model: nn.Module):
     self.apply = jax.jit(model.apply)
+
+
+@pytest.mark.parametrize("spec, x_shape, kernel_shape, merged", [
+    ("tnh,nhd->td", (5, 3, 4), (3, 4, 6), "tZ,Zd->td"),
+    ("btkgh,kghd->btd", (2, 3, 2, 2, 4), (2, 2, 4, 5), "btZ,Zd->btd"),
+    ("td,dnh->tnh", (5, 6), (6, 3, 4), None),  # one contracted axis
+    ("thn,nhd->td", (5, 4, 3), (3, 4, 6), None),  # contracted in another order
+])
+def test_merged_contraction_equals_einsum(rng, spec, x_shape, kernel_shape, merged):
+  assert contraction_merged(spec) == merged
+  x = rng.normal(size=x_shape).astype(np.float32)
+  kernel = rng.normal(size=kernel_shape).astype(np.float32)
+  np.testing.assert_allclose(merged_contraction_einsum(spec, x, kernel),
+                             np.einsum(spec, x, kernel), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("scan_layers", [True, False])

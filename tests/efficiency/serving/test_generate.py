@@ -176,10 +176,25 @@ def test_scanned_layers_decode_layer_by_layer(model_11):
   (loop,) = [e for e in program.eqns if e.primitive.name == "while"]
   body = loop.params["body_jaxpr"].jaxpr
   assert "scan" not in _primitives(body)
+  assert generate_lib.program(model, GREEDY, 6, tokens_BP.shape[1] + 6) is jitted  # model intact
   kernel_shape = params["layers"]["mlp"]["down"]["kernel"].shape[1:]
   inputs = [v.aval.shape for v in body.invars]
   assert inputs.count(kernel_shape) == 2  # each layer's down kernel
   assert not any(s[:1] == (2,) and s[1:] == kernel_shape for s in inputs)
+
+
+def test_decode_steps_read_kernels_as_stored(model_11):
+  """No decode step transposes the attention output kernel [N, H, D] (it contracts over N and H
+  as one axis, layers.merged_contraction_einsum): the compiled program makes no [H, N, D]."""
+  model, params = model_11
+  n, h, d = params["layers"]["attn"]["out"]["kernel"].shape[1:]
+  assert n != h
+  tokens_BP, lengths_B = generate_lib.pad_prompts(PROMPTS)
+  jitted = generate_lib.program(model, GREEDY, 6, tokens_BP.shape[1] + 6)
+  hlo = jitted.lower(params, tokens_BP, lengths_B, np.int32(-2), np.int32(0),
+                     np.arange(3, dtype=np.int32)).compile().as_text()
+  assert "transpose(" in hlo and f"f32[2,{n},{h},{d}]" in hlo  # the stacked kernels come in
+  assert f"= f32[{h},{n},{d}]" not in hlo
 
 
 @pytest.mark.parametrize("chunk, sampling, stop", [(3, Sampling(1.0, top_k=6), True),
