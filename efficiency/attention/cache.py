@@ -2,8 +2,13 @@
 reads and writes it.
 
 Each variant's static `kv_cache_spec(cfg)` returns {name: CacheEntry}; a decoder allocates, per
-layer, an array [batch, slots, *shape] of `dtype` for each entry (`CacheEntry.slots`) and moves a
-per-row pointer: a cached call writes its T tokens at positions start_B[b] .. start_B[b] + T - 1.
+layer, an array [batch, slots, *shape] of `dtype` for each entry (`CacheEntry.slots`), or for a
+heads-major entry of shape (K, H) [batch, K, slots, H], and moves a per-row pointer: a cached
+call writes its T tokens at positions start_B[b] .. start_B[b] + T - 1.
+
+Heads-major is the layout the score and value products read as they are: they batch over rows
+and KV heads, and XLA (on CPU at least) copied a [batch, slots, K, H] cache into [batch, K, ...]
+twice per layer and decode step, a fifth of a batch-8 step at 128 slots and more at longer ones.
 
 - Full entries (no `window`) keep one slot per position (one per `every` positions for strided
   entries): `write` stores new entries at slot = position and `cached_attention` masks every
@@ -49,6 +54,19 @@ class CacheEntry:
   dtype: jnp.dtype
   every: int = 1
   window: int | None = None
+  heads_major: bool = False  # shape (K, H) stored [B, K, slots, H] (see the module docstring)
+
+  def array_shape(self, batch: int, slots: int) -> tuple[int, ...]:
+    """The entry's array for `batch` rows of `slots` slots."""
+    if self.heads_major:
+      heads, width = self.shape
+      return (batch, heads, slots, width)
+    return (batch, slots, *self.shape)
+
+  @property
+  def slot_axis(self) -> int:
+    """The axis of its array that indexes slots."""
+    return 2 if self.heads_major else 1
 
   def bytes_per_token(self) -> float:
     return math.prod(self.shape) * jnp.dtype(self.dtype).itemsize / self.every
@@ -66,6 +84,17 @@ def write(cache_BS: jnp.ndarray, new_BT: jnp.ndarray, start_B: jnp.ndarray) -> j
   """Writes each row's new entries [B, T, ...] into its cache row [B, S, ...] at slot start_B[b]."""
   return jax.vmap(lambda c, x, s: jax.lax.dynamic_update_slice_in_dim(c, x, s, axis=0))(
       cache_BS, new_BT.astype(cache_BS.dtype), start_B
+  )
+
+
+def write_heads_major(
+    cache_BKSH: jnp.ndarray, new_BTKH: jnp.ndarray, start_B: jnp.ndarray
+) -> jnp.ndarray:
+  """`write` into a heads-major cache [B, K, S, H]: each row's new [T, K, H] at slot
+  start_B[b]."""
+  new_BKTH = new_BTKH.transpose(0, 2, 1, 3).astype(cache_BKSH.dtype)
+  return jax.vmap(lambda c, x, s: jax.lax.dynamic_update_slice_in_dim(c, x, s, axis=1))(
+      cache_BKSH, new_BKTH, start_B
   )
 
 
@@ -118,17 +147,20 @@ def cached_mask(
 
 def cached_attention(
     q_BTNH: jnp.ndarray,
-    k_BSKH: jnp.ndarray,
-    v_BSKH: jnp.ndarray,
+    k: jnp.ndarray,
+    v: jnp.ndarray,
     q_positions_BT: jnp.ndarray,
     bias: nn.Module | None,
     window: int | None = None,
     scale: float | None = None,
+    heads_major: bool = False,
 ) -> jnp.ndarray:
-  """Attention of new queries to a whole full cache (see `cached_mask`). Returns [B, T, N, V]."""
-  mask_B1TS, k_positions_BS = cached_mask(q_positions_BT, k_BSKH.shape[1], window)
+  """Attention of new queries to a whole full cache (see `cached_mask`) of keys and values
+  [B, S, K, H], or [B, K, S, H] when `heads_major`. Returns [B, T, N, V]."""
+  mask_B1TS, k_positions_BS = cached_mask(q_positions_BT, k.shape[2 if heads_major else 1],
+                                          window)
   bias_BNTS = None if bias is None else bias(q_positions_BT, k_positions_BS)
-  return grouped_attention(q_BTNH, k_BSKH, v_BSKH, mask_B1TS, bias_BNTS, scale)
+  return grouped_attention(q_BTNH, k, v, mask_B1TS, bias_BNTS, scale, heads_major=heads_major)
 
 
 def ring_attention(

@@ -5,14 +5,15 @@ import jax.numpy as jnp
 import ml_collections
 
 from efficiency.attention.base import Attention, Cache, Heads, head_dim
-from efficiency.attention.cache import CacheEntry, cached_attention, write
+from efficiency.attention.cache import CacheEntry, cached_attention, write_heads_major
 
 
 class GroupedQueryAttention(Attention):
   """Multi-head attention whose query heads share `num_kv_heads` key/value heads.
 
   Heads are {"query": [B, T, N, H], "key", "value": [B, T, K, H]} with the position encoding's
-  rotation applied; the cache holds every token's key and value ({"key", "value"}: [B, S, K, H]).
+  rotation applied; the cache holds every token's key and value, heads-major ({"key", "value"}:
+  [B, K, S, H]; efficiency.attention.cache).
   Subclasses change which keys a query sees through `attend` and `window`.
   """
 
@@ -47,10 +48,11 @@ class GroupedQueryAttention(Attention):
   ) -> tuple[jnp.ndarray, Cache]:
     del segment_ids_BT  # full cache: padding lands past the pointer, masked until overwritten
     start_B = positions_BT[:, 0]
-    cache = {"key": write(cache["key"], heads["key"], start_B),
-             "value": write(cache["value"], heads["value"], start_B)}
+    cache = {"key": write_heads_major(cache["key"], heads["key"], start_B),
+             "value": write_heads_major(cache["value"], heads["value"], start_B)}
     out_BTNH = cached_attention(
-        heads["query"], cache["key"], cache["value"], positions_BT, self.bias, self.window()
+        heads["query"], cache["key"], cache["value"], positions_BT, self.bias, self.window(),
+        heads_major=True,
     )
     return out_BTNH, cache
 
@@ -71,6 +73,6 @@ class GroupedQueryAttention(Attention):
 
   @staticmethod
   def kv_cache_spec(cfg: ml_collections.ConfigDict) -> dict[str, CacheEntry]:
-    """Keys and values of every KV head (RoPE already applied to the keys)."""
+    """Keys and values of every KV head (RoPE already applied to the keys), heads-major."""
     shape = (cfg.num_kv_heads, head_dim(cfg))
-    return {"key": CacheEntry(shape, cfg.dtype), "value": CacheEntry(shape, cfg.dtype)}
+    return {name: CacheEntry(shape, cfg.dtype, heads_major=True) for name in ("key", "value")}

@@ -19,15 +19,16 @@ from efficiency.attention import get_attention
 def cache_shapes(
     model_config: ml_collections.ConfigDict, batch: int, max_len: int, rollback: int | None
 ) -> dict:
-  """Shapes and dtypes of every cache entry: {name: [B, slots, *shape]} per layer, stacked on a
-  leading layer axis when `scan_layers`, else {"layers_i": {...}}."""
+  """Shapes and dtypes of every cache entry: {name: `CacheEntry.array_shape`} per layer,
+  stacked on a leading layer axis when `scan_layers`, else {"layers_i": {...}}."""
   spec = get_attention(model_config.attention).kv_cache_spec(model_config)
   layers = model_config.num_layers
 
   def layer(lead: tuple[int, ...]) -> dict:
     return {
         name: jax.ShapeDtypeStruct(
-            (*lead, batch, entry.slots(max_len, rollback), *entry.shape), jnp.dtype(entry.dtype)
+            (*lead, *entry.array_shape(batch, entry.slots(max_len, rollback))),
+            jnp.dtype(entry.dtype),
         )
         for name, entry in spec.items()
     }

@@ -4,6 +4,7 @@ the enumerated distribution, per-row EOS, batched equal to unbatched, and one ji
 one host transfer per request."""
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -183,18 +184,28 @@ def test_scanned_layers_decode_layer_by_layer(model_11):
   assert not any(s[:1] == (2,) and s[1:] == kernel_shape for s in inputs)
 
 
-def test_decode_steps_read_kernels_as_stored(model_11):
-  """No decode step transposes the attention output kernel [N, H, D] (it contracts over N and H
-  as one axis, layers.merged_contraction_einsum): the compiled program makes no [H, N, D]."""
-  model, params = model_11
+def test_decode_steps_read_kernels_and_caches_as_stored():
+  """No decode step copies a kernel or the KV cache into another layout: the attention output
+  kernel [N, H, D] contracts over N and H as one axis (layers.merged_contraction_einsum), and the
+  heads-major cache [B, K, S, H] is what the score and value products read (a [B, S, K, H]
+  cache was copied into [B, K, S, H] and [B, K, H, S] in every step)."""
+  model, params = make_model("gqa", "rope")
   n, h, d = params["layers"]["attn"]["out"]["kernel"].shape[1:]
-  assert n != h
-  tokens_BP, lengths_B = generate_lib.pad_prompts(PROMPTS)
-  jitted = generate_lib.program(model, GREEDY, 6, tokens_BP.shape[1] + 6)
+  k = model.config.num_kv_heads
+  assert n != h and k > 1
+  prompts = PROMPTS[:2]
+  tokens_BP, lengths_B = generate_lib.pad_prompts(prompts)
+  s = tokens_BP.shape[1] + 6
+  jitted = generate_lib.program(model, GREEDY, 6, s)
   hlo = jitted.lower(params, tokens_BP, lengths_B, np.int32(-2), np.int32(0),
-                     np.arange(3, dtype=np.int32)).compile().as_text()
-  assert "transpose(" in hlo and f"f32[2,{n},{h},{d}]" in hlo  # the stacked kernels come in
-  assert f"= f32[{h},{n},{d}]" not in hlo
+                     np.arange(2, dtype=np.int32)).compile().as_text()
+  made = set(re.findall(r"= f32\[([0-9,]*)\]", hlo))  # every float shape an instruction makes
+  assert "transpose(" in hlo and f"2,{n},{h},{d}" in made  # the stacked kernels come in
+  assert f"{h},{n},{d}" not in made
+  assert f"2,{k},{s},{h}" in made and f"2,{k},{h},{s}" not in made
+  steps = hlo[: hlo.index("\nENTRY")]  # every computation but the request's entry, which
+  assert "while" in hlo and not re.search(  # copies the zeroed cache in once
+      rf"= f32\[2,{k},{s},{h}\]\S* (transpose|copy)\(", steps)
 
 
 @pytest.mark.parametrize("chunk, sampling, stop", [(3, Sampling(1.0, top_k=6), True),
