@@ -1,5 +1,7 @@
 """Grouped scaled dot-product attention written plainly in jnp (no T x T beyond the scores)."""
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -7,6 +9,28 @@ import ml_collections
 from efficiency.quant.einsum import attention_einsum
 
 NEG_INF = -1e30
+# A cached call with at most this many queries per KV head (T x group; decode steps) computes its
+# score and value products over a heads-major cache as fused multiply-reduce loops, not as dots.
+REDUCE_QUERIES = 8
+
+
+def _reduce_products(q_BTKGH: jnp.ndarray, k_BKSH: jnp.ndarray, v_BKSH: jnp.ndarray,
+                     scale: float) -> tuple[jnp.ndarray, Callable[[jnp.ndarray], jnp.ndarray]]:
+  """For a few queries over a heads-major cache: the scores [B, K, G, T, S] and the value
+  product (probs [B, K, G, T, S] -> [B, T, K, G, H]), in float32, each a multiply-reduce that
+  reads the cache once as it lies.
+
+  As dots these are batched (row, KV head) matrix products with 1-8 columns, which XLA's CPU
+  backend ran one small GEMM at a time: at batch 8 the value products alone took half of a
+  decode call (BENCHMARKS.md, Decoding).
+  """
+  f32 = jnp.float32
+  q_BKGT1H = q_BTKGH.transpose(0, 2, 3, 1, 4)[:, :, :, :, None].astype(f32)
+  scores_BKGTS = (q_BKGT1H * k_BKSH[:, :, None, None].astype(f32)).sum(-1) * scale
+  return scores_BKGTS, lambda probs_BKGTS: (
+      probs_BKGTS.astype(f32).transpose(0, 3, 1, 2, 4)[..., None]
+      * v_BKSH[:, None, :, None].astype(f32)
+  ).sum(-2)
 
 
 def grouped_attention(
@@ -33,12 +57,16 @@ def grouped_attention(
   g = n // k
   scale = h**-0.5 if scale is None else scale
   q_BTKGH = q_BTNH.reshape(b, t, k, g, h)
-  scores_BKGTS = einsum(f"btkgh,{kv}->bkgts", q_BTKGH, keys).astype(jnp.float32) * scale
+  if heads_major and quant is None and t * g <= REDUCE_QUERIES:
+    scores_BKGTS, attend = _reduce_products(q_BTKGH, keys, values, scale)
+  else:
+    scores_BKGTS = einsum(f"btkgh,{kv}->bkgts", q_BTKGH, keys).astype(jnp.float32) * scale
+    attend = lambda probs_BKGTS: einsum(f"bkgts,{kv}->btkgh", probs_BKGTS, values)
   if bias_1NTS is not None:
     scores_BKGTS += bias_1NTS.reshape(bias_1NTS.shape[0], k, g, *bias_1NTS.shape[2:])
   mask_B11TS = mask_B1TS[:, :, None]
   scores_BKGTS = jnp.where(mask_B11TS, scores_BKGTS, NEG_INF)
   probs_BKGTS = jax.nn.softmax(scores_BKGTS, axis=-1)
   probs_BKGTS = jnp.where(mask_B11TS, probs_BKGTS, 0.0).astype(values.dtype)
-  out_BTKGH = einsum(f"bkgts,{kv}->btkgh", probs_BKGTS, values)
+  out_BTKGH = attend(probs_BKGTS).astype(values.dtype)
   return out_BTKGH.reshape(b, t, n, values.shape[-1])
