@@ -7,8 +7,8 @@
 - `limit`: default model, greedy: the on-device generation (one jitted program per request,
   prefill included) at batch 1 and 8, against the host loop it replaced (one jitted step per
   token, logits read to the host, argmax there), streaming (`serving.generate.stream`, one read
-  every 16 tokens) and the jitted one-token cached step alone (chained on device, read once:
-  the floor of any per-token loop); and the small model's
+  every 16 tokens) and the jitted one-token cached step of the decode form alone (chained on
+  device, read once: the floor of any per-token loop); and the small model's
   generation against the default's (what a draft step costs).
 - `speculative`: the small model drafts for the default one, on device and batched, against the
   default model alone (on-device generation) at temperatures 0 and 1, gamma 3 and 5, batch 1, 4
@@ -48,6 +48,7 @@ from efficiency.serving.runner import Runner, compiled_forward
 from efficiency.serving.sampling import Sampling
 from efficiency.serving.speculation import Engine
 from efficiency.serving.speculative import speculate
+from efficiency.serving.unpack import decode_form
 from efficiency.train.inputs import tokenizer_of
 
 GREEDY = Sampling(0.0)
@@ -86,15 +87,17 @@ def limit(model, params, prompt: np.ndarray, new: int, rounds: int) -> dict:
       token = np.argmax(logits, -1).astype(np.int32)[:, None]
       logits = runner.feed(token, np.array([len(prompt) + i], np.int32))[:, 0]
 
-  forward = compiled_forward(model)
-  step_runner = Runner(model, params, 1, len(prompt) + new + 32)
+  step_model, unpack = decode_form(model)  # the step the on-device loop runs
+  forward = compiled_forward(step_model)
+  step_params = jax.jit(unpack)(params)
+  step_runner = Runner(step_model, step_params, 1, len(prompt) + new + 32)
   token = jax.device_put(np.ones((1, 1), np.int32))
   starts = [jax.device_put(np.array([len(prompt) + i], np.int32)) for i in range(new)]
 
   def step_alone():
     cache = step_runner.cache
     for start in starts:
-      logits, cache = forward(params, token, cache, start)
+      logits, cache = forward(step_params, token, cache, start)
     step_runner.cache = cache
     jax.block_until_ready(logits)
 
