@@ -8,8 +8,9 @@
   prefill included) at batch 1 and 8, against the host loop it replaced (one jitted step per
   token, logits read to the host, argmax there), streaming (`serving.generate.stream`, one read
   every 16 tokens) and the jitted one-token cached step of the decode form alone (chained on
-  device, read once: the floor of any per-token loop); and the small model's
-  generation against the default's (what a draft step costs).
+  device, read once: the floor of any per-token loop), also against the loop's tokens after
+  the first (the request less a one-token request: the prefill and first sample); and the
+  small model's generation against the default's (what a draft step costs).
 - `speculative`: the small model drafts for the default one, on device and batched, against the
   default model alone (on-device generation) at temperatures 0 and 1, gamma 3 and 5, batch 1, 4
   and 8 (the prompts cycled to fill the batch); acceptance and target calls per token.
@@ -108,6 +109,7 @@ def limit(model, params, prompt: np.ndarray, new: int, rounds: int) -> dict:
 
   measures = {  # seconds per generated token, taking turns (one warm-up turn)
       "device_b1": lambda: run(model, params, [prompt], new, GREEDY, None).decode_s / new,
+      "prefill_b1": lambda: run(model, params, [prompt], 1, GREEDY, None).decode_s,  # + 1 token
       "device_b8": lambda: run(model, params, [prompt] * 8, new, GREEDY, None).decode_s
       / (8 * new),
       "stream16_b1": lambda: timed(lambda: list(stream(model, params, [prompt], new, GREEDY, None,
@@ -122,9 +124,13 @@ def limit(model, params, prompt: np.ndarray, new: int, rounds: int) -> dict:
       if turn:
         times[name].append(t)
   seconds = {name: statistics.median(t) for name, t in times.items()}
+  prefill = seconds.pop("prefill_b1")
   out = {f"{k}_tokens_per_s": 1 / v for k, v in seconds.items()}
+  loop = (seconds["device_b1"] * new - prefill) / (new - 1)  # a token after the first
   out.update(
+      prefill_share=prefill / (seconds["device_b1"] * new),
       device_over_step_alone=seconds["step_alone_b1"] / seconds["device_b1"],
+      loop_over_step_alone=seconds["step_alone_b1"] / loop,
       device_over_host_loop=seconds["host_loop_b1"] / seconds["device_b1"],
       stream16_over_device=seconds["device_b1"] / seconds["stream16_b1"],
       batch8_over_batch1=seconds["device_b1"] / seconds["device_b8"],
