@@ -64,8 +64,8 @@ def merged_contraction_einsum(spec: str, x: jnp.ndarray, kernel: jnp.ndarray) ->
 
   Given the attention output projection "tnh,nhd->td" as is, XLA's CPU backend transposed the
   [N, H, D] kernel in every decode step, a copy of the whole kernel per layer and token that took
-  a fifth of a decode step (BENCHMARKS.md, Decoding); over "tZ,Zd->td" it reads the kernel as
-  stored. Training steps are unchanged (same speed within noise).
+  a sixth of a batch-1 decode step (BENCHMARKS.md, Decoding); over "tZ,Zd->td" it reads the
+  kernel as stored. Training steps are unchanged (same speed within noise).
   """
   flat = contraction_merged(spec)
   if flat is None:

@@ -5,8 +5,8 @@ layer by layer: its stacked params split once per request, inside the jitted pro
 `layers_0`..`layers_{L-1}`, and its cache is one buffer per layer. Inside the scan every decode
 step sliced each layer's kernels out of the stacked arrays (a copy per kernel per call on CPU,
 the largest single cost of a decode step) and wrote the stacked cache through the scan's
-outputs; unrolled, the slices are gone and each layer's cache updates in place (1.25x-1.7x
-tokens/s at batch 1, BENCHMARKS.md, Decoding). The math is the same.
+outputs; unrolled, the slices are gone and each layer's cache updates in place (BENCHMARKS.md,
+"Decode steps that read weights and caches as stored"). The math is the same.
 
 Weights: a packed int4 model (two values per uint8) takes one of two forms
 once per request, inside the jitted program and before the decode loop (`quant.int4_decode`):
