@@ -80,21 +80,15 @@ class CacheEntry:
     return min(full, self.window + rollback)
 
 
-def write(cache_BS: jnp.ndarray, new_BT: jnp.ndarray, start_B: jnp.ndarray) -> jnp.ndarray:
-  """Writes each row's new entries [B, T, ...] into its cache row [B, S, ...] at slot start_B[b]."""
-  return jax.vmap(lambda c, x, s: jax.lax.dynamic_update_slice_in_dim(c, x, s, axis=0))(
+def write(cache_BS: jnp.ndarray, new_BT: jnp.ndarray, start_B: jnp.ndarray,
+          heads_major: bool = False) -> jnp.ndarray:
+  """Writes each row's new entries [B, T, ...] into its cache row [B, S, ...] at slot start_B[b]
+  (a heads-major cache [B, K, S, H] takes new entries [B, T, K, H] the same way)."""
+  if heads_major:
+    new_BT = new_BT.transpose(0, 2, 1, 3)  # [B, K, T, H]
+  axis = 1 if heads_major else 0  # the slot axis of a row
+  return jax.vmap(lambda c, x, s: jax.lax.dynamic_update_slice_in_dim(c, x, s, axis=axis))(
       cache_BS, new_BT.astype(cache_BS.dtype), start_B
-  )
-
-
-def write_heads_major(
-    cache_BKSH: jnp.ndarray, new_BTKH: jnp.ndarray, start_B: jnp.ndarray
-) -> jnp.ndarray:
-  """`write` into a heads-major cache [B, K, S, H]: each row's new [T, K, H] at slot
-  start_B[b]."""
-  new_BKTH = new_BTKH.transpose(0, 2, 1, 3).astype(cache_BKSH.dtype)
-  return jax.vmap(lambda c, x, s: jax.lax.dynamic_update_slice_in_dim(c, x, s, axis=1))(
-      cache_BKSH, new_BKTH, start_B
   )
 
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from efficiency.attention.base import Attention, Cache, Heads, head_dim
-from efficiency.attention.cache import CacheEntry, cached_attention, write_heads_major
+from efficiency.attention.cache import CacheEntry, cached_attention, write
 
 
 class GroupedQueryAttention(Attention):
@@ -48,8 +48,8 @@ class GroupedQueryAttention(Attention):
   ) -> tuple[jnp.ndarray, Cache]:
     del segment_ids_BT  # full cache: padding lands past the pointer, masked until overwritten
     start_B = positions_BT[:, 0]
-    cache = {"key": write_heads_major(cache["key"], heads["key"], start_B),
-             "value": write_heads_major(cache["value"], heads["value"], start_B)}
+    cache = {name: write(cache[name], heads[name], start_B, heads_major=True)
+             for name in ("key", "value")}
     out_BTNH = cached_attention(
         heads["query"], cache["key"], cache["value"], positions_BT, self.bias, self.window(),
         heads_major=True,
