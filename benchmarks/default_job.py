@@ -1,21 +1,25 @@
 """Sizes the default job: model shapes trained on the same compute on the default corpus.
 
   python benchmarks/default_job.py speed [--rounds 5] [--root /tmp/default_job]
-  python benchmarks/default_job.py train [--budget 1e13] [--root /tmp/default_job]
+  python benchmarks/default_job.py train [--budget 1e13 | --seconds 250] [--root /tmp/default_job]
   python benchmarks/default_job.py table [--root /tmp/default_job] [--target 4.2]
 
 `train` runs train.py once per shape, sequentially, on configs/default.py with the shape's model
 fields and as many steps of the default batch as the budget of training FLOPs
 (`flops_per_token * tokens`, efficiency.model.flops) allows. FLOPs are the budget because wall
 time on a shared machine is noisy; warmup and eval interval are 1/12 of the run each, so every run
-has the same schedule in relative terms. `speed` times each shape's compiled train step in one
-process, alternating shapes round by round so that load from other jobs hits them all alike, and
-saves the median step times: their ratios to the reference shape times its step time on a quiet
-machine (`--reference-step-s`, from BENCHMARKS.md) estimate each run's training time on a quiet
-machine, since small shapes do fewer FLOP/s. `table` prints the markdown table from the runs'
-summary.json and metrics.jsonl: FLOPs, wall time with the load average around the run, tokens to
-`--target` read off the eval curve (the first eval at or below it), and the eval loss at two
-thirds of the run (the `target_loss` for the chosen shape). Rerunning `train` skips finished runs.
+has the same schedule in relative terms. With `--seconds` the budget is training time instead:
+each shape gets as many steps as its step time in `speed.json` (measured first, on the machine
+the default must fit) allows in that many seconds.
+
+`speed` times each shape's compiled train step in one process, alternating shapes round by round
+so that load from other jobs hits them all alike, and saves the median step times: their ratios
+to the reference shape times its step time on a quiet machine (`--reference-step-s`, from
+BENCHMARKS.md) estimate each run's training time on a quiet machine, since small shapes do fewer
+FLOP/s. `table` prints the markdown table from the runs' summary.json and metrics.jsonl: FLOPs,
+wall time with the load average around the run, training time, tokens to `--target` read off the
+eval curve (the first eval at or below it), and the eval loss at two thirds of the run (the
+`target_loss` for the chosen shape). Rerunning `train` skips finished runs.
 """
 
 import argparse
@@ -69,7 +73,7 @@ def random_batch(rng: np.random.Generator, config) -> dict[str, np.ndarray]:
 def speed(args) -> dict[str, float]:
   """Median step time of every shape, interleaved; saved as speed.json in the root."""
   steppers = {}
-  for name in SHAPES:
+  for name in args.shapes or SHAPES:
     config = resolve(shape_config(name), num_devices=jax.device_count())
     training = Training(config)
     batch = random_batch(np.random.default_rng(0), config)
@@ -99,13 +103,28 @@ def speed(args) -> dict[str, float]:
   return medians
 
 
+def measured_step_s(root: Path) -> dict[str, float]:
+  """The step times `speed` saved in the root."""
+  path = root / "speed.json"
+  if not path.exists():
+    sys.exit(f"--seconds needs {path}: run `default_job.py speed --root {root}` first")
+  return json.loads(path.read_text())["step_s"]
+
+
 def plan(args) -> dict[str, dict]:
-  """Per shape: its flag overrides, FLOPs per token and the steps that spend the budget."""
+  """Per shape: its flag overrides, FLOPs per token and the steps that spend the budget
+  (training FLOPs, or with `--seconds` training time at the measured step times)."""
   base = get_config()
+  step_s = measured_step_s(Path(args.root)) if args.seconds else {}
   runs = {}
   for name, fields in SHAPES.items():
+    if args.shapes and name not in args.shapes:
+      continue
     per_token = flops_per_token(shape_config(name).model, base.seq_len)
-    steps = round(args.budget / (per_token * base.batch_size * base.seq_len))
+    if args.seconds:
+      steps = round(args.seconds / step_s[name])
+    else:
+      steps = round(args.budget / (per_token * base.batch_size * base.seq_len))
     interval = max(10, round(steps / 12))
     overrides = {f"model.{k}": v for k, v in fields.items()}
     overrides.update(
@@ -123,6 +142,8 @@ def quiet_step_s(args) -> dict[str, float] | None:
   if not path.exists():
     return None
   step_s = json.loads(path.read_text())["step_s"]
+  if REFERENCE not in step_s:
+    return None
   return {name: args.reference_step_s * t / step_s[REFERENCE] for name, t in step_s.items()}
 
 
@@ -166,12 +187,15 @@ def eval_curve(workdir: Path) -> list[tuple[int, int, float]]:
 
 def table(args) -> None:
   root = Path(args.root)
-  print(f"budget {args.budget:.2e} training FLOPs; tokens to target {args.target}\n")
+  budget = f"{args.seconds:g} s of training" if args.seconds else f"{args.budget:.2e} FLOPs"
+  print(f"budget {budget}; tokens to target {args.target}\n")
   print("| shape | params | steps | tokens | FLOPs | wall time (s) | load avg | quiet training "
-        "(s, est.) | final eval loss | tokens to target | eval loss at 2/3 |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|")
+        "(s, est.) | training (s) | final eval loss | tokens to target | eval loss at 2/3 |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
   quiet = quiet_step_s(args)
   for name, run in plan(args).items():
+    if args.shapes and name not in args.shapes:
+      continue
     workdir = workdir_of(root, name)
     path = workdir / "summary.json"
     if not path.exists():
@@ -189,7 +213,7 @@ def table(args) -> None:
     print(
         f"| {name} | {summary['param_count'] / 1e6:.2f}M | {summary['steps']} "
         f"| {summary['tokens_seen'] / 1e6:.2f}M | {flops:.2e} | {summary['wall_time_s']:.0f} "
-        f"| {load_text} | {quiet_text} "
+        f"| {load_text} | {quiet_text} | {summary['tokens_seen'] / summary['tokens_per_sec']:.0f} "
         f"| {summary['final_eval_loss']:.3f} "
         f"| {'not reached' if reached is None else f'{reached / 1e6:.2f}M'} "
         f"| {at_two_thirds[2]:.3f} (step {at_two_thirds[0]}) |"
@@ -199,8 +223,12 @@ def table(args) -> None:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("command", choices=("speed", "train", "table"))
-  parser.add_argument("--shapes", nargs="*", choices=tuple(SHAPES), help="train: only these")
+  parser.add_argument("--shapes", nargs="*", choices=tuple(SHAPES), help="only these shapes")
   parser.add_argument("--budget", type=float, default=1e13, help="training FLOPs per run")
+  parser.add_argument(
+      "--seconds", type=float, default=0.0,
+      help="training seconds per run at speed.json's step times, in place of --budget",
+  )
   parser.add_argument(
       "--reference-step-s", type=float, default=0.383,
       help=f"train step time of {REFERENCE} on a quiet machine of this class (BENCHMARKS.md)",
