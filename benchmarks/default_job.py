@@ -1,4 +1,5 @@
-"""Sizes the default job: model shapes trained on the same compute on the default corpus.
+"""Sizes the default job: model shapes trained on the same compute (FLOPs or time) on the default
+corpus.
 
   python benchmarks/default_job.py speed [--rounds 5] [--root /tmp/default_job]
   python benchmarks/default_job.py train [--budget 1e13 | --seconds 250] [--root /tmp/default_job]
@@ -122,6 +123,8 @@ def plan(args) -> dict[str, dict]:
       continue
     per_token = flops_per_token(shape_config(name).model, base.seq_len)
     if args.seconds:
+      if name not in step_s:
+        sys.exit(f"speed.json has no step time for {name!r}: run `speed` with that shape")
       steps = round(args.seconds / step_s[name])
     else:
       steps = round(args.budget / (per_token * base.batch_size * base.seq_len))
@@ -142,7 +145,7 @@ def quiet_step_s(args) -> dict[str, float] | None:
   if not path.exists():
     return None
   step_s = json.loads(path.read_text())["step_s"]
-  if REFERENCE not in step_s:
+  if args.seconds or REFERENCE not in step_s:  # step times of the machine itself, or no reference
     return None
   return {name: args.reference_step_s * t / step_s[REFERENCE] for name, t in step_s.items()}
 
@@ -194,8 +197,6 @@ def table(args) -> None:
   print("|---|---|---|---|---|---|---|---|---|---|---|---|")
   quiet = quiet_step_s(args)
   for name, run in plan(args).items():
-    if args.shapes and name not in args.shapes:
-      continue
     workdir = workdir_of(root, name)
     path = workdir / "summary.json"
     if not path.exists():
