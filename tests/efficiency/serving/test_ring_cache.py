@@ -105,8 +105,10 @@ def test_rollback_leaves_the_ring_of_the_kept_tokens(attention):
       length = runner.cache[name].shape[2]
       assert length == entry.window + rollback(gamma) < kept.shape[1], name
       visible = np.arange(12 - entry.window + 1, 12) % length  # what a query at 12 reads
+    # Keys and values projected in calls of other lengths round differently (a few float32 ulps
+    # on AVX2-only machines), hence the relative tolerance.
     np.testing.assert_allclose(runner.cache[name][:, :, visible], fresh.cache[name][:, :, visible],
-                               atol=1e-6, err_msg=name)
+                               rtol=1e-5, atol=1e-6, err_msg=name)
   _, too_small = speculated(0)
   assert np.abs(too_small - expected).max() > 1e-3  # the test can fail
 
