@@ -104,19 +104,20 @@ def speed(args) -> dict[str, float]:
   return medians
 
 
-def measured_step_s(root: Path) -> dict[str, float]:
-  """The step times `speed` saved in the root."""
+def saved_step_s(root: Path) -> dict[str, float] | None:
+  """The step times `speed` saved in the root (None before it ran)."""
   path = root / "speed.json"
-  if not path.exists():
-    sys.exit(f"--seconds needs {path}: run `default_job.py speed --root {root}` first")
-  return json.loads(path.read_text())["step_s"]
+  return json.loads(path.read_text())["step_s"] if path.exists() else None
 
 
 def plan(args) -> dict[str, dict]:
   """Per shape: its flag overrides, FLOPs per token and the steps that spend the budget
   (training FLOPs, or with `--seconds` training time at the measured step times)."""
   base = get_config()
-  step_s = measured_step_s(Path(args.root)) if args.seconds else {}
+  step_s = saved_step_s(Path(args.root)) if args.seconds else {}
+  if step_s is None:
+    sys.exit(f"--seconds needs {args.root}/speed.json: run `default_job.py speed --root "
+             f"{args.root}` first")
   runs = {}
   for name, fields in SHAPES.items():
     if args.shapes and name not in args.shapes:
@@ -141,11 +142,8 @@ def plan(args) -> dict[str, dict]:
 def quiet_step_s(args) -> dict[str, float] | None:
   """Step time of every shape on a quiet machine of this class: its interleaved ratio to the
   reference shape (speed.json) times the reference's quiet step time (`--reference-step-s`)."""
-  path = Path(args.root) / "speed.json"
-  if not path.exists():
-    return None
-  step_s = json.loads(path.read_text())["step_s"]
-  if args.seconds or REFERENCE not in step_s:  # step times of the machine itself, or no reference
+  step_s = saved_step_s(Path(args.root))
+  if args.seconds or not step_s or REFERENCE not in step_s:  # this machine's times, or none
     return None
   return {name: args.reference_step_s * t / step_s[REFERENCE] for name, t in step_s.items()}
 
