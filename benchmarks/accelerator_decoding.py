@@ -25,7 +25,6 @@ Prints one JSON line per result and markdown tables, and writes accelerator_deco
 """
 
 import argparse
-import dataclasses
 import json
 import os
 import statistics
@@ -33,6 +32,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from configs.efficientllm import SHAPES
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECTED_ACCEPTANCE = (0.8, 0.9)
@@ -99,21 +100,14 @@ def steps(args) -> list[dict]:
 
 
 def quant(args) -> list[dict]:
-  import ml_collections
-
-  from benchmarks.decoding import GREEDY, interleaved
+  from benchmarks.decoding import GREEDY, interleaved, with_int4_form
   from efficiency.serving import export
   from efficiency.serving.generate import run
 
   served = served_model(args.quant_size)
   int4 = export.convert(served, 4, "bfloat16")
-
-  def int4_form(form: str):
-    quant_config = ml_collections.FrozenConfigDict({**int4.model.quant, "int4_decode": form})
-    return dataclasses.replace(int4, model=int4.model.clone(quant=quant_config))
-
   models = {"bf16": served, "int8": export.convert(served, 8, "bfloat16"),
-            "int4 s4": int4_form("s4"), "int4 float": int4_form("float")}
+            "int4 s4": with_int4_form(int4, "s4"), "int4 float": with_int4_form(int4, "float")}
   rows = []
   for b in (1, 8):
     chunk = prompts(served.config.model.vocab_size, b, args.prompt_tokens)
@@ -182,7 +176,7 @@ def tables(rows: list[dict]) -> str:
        f"| {r['acceptance']:.2f} | {r['round_in_target_steps']:.2f} "
        f"| {r['projected_speedup_a0.8']:.2f}x | {r['projected_speedup_a0.9']:.2f}x |"),
   ):
-    mine = [r for r in rows if r.get("part") == part]
+    mine = [r for r in rows if r.get("part") == part and "failed" not in r]
     if mine:
       out += [header, "|" + "---|" * (header.count("|") - 1), *map(cells, mine), ""]
   for r in rows:
@@ -211,6 +205,10 @@ def main() -> None:
   unknown = sorted(set(parts) - set(PARTS))
   if unknown:
     parser.error(f"--parts {unknown} unknown; valid choices: {sorted(PARTS)}")
+  sizes = ["default", *SHAPES]
+  for flag in ("target", "draft", "quant_size"):
+    if getattr(args, flag) not in sizes:
+      parser.error(f"--{flag}={getattr(args, flag)!r} unknown; valid choices: {sizes}")
   rows = []
   for part in parts:
     command = [sys.executable, "-m", "benchmarks.accelerator_decoding", f"--one={part}",

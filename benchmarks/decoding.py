@@ -174,7 +174,7 @@ def speculative(target, draft, prompts, new: int, eos: int, rounds: int) -> list
   return rows
 
 
-def _int4_form(served, form: str):
+def with_int4_form(served, form: str):
   """`served` (a packed int4 model) decoding in `form` (quant.int4_decode)."""
   quant = ml_collections.FrozenConfigDict({**served.model.quant, "int4_decode": form})
   return dataclasses.replace(served, model=served.model.clone(quant=quant))
@@ -184,7 +184,7 @@ def quant(trained, prompts, new: int, rounds: int) -> list[dict]:
   int4 = export.convert(trained, 4, "bfloat16")
   models = {"bf16": export.cast_float(trained, "bfloat16"),
             "int8": export.convert(trained, 8, "bfloat16"),
-            "int4 float": _int4_form(int4, "float"), "int4 s4": _int4_form(int4, "s4")}
+            "int4 float": with_int4_form(int4, "float"), "int4 s4": with_int4_form(int4, "s4")}
   rows = []
   for b in (1, 8):
     measured = interleaved(rounds, b, prompts, {
