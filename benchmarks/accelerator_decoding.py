@@ -27,10 +27,8 @@ Prints one JSON line per result and markdown tables, and writes accelerator_deco
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from configs.efficientllm import SHAPES
@@ -65,9 +63,7 @@ def prompts(vocab: int, batch: int, length: int) -> list:
 
 
 def steps(args) -> list[dict]:
-  import jax
-
-  from benchmarks.decode_calls import chained_calls
+  from benchmarks.decode_calls import chained_calls, ms_per_call
   from benchmarks.decoding import GREEDY, interleaved
   from efficiency.serving.generate import run
 
@@ -85,17 +81,10 @@ def steps(args) -> list[dict]:
       slots = args.prompt_tokens + args.max_new_tokens
       shapes = [(1, 1), (1, 4), (1, 6), (8, 1)]
       compiled = {s: chained_calls(served.model, served.params, *s, slots, 32) for s in shapes}
-      times = {s: [] for s in shapes}
-      for _ in range(args.rounds):
-        for s, fn in compiled.items():
-          start = time.perf_counter()
-          jax.block_until_ready(fn(served.params))
-          times[s].append((time.perf_counter() - start) / 32)
-      one = statistics.median(times[1, 1])
-      for (r, t), ts in times.items():
+      ms = ms_per_call(compiled, served.params, args.rounds, 32)
+      for (r, t), call_ms in ms.items():
         rows.append({"part": "calls", "size": size, "rows": r, "tokens": t,
-                     "ms_per_call": 1e3 * statistics.median(ts),
-                     "over_one_token": statistics.median(ts) / one})
+                     "ms_per_call": call_ms, "over_one_token": call_ms / ms[1, 1]})
   return rows
 
 

@@ -63,6 +63,17 @@ def chained_calls(model: nn.Module, params: dict, rows: int, tokens: int, slots:
   return jax.jit(loop).lower(params).compile()
 
 
+def ms_per_call(compiled: dict, params: dict, rounds: int, calls: int) -> dict:
+  """Median ms per call of each compiled loop of `calls` calls, the loops taking turns."""
+  times = {key: [] for key in compiled}
+  for _ in range(rounds):
+    for key, fn in compiled.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn(params))
+      times[key].append((time.perf_counter() - start) / calls)
+  return {key: statistics.median(t) * 1e3 for key, t in times.items()}
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workdir")
@@ -81,13 +92,7 @@ def main() -> None:
     for shape in shapes:
       compiled[form, shape] = chained_calls(model, params, *shape, args.cache, args.calls)
   dot_product.REDUCE_QUERIES = default_queries
-  times = {key: [] for key in compiled}
-  for _ in range(args.rounds):
-    for key, fn in compiled.items():
-      start = time.perf_counter()
-      jax.block_until_ready(fn(params))
-      times[key].append((time.perf_counter() - start) / args.calls)
-  ms = {key: statistics.median(t) * 1e3 for key, t in times.items()}
+  ms = ms_per_call(compiled, params, args.rounds, args.calls)
   base = ms["default", shapes[0]]
   print(f"| rows x tokens | dots ms/call | default ms/call | default / {args.shapes[0]} call "
         "| default speedup |")
