@@ -30,20 +30,31 @@ class Source:
   cache_dir: str  # For artifacts derived from this corpus, such as trained tokenizers.
 
 
+def _prepared(make: Callable[[], tfds.core.DatasetBuilder], data_dir: str) -> Source:
+  """The splits of the builder `make` gives, prepared once under the data dir's lock.
+
+  A builder reads its split metadata when it is constructed, so the one whose splits are read
+  is made after the data exists: one made before another process's preparation finished (and
+  found prepared a moment later) has no splits.
+  """
+  if not make().is_prepared():
+    with storage.locked(data_dir):
+      make().download_and_prepare()  # a no-op when another process prepared it meanwhile
+  builder = make()
+  splits = builder.as_data_source()
+  return Source(train=splits["train"], validation=splits["validation"], cache_dir=builder.data_dir)
+
+
 def _stdlib(config: ml_collections.ConfigDict, data_dir: str) -> Source:
   """The Python standard library (or `data.corpus_root`), prepared as ArrayRecord by TFDS."""
   root = config.data.corpus_root or default_root()
   if not os.path.isdir(root):
     raise MissingPathError(f"data.corpus_root={root!r} does not exist or is not a directory")
   builder_config = make_config(root, config.data.validation_percent)
-  builder = StdlibCorpus(config=builder_config, data_dir=data_dir, file_format="array_record")
-  if not builder.is_prepared():
-    with storage.locked(data_dir):
-      builder.download_and_prepare()
-    # A fresh builder reads the split metadata the preparation wrote.
-    builder = StdlibCorpus(config=builder_config, data_dir=data_dir, file_format="array_record")
-  splits = builder.as_data_source()
-  return Source(train=splits["train"], validation=splits["validation"], cache_dir=builder.data_dir)
+  return _prepared(
+      lambda: StdlibCorpus(config=builder_config, data_dir=data_dir, file_format="array_record"),
+      data_dir,
+  )
 
 
 def _stdlib_tests(config: ml_collections.ConfigDict, data_dir: str) -> Source:
@@ -57,16 +68,12 @@ def _stdlib_tests(config: ml_collections.ConfigDict, data_dir: str) -> Source:
 def _text(config: ml_collections.ConfigDict, data_dir: str) -> Source:
   """The files `data.text_glob` names, built once into ArrayRecord by TFDS."""
   builder_config = text_corpus.make_config(config.data.text_glob, config.data.validation_percent)
-  make = lambda: text_corpus.TextCorpus(
-      config=builder_config, data_dir=data_dir, file_format="array_record"
+  return _prepared(
+      lambda: text_corpus.TextCorpus(
+          config=builder_config, data_dir=data_dir, file_format="array_record"
+      ),
+      data_dir,
   )
-  builder = make()
-  if not builder.is_prepared():
-    with storage.locked(data_dir):
-      builder.download_and_prepare()
-    builder = make()
-  splits = builder.as_data_source()
-  return Source(train=splits["train"], validation=splits["validation"], cache_dir=builder.data_dir)
 
 
 def _tfds(config: ml_collections.ConfigDict, data_dir: str) -> Source:

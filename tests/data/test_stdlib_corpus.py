@@ -49,3 +49,20 @@ def test_config_names_separate_roots_and_percents(tmp_path):
       for percent in [5, 10]
   }
   assert len(names) == 4 and default not in names
+
+
+def test_preparation_finished_by_another_process_meanwhile(corpus, tmp_path, monkeypatch):
+  """A builder made before another process's preparation finished (found prepared a moment
+  later) holds no split metadata: the splits come from one made after the data exists."""
+  config = data_config(corpus[0], str(tmp_path))
+  real = stdlib_corpus.StdlibCorpus.is_prepared
+
+  def prepared_meanwhile(builder):
+    if not real(builder):  # the other process finishes now
+      monkeypatch.setattr(stdlib_corpus.StdlibCorpus, "is_prepared", real)
+      sources.load_source(config)
+    return real(builder)
+
+  monkeypatch.setattr(stdlib_corpus.StdlibCorpus, "is_prepared", prepared_meanwhile)
+  source = sources.load_source(config)
+  assert len(source.train) > 0 and len(source.validation) > 0
