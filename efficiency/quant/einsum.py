@@ -11,12 +11,18 @@ numerics; their gradients stay float (straight through).
 values and scales in the params tree (`.../aqt/...`), `int4` as packed nibbles with scales
 (weight-only; the matmul runs in float). `int8_convert` and `int4_convert` are the passes that
 read the float kernels and write those trees (see efficiency.serving.export).
+
+On CPU a served int8 product of a single row (a batch-1 decode step) runs over that row twice
+(`two_rows_on_cpu`): XLA's CPU backend computes a one-row int8 product by converting the whole
+int8 kernel to int32 in every call, and a product of two or more rows with YNNPACK's int8
+kernel, which reads the kernel as stored (BENCHMARKS.md, "Served int8 on CPU").
 """
 
 import fnmatch
 from collections.abc import Callable
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 from aqt.jax.v2 import aqt_dot_general
@@ -77,15 +83,30 @@ def make_einsum(
   mode = quant.mode if quant.mode != "none" else "int8"
   cfg = QUANT_MODES[mode]()
   if storage in ("int8_convert", "int8"):
-    return aqt_flax.AqtEinsum(
+    einsum = aqt_flax.AqtEinsum(
         cfg, prng_name=None,
         rhs_quant_mode=aqt_flax.QuantMode.CONVERT if storage == "int8_convert"
         else aqt_flax.QuantMode.SERVE,
         rhs_freeze_mode=aqt_flax.FreezerMode.CALIBRATION_AND_VALUE,
         quant_collection="params", name="aqt",
     )
+    return two_rows_on_cpu(einsum) if storage == "int8" else einsum
   prng_name = "quant" if module.has_rng("quant") else None
   return aqt_flax.AqtEinsum(cfg, prng_name=prng_name, name="aqt")
+
+
+def two_rows_on_cpu(einsum: Einsum) -> Einsum:
+  """`einsum` where, on CPU, an input of one row over a leading token axis ("t...", as layers
+  call it after merging batch and length) is computed as that row twice and the first result
+  kept. Each row is quantized on its own (per-row scales), so the kept row is the same
+  computation; only the kernel XLA picks changes (see the module docstring)."""
+
+  def run(spec: str, x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
+    if jax.default_backend() != "cpu" or not spec.startswith("t") or x.shape[0] != 1:
+      return einsum(spec, x, kernel)
+    return einsum(spec, jnp.concatenate([x, x]), kernel)[:1]
+
+  return run
 
 
 def quantizes_attention(quant: ml_collections.ConfigDict | None) -> bool:
