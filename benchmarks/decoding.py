@@ -11,6 +11,9 @@
   device, read once: the floor of any per-token loop), also against the loop's tokens after
   the first (the request less a one-token request: the prefill and first sample); and the
   small model's generation against the default's (what a draft step costs).
+- `--target_weights int8`: the default model serves as AQT int8 (float32 elsewhere,
+  `export.convert`) wherever it decodes as the target (limit, speculative, cos); `float` (the
+  default) serves it as trained.
 - `speculative`: the small model drafts for the default one, on device and batched, against the
   default model alone (on-device generation) at temperatures 0 and 1, gamma 3 and 5, batch 1, 4
   and 8 (the prompts cycled to fill the batch); acceptance and target calls per token.
@@ -251,6 +254,7 @@ def main() -> None:
   parser.add_argument("--max_new_tokens", type=int, default=64)
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--parts", default="limit,speculative,quant,cos")
+  parser.add_argument("--target_weights", default="float", choices=["float", "int8"])
   parser.add_argument("--out", default="decoding.json")
   args = parser.parse_args()
   names = [args.default, args.small, args.seed1 or args.small, args.third or args.small]
@@ -261,7 +265,8 @@ def main() -> None:
   tokenizer = tokenizer_of(default.config)
   prompts = validation_prompts(default.config, tokenizer, args.prompts, args.prompt_tokens)
   new, eos, parts = args.max_new_tokens, tokenizer.eos_id, args.parts.split(",")
-  target, draft = (default.model, default.params), (small.model, small.params)
+  served = export.convert(default, 8, "float32") if args.target_weights == "int8" else default
+  target, draft = (served.model, served.params), (small.model, small.params)
   results: dict = {"settings": vars(args)}
   if "limit" in parts:
     results["limit"] = limit(*target, prompts[0], new, args.rounds)
