@@ -59,7 +59,7 @@ def chained_products(rows: int, kernels: list[jax.Array], as_two: bool = False):
   def products(kernels, x_RK):
     acc_RN = jnp.zeros((rows, n), jnp.float32)
     for kernel_KN in kernels:
-      acc_RN = acc_RN + one(x_RK + acc_RN[:, :k] * 1e-9, kernel_KN)
+      acc_RN = acc_RN + one(x_RK + acc_RN[:, :1] * 1e-9, kernel_KN)
     return acc_RN
 
   x_RK = jnp.ones((rows, k), jnp.float32)
