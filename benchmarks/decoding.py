@@ -2,7 +2,8 @@
 
   python benchmarks/decoding.py --default DIR --small DIR [--seed1 DIR] [--third DIR]
       [--prompts 8 --prompt_tokens 64 --max_new_tokens 64 --parts limit,speculative,quant,cos
-       --cos_settings we,cd[,we3] --cos_gammas 1,2,3,5,8 --out decoding.json]
+       --cos_settings we,cd[,we3] --cos_gammas 1,2,3,5,8 --target_weights float|int8
+       --target_embedding none|int8 --out decoding.json]
 
 - `limit`: default model, greedy: the on-device generation (one jitted program per request,
   prefill included) at batch 1 and 8, against the host loop it replaced (one jitted step per
@@ -13,13 +14,15 @@
   small model's generation against the default's (what a draft step costs).
 - `--target_weights int8`: the default model serves as AQT int8 (float32 elsewhere,
   `export.convert`) wherever it decodes as the target (limit, speculative, cos); `float` (the
-  default) serves it as trained.
+  default) serves it as trained. `--target_embedding int8` stores that target's embedding table
+  as int8 too (its tied logits then run on int8 activations).
 - `speculative`: the small model drafts for the default one, on device and batched, against the
   default model alone (on-device generation) at temperatures 0 and 1, gamma 3 and 5, batch 1, 4
   and 8 (the prompts cycled to fill the batch); acceptance and target calls per token.
-- `quant`: greedy on-device decode of int8 (AQT serve) and int4 (packed) weights against bf16,
-  batch 1 and 8; int4 in both decode forms (`quant.int4_decode`: float, unpacked once per
-  request, and s4, jnp.int4 dequantized in every step).
+- `quant`: greedy on-device decode of int8 (AQT serve; with the float and with an int8
+  embedding table) and int4 (packed) weights against bf16, batch 1 and 8; int4 in both decode
+  forms (`quant.int4_decode`: float, unpacked once per request, and s4, jnp.int4 dequantized in
+  every step).
 - `cos`: collaborative decoding on device, batch 1 (each prompt its own request): standard
   against CoS (two models alternating), weighted ensemble (lambda 0.5) of default and small (or
   --seed1) and contrastive decoding of default (expert) and small (amateur, mu 0.1); temperature
@@ -187,6 +190,7 @@ def quant(trained, prompts, new: int, rounds: int) -> list[dict]:
   int4 = export.convert(trained, 4, "bfloat16")
   models = {"bf16": export.cast_float(trained, "bfloat16"),
             "int8": export.convert(trained, 8, "bfloat16"),
+            "int8, int8 table": export.convert(trained, 8, "bfloat16", embedding="int8"),
             "int4 float": with_int4_form(int4, "float"), "int4 s4": with_int4_form(int4, "s4")}
   rows = []
   for b in (1, 8):
@@ -255,6 +259,8 @@ def main() -> None:
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--parts", default="limit,speculative,quant,cos")
   parser.add_argument("--target_weights", default="float", choices=["float", "int8"])
+  parser.add_argument("--target_embedding", default="none", choices=["none", "int8"],
+                      help="the int8 target's embedding table (quant.embedding)")
   parser.add_argument("--out", default="decoding.json")
   args = parser.parse_args()
   names = [args.default, args.small, args.seed1 or args.small, args.third or args.small]
@@ -265,7 +271,8 @@ def main() -> None:
   tokenizer = tokenizer_of(default.config)
   prompts = validation_prompts(default.config, tokenizer, args.prompts, args.prompt_tokens)
   new, eos, parts = args.max_new_tokens, tokenizer.eos_id, args.parts.split(",")
-  served = export.convert(default, 8, "float32") if args.target_weights == "int8" else default
+  served = (export.convert(default, 8, "float32", embedding=args.target_embedding)
+            if args.target_weights == "int8" else default)
   target, draft = (served.model, served.params), (small.model, small.params)
   results: dict = {"settings": vars(args)}
   if "limit" in parts:

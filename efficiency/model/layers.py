@@ -10,7 +10,7 @@ import ml_collections
 
 from efficiency.model import adapter
 from efficiency.quant import table
-from efficiency.quant.einsum import make_einsum, weight_storage
+from efficiency.quant.einsum import int32_einsum, make_einsum, two_rows_on_cpu, weight_storage
 from efficiency.quant.pack import (
   dequantize_codes,
   dequantize_int4,
@@ -192,8 +192,10 @@ class Embed(nn.Module):
   """Token embedding table [vocab, d_model]; `attend` gives the tied logits projection, in
   float unless `quant.logits` is set. A served model with `quant.embedding` int8 or int4 holds
   the table as codes `embedding_int8` / `embedding_int4` with per-row (or, int4, per-group)
-  float32 scales `embedding_scale` (efficiency.quant.table); its logits are then weight-only
-  (activations stay float, `quant.logits` or not)."""
+  float32 scales `embedding_scale` (efficiency.quant.table). Its logits are weight-only
+  (activations stay float, `quant.logits` or not), except an int8 table in a model served int8
+  (`quant.serve=int8`): there the logits quantize each token's activations to int8, as the int8
+  kernels do, and run an int8 product summed in int32."""
 
   vocab_size: int
   d_model: int
@@ -235,8 +237,10 @@ class Embed(nn.Module):
   def attend(self, x_BTD: jnp.ndarray) -> jnp.ndarray:
     bits = self._bits()
     if bits is not None:
+      served_int8 = self.quant.get("serve", "none") == "int8"
+      int_einsum = token_major(two_rows_on_cpu(int32_einsum)) if served_int8 else None
       return table.logits(x_BTD, self.codes, self.scale_VG, bits, self.dtype,
-                          token_major(jnp.einsum))
+                          token_major(jnp.einsum), int_einsum)
     einsum = token_major(make_einsum(self, self.quant, logits=True))
     return einsum("btd,vd->btv", x_BTD, self.embedding.astype(self.dtype))
 

@@ -95,6 +95,11 @@ def make_einsum(
   return aqt_flax.AqtEinsum(cfg, prng_name=prng_name, name="aqt")
 
 
+def int32_einsum(spec: str, x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
+  """An einsum of integer operands (int8 codes) summed and returned in int32."""
+  return jnp.einsum(spec, x, kernel, preferred_element_type=jnp.int32)
+
+
 def two_rows_on_cpu(einsum: Einsum) -> Einsum:
   """`einsum` where, on CPU, an input of one row over a leading token axis ("t...", as layers
   call it after merging batch and length) is computed as that row twice and the first result

@@ -7,7 +7,10 @@ Values are round(w / scale), scale = max |w| / (127 or 7) over the row or group.
 
 Both uses of the table read the codes: the lookup of row v dequantizes only the rows it
 gathers, codes[v] * scale[v]; the tied logits are (x @ codes^T) * scale[v] when a row has one
-scale (a group-scaled int4 table is dequantized first, as int4 kernels are).
+scale (a group-scaled int4 table is dequantized first, as int4 kernels are). Given an integer
+einsum (a model served int8 passes one), an int8 table's logits quantize the activations too, as
+the int8 kernels do: each token's x to int8 with its own scale s_t = max |x_t| / 127, then
+(q_t @ codes^T) in int32 times s_t * scale[v], so no float copy of the table is made.
 """
 
 import jax.numpy as jnp
@@ -60,11 +63,17 @@ def quantize_table(
   if bits == 4:
     packed_HV, scale_GV = quantize_int4(table_VD, TIED_LOGITS_SPEC, group_size)
     return packed_HV.T, scale_GV.T
-  w_VD = table_VD.astype(jnp.float32)
-  scale_V1 = jnp.max(jnp.abs(w_VD), axis=-1, keepdims=True) / INT8_MAX
-  scale_V1 = jnp.where(scale_V1 == 0, 1.0, scale_V1)
-  q_VD = jnp.clip(jnp.round(w_VD / scale_V1), -INT8_MAX, INT8_MAX)
-  return q_VD.astype(jnp.int8), scale_V1
+  return int8_rows(table_VD)
+
+
+def int8_rows(x_ND: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """Each row (last axis) as int8 codes with its own float32 scale max |x| / 127 (1 for a zero
+  row): (codes [..., D], scales [..., 1])."""
+  x_ND = x_ND.astype(jnp.float32)
+  scale_N1 = jnp.max(jnp.abs(x_ND), axis=-1, keepdims=True) / INT8_MAX
+  scale_N1 = jnp.where(scale_N1 == 0, 1.0, scale_N1)
+  q_ND = jnp.clip(jnp.round(x_ND / scale_N1), -INT8_MAX, INT8_MAX)
+  return q_ND.astype(jnp.int8), scale_N1
 
 
 def codes_of(codes: jnp.ndarray, bits: int) -> jnp.ndarray:
@@ -94,10 +103,15 @@ def lookup(
 
 def logits(
     x_BTD: jnp.ndarray, codes: jnp.ndarray, scale_VG: jnp.ndarray, bits: int, dtype: jnp.dtype,
-    einsum=jnp.einsum,
+    einsum=jnp.einsum, int_einsum=None,
 ) -> jnp.ndarray:
   """Tied logits [B, T, V] against the table: (x @ codes^T) * scale[v] when each row has one
-  scale, else x @ (the dequantized table)^T."""
+  scale, else x @ (the dequantized table)^T. With `int_einsum` (int8 operands, int32 result), an
+  int8 table's logits are (int8(x) @ codes^T) * s_t * scale[v], s_t each token's scale."""
+  if int_einsum is not None and bits == 8:
+    q_BTD, s_BT1 = int8_rows(x_BTD)
+    y_BTV = int_einsum(TIED_LOGITS_SPEC, q_BTD, codes)
+    return (y_BTV.astype(jnp.float32) * s_BT1 * scale_VG[:, 0]).astype(dtype)
   if scale_VG.shape[-1] > 1:
     return einsum(TIED_LOGITS_SPEC, x_BTD.astype(dtype), dequantize(codes, scale_VG, bits, dtype))
   y_BTV = einsum(TIED_LOGITS_SPEC, x_BTD.astype(dtype), codes_of(codes, bits).astype(dtype))

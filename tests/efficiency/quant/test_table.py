@@ -1,12 +1,16 @@
 """The int8 / int4 embedding table (efficiency.quant.table): round trip within half a step per
-row, tied logits within the bound the step gives, lookups that dequantize only gathered rows."""
+row, tied logits within the bound the step gives, lookups that dequantize only gathered rows,
+and int8-activation logits against a plain reference."""
+
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from efficiency.quant import table
+from efficiency.quant import einsum, table
+from tests.efficiency.quant.int8_reference import int8_logits_reference
 
 V, D = 97, 64
 CASES = [(8, 0), (4, 0), (4, 16)]  # (bits, group_size)
@@ -71,3 +75,29 @@ def test_lookup_dequantizes_only_the_gathered_rows(bits, group_size):
   floats = [v.aval.shape for e in jaxpr.jaxpr.eqns for v in e.outvars
             if jnp.issubdtype(v.aval.dtype, jnp.floating)]
   assert floats and all(np.prod(s) <= tokens_BT.size * D for s in floats), floats
+
+
+@pytest.mark.parametrize("rows", [1, 6])
+def test_int8_activation_logits_equal_the_plain_reference(rows):
+  """An int8 table's logits with int8 activations (a model served int8) against numpy: rows of
+  different ranges, a zero row, and one row (run as two on CPU); the compiled product reads
+  int8 codes (an s8 dot summed in s32) and makes no float copy of the table."""
+  codes, scale_V1 = table.quantize_table(float_table(), 8)
+  x_1ND = jax.random.normal(jax.random.key(2), (1, rows, D)) * jnp.array([3.0] + [0.1] * 5)[
+      :rows, None]
+  if rows > 1:
+    x_1ND = x_1ND.at[0, 1].set(0.0)
+  int_einsum = einsum.two_rows_on_cpu(einsum.int32_einsum)
+  merged = lambda spec, x, k: int_einsum(spec.replace("b", ""), x[0], k)[None]
+  fn = jax.jit(lambda x, c, s: table.logits(x, c, s, 8, jnp.float32, int_einsum=merged))
+  compiled = fn.lower(x_1ND, codes, scale_V1).compile()
+  got = np.asarray(compiled(x_1ND, codes, scale_V1))[0]
+  want = int8_logits_reference(np.asarray(x_1ND)[0], np.asarray(codes), np.asarray(scale_V1))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  weight_only = np.asarray(table.logits(x_1ND, codes, scale_V1, 8, jnp.float32))[0]
+  assert np.abs(got - weight_only).max() > 1e-4  # the activations are quantized
+  hlo = compiled.as_text()
+  product = re.search(rf"= s32\[(\d+),{V}\]\S* (?:dot|fusion)\(", hlo)  # int32 sums
+  assert product and int(product.group(1)) == max(rows, 2), hlo
+  assert re.search(rf"= s8\[{max(rows, 2)},{D}\]", hlo), hlo  # of int8 activations
+  assert not re.search(rf"f32\[{V},{D}\]", hlo), hlo  # no float copy of the table

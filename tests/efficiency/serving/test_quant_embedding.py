@@ -1,7 +1,7 @@
 """Served models with an int8 or int4 embedding table (quant.embedding): no float table in the
 params, bytes down by the table's float bytes less its codes and scales, the same logits as the
-model holding the dequantized table in float, greedy decoding on device equal to the host loop,
-and one-line errors."""
+model holding the dequantized table in float (with int8 activations for an int8 table served
+int8), greedy decoding on device equal to the host loop, and one-line errors."""
 
 import dataclasses
 import functools
@@ -21,6 +21,7 @@ from efficiency.serving.loading import load_model
 from efficiency.serving.sampling import Sampling
 from efficiency.serving.speculative import speculate
 from efficiency.workdir.restore import TrainedModel
+from tests.efficiency.quant.int8_reference import int8_logits_reference
 from tests.efficiency.serving.host_decode import host_generate
 from tests.helpers import quant_batch, quant_config, tiny_model_config, trained_model
 
@@ -69,24 +70,37 @@ def test_served_scales_stay_float32_in_a_bfloat16_model():
   assert cast["final_norm"]["scale"].dtype == jnp.bfloat16
 
 
+def apply_with_final_hidden(m: TrainedModel, batch) -> tuple[np.ndarray, np.ndarray]:
+  """The model's logits and the final norm's output (the tied logits' input)."""
+  logits, state = m.model.apply({"params": m.params}, *batch, mutable=["intermediates"],
+                                capture_intermediates=lambda mdl, _: mdl.name == "final_norm")
+  return np.asarray(logits), np.asarray(state["intermediates"]["final_norm"]["__call__"][0])
+
+
 @pytest.mark.parametrize("bits,embedding,group_size", CASES)
 def test_logits_equal_the_model_holding_the_dequantized_table(bits, embedding, group_size):
   """The quantized lookup and factored tied logits compute what a float table of the
   dequantized values computes; against the original table the logits move (by at most the
-  step's bound, checked on the table alone in tests/efficiency/quant/test_table.py)."""
+  step's bound, checked on the table alone in tests/efficiency/quant/test_table.py). An int8
+  table in a model served int8 also quantizes the logits' activations per token: there the
+  logits equal the plain int8-activation product of the same final hidden states."""
   quantized, float_table = served_pair(bits, embedding, group_size)
   embed = quantized.params["embed"]
   fake = dict(float_table.params)
-  fake["embed"] = {"embedding": table.dequantize(
-      embed[f"embedding_{embedding}"], embed["embedding_scale"], table.BITS[embedding],
-      jnp.float32)}
-  tokens, segment_ids, positions = quant_batch()
-  apply = lambda m: np.asarray(m.model.apply({"params": m.params}, tokens, segment_ids,
-                                             positions))
-  got = apply(quantized)
-  np.testing.assert_allclose(got, apply(dataclasses.replace(float_table, params=fake)),
-                             atol=1e-4, rtol=1e-4)
-  assert np.abs(got - apply(float_table)).max() > 1e-4  # the table is quantized
+  fake_VD = table.dequantize(embed[f"embedding_{embedding}"], embed["embedding_scale"],
+                             table.BITS[embedding], jnp.float32)
+  fake["embed"] = {"embedding": fake_VD}
+  batch = quant_batch()
+  got, hidden = apply_with_final_hidden(quantized, batch)
+  want, want_hidden = apply_with_final_hidden(dataclasses.replace(float_table, params=fake),
+                                              batch)
+  np.testing.assert_allclose(hidden, want_hidden, atol=1e-4, rtol=1e-4)  # the lookup
+  if bits == 8 and embedding == "int8":
+    b, t, _ = hidden.shape
+    want = int8_logits_reference(hidden.reshape(b * t, D), embed["embedding_int8"],
+                                 embed["embedding_scale"]).reshape(b, t, V)
+  np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+  assert np.abs(got - apply_with_final_hidden(float_table, batch)[0]).max() > 1e-4  # quantized
 
 
 @pytest.mark.parametrize("bits,embedding,group_size", CASES)

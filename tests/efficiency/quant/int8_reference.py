@@ -1,0 +1,14 @@
+"""A plain numpy reference of logits from int8-quantized activations."""
+
+import numpy as np
+
+
+def int8_logits_reference(x_ND: np.ndarray, codes_VD: np.ndarray, scale_V1: np.ndarray):
+  """Logits from each row of x quantized to int8 on its own (max |x| / 127, in float32 as the
+  model computes it), the product and scaling in float64."""
+  x_ND = np.asarray(x_ND, np.float32)
+  s_N1 = np.abs(x_ND).max(-1, keepdims=True) / np.float32(127)
+  s_N1[s_N1 == 0] = 1
+  q_ND = np.clip(np.round(x_ND / s_N1), -127, 127).astype(np.float64)
+  scales_NV = s_N1.astype(np.float64) * np.asarray(scale_V1, np.float64)[:, 0]
+  return (q_ND @ np.asarray(codes_VD, np.float64).T) * scales_NV
