@@ -44,14 +44,17 @@ def compression(before: TrainedModel, after: TrainedModel, batches: list[Batch])
   }
 
 
-def embedding_scheme(embedding: str, group_size: int) -> str:
-  """How the served table is stored (quant.embedding)."""
+def embedding_scheme(embedding: str, group_size: int, bits: int) -> str:
+  """How the served table is stored (quant.embedding) and how its tied logits run under
+  kernels of `bits`."""
   if embedding == "none":
     return "float table in the served dtype"
   scales = f"scales per {group_size} entries of a row" if embedding == "int4" and group_size \
       else "per-row scales"
+  logits = ("tied logits on int8 activations (per-token scales), int32 sums"
+            if embedding == "int8" and bits == 8 else "tied logits are weight-only")
   return (f"{embedding} codes ({'packed two per byte, ' if embedding == 'int4' else ''}"
-          f"float32 {scales}); lookup dequantizes gathered rows, tied logits are weight-only")
+          f"float32 {scales}); lookup dequantizes gathered rows, {logits}")
 
 
 def table_bytes(params: dict) -> int:
@@ -102,7 +105,7 @@ def quant_report(
                 "on the fly)" if bits == 8 else
                 "int4: weight-only, symmetric, packed two per byte, "
                 + (f"scales per {group_size} rows" if group_size else "per-channel scales"),
-      "embedding_scheme": embedding_scheme(embedding, group_size),
+      "embedding_scheme": embedding_scheme(embedding, group_size, bits),
       "weight_bytes": {**measured["weight_bytes"], "table_before": table_bytes(before.params),
                        "table_after": table_bytes(after.params)},
       "eval_loss": {"before": q["before"]["eval_loss"], "after": q["after"]["eval_loss"],
