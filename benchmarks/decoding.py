@@ -15,7 +15,8 @@
 - `--target_weights int8`: the default model serves as AQT int8 (float32 elsewhere,
   `export.convert`) wherever it decodes as the target (limit, speculative, cos); `float` (the
   default) serves it as trained. `--target_embedding int8` stores that target's embedding table
-  as int8 too (its tied logits then run on int8 activations).
+  as int8 too (its tied logits then run on int8 activations). A `--seed1` model (a second
+  default, the weighted ensemble's partner) is served the same way.
 - `speculative`: the small model drafts for the default one, on device and batched, against the
   default model alone (on-device generation) at temperatures 0 and 1, gamma 3 and 5, batch 1, 4
   and 8 (the prompts cycled to fill the batch); acceptance and target calls per token.
@@ -271,8 +272,14 @@ def main() -> None:
   tokenizer = tokenizer_of(default.config)
   prompts = validation_prompts(default.config, tokenizer, args.prompts, args.prompt_tokens)
   new, eos, parts = args.max_new_tokens, tokenizer.eos_id, args.parts.split(",")
-  served = (export.convert(default, 8, "float32", embedding=args.target_embedding)
-            if args.target_weights == "int8" else default)
+
+  def as_target(trained):
+    """A default-shaped model as the target is served (`--target_weights`)."""
+    if args.target_weights == "float":
+      return trained
+    return export.convert(trained, 8, "float32", embedding=args.target_embedding)
+
+  served = as_target(default)
   target, draft = (served.model, served.params), (small.model, small.params)
   results: dict = {"settings": vars(args)}
   if "limit" in parts:
@@ -285,7 +292,8 @@ def main() -> None:
   if "quant" in parts:
     results["quant"] = quant(default, prompts, new, args.rounds)
   if "cos" in parts:
-    partner, third = ((m.model, m.params) for m in loaded[2:])
+    twin = as_target(loaded[2]) if args.seed1 else loaded[2]  # served as the default is
+    partner, third = ((m.model, m.params) for m in (twin, loaded[3]))
     settings = args.cos_settings.split(",")
     results["cos"] = []
     t0_gammas = tuple(int(g) for g in args.cos_gammas.split(","))
