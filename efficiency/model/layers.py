@@ -237,8 +237,9 @@ class Embed(nn.Module):
   def attend(self, x_BTD: jnp.ndarray) -> jnp.ndarray:
     bits = self._bits()
     if bits is not None:
-      served_int8 = self.quant.get("serve", "none") == "int8"
-      int_einsum = token_major(two_rows_on_cpu(int32_einsum)) if served_int8 else None
+      on_int8 = table.logits_on_int8_activations(table.embedding_storage(self.quant),
+                                                 self.quant.get("serve", "none"))
+      int_einsum = token_major(two_rows_on_cpu(int32_einsum)) if on_int8 else None
       return table.logits(x_BTD, self.codes, self.scale_VG, bits, self.dtype,
                           token_major(jnp.einsum), int_einsum)
     einsum = token_major(make_einsum(self, self.quant, logits=True))

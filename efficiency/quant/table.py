@@ -30,6 +30,12 @@ def embedding_storage(quant: ml_collections.ConfigDict | None) -> str:
   return "none" if quant is None else quant.get("embedding", "none")
 
 
+def logits_on_int8_activations(embedding: str, serve: str) -> bool:
+  """Whether a table stored per `embedding` computes its tied logits on int8 activations: an
+  int8 table in a model served int8 (`serve`, the `quant.serve` value), as its kernels do."""
+  return embedding == "int8" and serve == "int8"
+
+
 def check_mode(field: str, embedding: str) -> None:
   """That `embedding` (the value of `field`) is one of EMBEDDING_MODES."""
   if embedding not in EMBEDDING_MODES:

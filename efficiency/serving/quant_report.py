@@ -14,6 +14,7 @@ import numpy as np
 
 from efficiency.evaluation import Evaluator
 from efficiency.metrics import study
+from efficiency.quant import table
 from efficiency.serving import export
 from efficiency.serving.timing import decode_speed
 from efficiency.train.step import Batch
@@ -52,7 +53,8 @@ def embedding_scheme(embedding: str, group_size: int, bits: int) -> str:
   scales = f"scales per {group_size} entries of a row" if embedding == "int4" and group_size \
       else "per-row scales"
   logits = ("tied logits on int8 activations (per-token scales), int32 sums"
-            if embedding == "int8" and bits == 8 else "tied logits are weight-only")
+            if table.logits_on_int8_activations(embedding, f"int{bits}")
+            else "tied logits are weight-only")
   return (f"{embedding} codes ({'packed two per byte, ' if embedding == 'int4' else ''}"
           f"float32 {scales}); lookup dequantizes gathered rows, {logits}")
 

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from efficiency.model.layers import token_major
 from efficiency.quant import einsum, table
 from tests.efficiency.quant.int8_reference import int8_logits_reference
 
@@ -87,9 +88,8 @@ def test_int8_activation_logits_equal_the_plain_reference(rows):
       :rows, None]
   if rows > 1:
     x_1ND = x_1ND.at[0, 1].set(0.0)
-  int_einsum = einsum.two_rows_on_cpu(einsum.int32_einsum)
-  merged = lambda spec, x, k: int_einsum(spec.replace("b", ""), x[0], k)[None]
-  fn = jax.jit(lambda x, c, s: table.logits(x, c, s, 8, jnp.float32, int_einsum=merged))
+  int_einsum = token_major(einsum.two_rows_on_cpu(einsum.int32_einsum))  # as Embed.attend
+  fn = jax.jit(lambda x, c, s: table.logits(x, c, s, 8, jnp.float32, int_einsum=int_einsum))
   compiled = fn.lower(x_1ND, codes, scale_V1).compile()
   got = np.asarray(compiled(x_1ND, codes, scale_V1))[0]
   want = int8_logits_reference(np.asarray(x_1ND)[0], np.asarray(codes), np.asarray(scale_V1))
