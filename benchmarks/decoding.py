@@ -23,7 +23,8 @@
 - `quant`: greedy on-device decode of int8 (AQT serve; with the float and with an int8
   embedding table) and int4 (packed) weights against bf16, batch 1 and 8; int4 in both decode
   forms (`quant.int4_decode`: float, unpacked once per request, and s4, jnp.int4 dequantized in
-  every step).
+  every step), and on int8 activations (W4A8, `quant.int4_activations=int8`; with the float and
+  with an int4 embedding table).
 - `cos`: collaborative decoding on device, batch 1 (each prompt its own request): standard
   against CoS (two models alternating), weighted ensemble (lambda 0.5) of default and small (or
   --seed1) and contrastive decoding of default (expert) and small (amateur, mu 0.1); temperature
@@ -192,7 +193,11 @@ def quant(trained, prompts, new: int, rounds: int) -> list[dict]:
   models = {"bf16": export.cast_float(trained, "bfloat16"),
             "int8": export.convert(trained, 8, "bfloat16"),
             "int8, int8 table": export.convert(trained, 8, "bfloat16", embedding="int8"),
-            "int4 float": with_int4_form(int4, "float"), "int4 s4": with_int4_form(int4, "s4")}
+            "int4 float": with_int4_form(int4, "float"), "int4 s4": with_int4_form(int4, "s4"),
+            "int4 on int8 activations": export.convert(trained, 4, "bfloat16",
+                                                       int4_activations="int8"),
+            "int4 on int8 activations, int4 table": export.convert(
+                trained, 4, "bfloat16", embedding="int4", int4_activations="int8")}
   rows = []
   for b in (1, 8):
     measured = interleaved(rounds, b, prompts, {

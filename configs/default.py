@@ -94,6 +94,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # how packed int4 kernels decode (efficiency.serving.unpack): s4 (jnp.int4, dequantized in every
   # step) | float (unpacked once per request) | auto (float on CPU, s4 on GPU and TPU)
   c.quant.int4_decode = "auto"
+  # set by evals.quantize --int4_activations: float (int4 weight-only) | int8 (W4A8: int8
+  # activations against the int4 codes, int32 sums, as served int8 runs; decodes at int8's speed)
+  c.quant.int4_activations = "float"
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adamw"  # adamw | lion | sgd (momentum b1)

@@ -28,7 +28,7 @@ from efficiency.model.transformer import REMAT_POLICIES
 from efficiency.peft import BASE_QUANT, PEFT_METHODS, make_method
 from efficiency.position import POSITIONS
 from efficiency.quant import MODE_BACKENDS, QUANT_MODES
-from efficiency.quant.einsum import SERVE_MODES
+from efficiency.quant.einsum import INT4_ACTIVATIONS, SERVE_MODES
 from efficiency.quant.table import check_mode, check_table
 from efficiency.serving.loading import check_same_tokenizer
 from efficiency.serving.unpack import INT4_FORMS
@@ -320,6 +320,7 @@ def _check_quant(config: ml_collections.ConfigDict, backend: str) -> None:
   if not isinstance(q.get("group_size", 0), int) or q.get("group_size", 0) < 0:
     raise ConfigError(f"quant.group_size={q.group_size!r} is invalid; 0 (per channel) or more")
   _choice("quant.int4_decode", q.get("int4_decode", "auto"), INT4_FORMS)
+  _choice("quant.int4_activations", q.get("int4_activations", "float"), INT4_ACTIVATIONS)
   embedding = q.get("embedding", "none")
   check_mode("quant.embedding", embedding)
   if embedding != "none" and q.get("serve", "none") == "none":

@@ -1,7 +1,7 @@
 """Measures the efficiency study's metrics for a run and writes them to DIR/efficiency.json.
 
   python -m evals.efficiency --workdir=DIR [--mode=train|infer] [--steps=20] [--interval=0.1]
-      [--quant=none|8|4] [--batch=1 --prompt_len=64 --new_tokens=64]
+      [--quant=none|8|4|4a8] [--batch=1 --prompt_len=64 --new_tokens=64]
 
 Train mode rebuilds DIR's model from DIR/config.json with DIR's newest parameters (or a fresh
 initialization) and times `--steps` training steps on DIR's data, each one run to completion.
@@ -22,6 +22,7 @@ from absl import flags
 
 from efficiency import cli
 from efficiency.config import resolve
+from efficiency.serving.loading import QUANT_CHOICES, quant_setting
 from efficiency.serving.measure import measure_infer
 from efficiency.train.measure import measure_train
 from efficiency.workdir import files
@@ -34,7 +35,8 @@ _STEPS = flags.DEFINE_integer(
     "steps", 20, "Measured iterations: train steps (after 2 warm-up steps) or infer requests."
 )
 _INTERVAL = flags.DEFINE_float("interval", 0.1, "Seconds between memory/power samples.")
-_QUANT = flags.DEFINE_enum("quant", "none", ["none", "8", "4"], "infer: weight bits of the model.")
+_QUANT = flags.DEFINE_enum("quant", "none", list(QUANT_CHOICES),
+                           "infer: weight bits of the model; 4a8: int4 on int8 activations.")
 _QUANT_EMBEDDING = flags.DEFINE_string(
     "quant_embedding", "none", "infer, with --quant: the embedding table as none, int8, int4.")
 _BATCH = flags.DEFINE_integer("batch", 1, "infer: prompts per request.")
@@ -53,9 +55,10 @@ def main(argv: list[str]) -> None:
     config = resolve(files.load_config(workdir), jax.device_count(), jax.process_count())
     report = measure_train(workdir, config, _STEPS.value, _INTERVAL.value)
   else:
-    quant_bits = None if _QUANT.value == "none" else int(_QUANT.value)
+    quant_bits, int4_activations = quant_setting(_QUANT.value)
     report = measure_infer(workdir, _STEPS.value, _INTERVAL.value, quant_bits, _BATCH.value,
-                           _PROMPT_LEN.value, _NEW_TOKENS.value, _QUANT_EMBEDDING.value)
+                           _PROMPT_LEN.value, _NEW_TOKENS.value, _QUANT_EMBEDDING.value,
+                           int4_activations)
   path = workdir / files.EFFICIENCY
   files.write_json_atomic(path, {**files.read_json(path), _MODE.value: report})
   for name, m in report["metrics"].items():

@@ -2,15 +2,16 @@
 
   python -m evals.generate --workdir=DIR --prompt=TEXT [--prompt=TEXT ...]
       [--max_new_tokens=64 --temperature=1 --top_k=0 --top_p=1 --seed=0 --batch=8]
-      [--draft=DIR2 --gamma=5] [--quant=8|4] [--report=FILE] [--stream=N]
+      [--draft=DIR2 --gamma=5] [--quant=8|4|4a8] [--report=FILE] [--stream=N]
 
 Prompts are decoded in batches of --batch rows (right-padded; each row at its own positions),
 each batch one jitted program on device (prefill, generation and sampling; rows stop at EOS) and
 one read of its tokens. With --draft, the draft model proposes --gamma tokens per round and the
 target verifies them in one pass, every row accepting its own number; the output distribution is
 the target's. With --quant, the target is converted to int8 (AQT serving) or packed int4 weights
-first and decodes through the same path. --report writes tokens/s (decoding only, compilation
-excluded), the batch and, with --draft, the acceptance and the calls per model as JSON.
+(`4a8`: int4 weights on int8 activations, W4A8) first and decodes through the same path.
+--report writes tokens/s (decoding only, compilation excluded), the batch and, with --draft, the
+acceptance and the calls per model as JSON.
 --stream=N prints each batch's text as it decodes, N tokens at a time (one read of the device
 per N tokens; rows of a batch as `[i] text` lines); it takes neither --draft nor --report.
 """
@@ -24,7 +25,12 @@ from absl import flags
 from efficiency import cli
 from efficiency.errors import ConfigError
 from efficiency.serving.generate import check_context, run, stream
-from efficiency.serving.loading import check_same_tokenizer, load_model
+from efficiency.serving.loading import (
+  QUANT_CHOICES,
+  check_same_tokenizer,
+  load_model,
+  quant_setting,
+)
 from efficiency.serving.sampling import Sampling
 from efficiency.serving.speculation import check_gamma
 from efficiency.serving.speculative import speculate
@@ -40,7 +46,8 @@ _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Prompts decoded together.")
 _DRAFT = flags.DEFINE_string("draft", None, "A draft model's workdir: speculative decoding.")
 _GAMMA = flags.DEFINE_integer("gamma", 5, "Draft tokens per verification (with --draft).")
-_QUANT = flags.DEFINE_enum("quant", "none", ["none", "8", "4"], "Weight bits of the target.")
+_QUANT = flags.DEFINE_enum("quant", "none", list(QUANT_CHOICES),
+                           "Weight bits of the target; 4a8: int4 on int8 activations.")
 _QUANT_EMBEDDING = flags.DEFINE_string(
     "quant_embedding", "none", "With --quant: the target's embedding table as none, int8, int4.")
 _REPORT = flags.DEFINE_string("report", None, "Write tokens/s (and acceptance) as JSON here.")
@@ -59,8 +66,8 @@ def main(argv: list[str]) -> None:
     raise ConfigError(f"stream={_STREAM.value} must be >= 0 (0: off)")
   if _STREAM.value and (_DRAFT.value or _REPORT.value):
     raise ConfigError("--stream takes neither --draft nor --report; run without it for those")
-  quant_bits = None if _QUANT.value == "none" else int(_QUANT.value)
-  target = load_model(_WORKDIR.value, quant_bits, _QUANT_EMBEDDING.value)
+  quant_bits, int4_activations = quant_setting(_QUANT.value)
+  target = load_model(_WORKDIR.value, quant_bits, _QUANT_EMBEDDING.value, int4_activations)
   tokenizer = tokenizer_of(target.config)
   sampling = Sampling(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value)
   prompts = [tokenizer.encode(p) for p in _PROMPT.value]

@@ -9,14 +9,21 @@ import jax.numpy as jnp
 import ml_collections
 
 from efficiency.model import adapter
-from efficiency.quant import table
-from efficiency.quant.einsum import int32_einsum, make_einsum, two_rows_on_cpu, weight_storage
+from efficiency.quant import int8_activations, table
+from efficiency.quant.einsum import (
+  int32_einsum,
+  make_einsum,
+  on_int8_activations,
+  two_rows_on_cpu,
+  weight_storage,
+)
 from efficiency.quant.pack import (
   dequantize_codes,
   dequantize_int4,
   matrix_shape,
   num_groups,
   quantize_int4,
+  unpack_int4,
 )
 
 Dtype = jnp.dtype
@@ -114,6 +121,8 @@ class Projection(nn.Module):
           lambda spec, v: adapter.adapted(spec, v, params, shape, einsum),
       )
       return self._add_bias(y)
+    if storage == "int4" and on_int8_activations(self.quant) and int8_activations.fits(self.spec):
+      return self._add_bias(self._on_int8_activations(x))
     if storage == "int4":
       kernel = self._int4_kernel()
     elif storage == "int4_convert":
@@ -155,14 +164,34 @@ class Projection(nn.Module):
     self.put_variable("params", "kernel_scale", scale.astype(self.param_dtype))
     return self._int4_kernel()
 
-  def _int4_kernel(self) -> jnp.ndarray:
-    """The kernel dequantized from packed int4 values `kernel_int4` and `kernel_scale`, or
-    from the jnp.int4 values `kernel_s4` the decode form holds instead (serving.unpack)."""
+  def _int4_scale(self) -> jnp.ndarray:
     k, m = matrix_shape(self.spec, tuple(self.kernel_shape))
     groups = num_groups(k, self.quant.group_size)
-    scale = self.param("kernel_scale", nn.initializers.ones, (groups, m), self.param_dtype)
-    if self.has_variable("params", "kernel_s4"):
-      codes = self.get_variable("params", "kernel_s4")
+    return self.param("kernel_scale", nn.initializers.ones, (groups, m), self.param_dtype)
+
+  def _on_int8_activations(self, x: jnp.ndarray) -> jnp.ndarray:
+    """The int4 kernel's product on int8 activations (`quant.int4_activations=int8`): its codes
+    as int8 values, `kernel_s8` in the decode form (serving.unpack), else unpacked here."""
+    scale = self._int4_scale()
+    if self.has_variable("params", "kernel_s8"):
+      codes_KM = self.get_variable("params", "kernel_s8")
+    else:
+      k, m = matrix_shape(self.spec, tuple(self.kernel_shape))
+      codes_KM = unpack_int4(self.param("kernel_int4", nn.initializers.zeros, (k // 2, m),
+                                        jnp.uint8))
+    return int8_activations.product(self.spec, x, codes_KM, scale.astype(jnp.float32),
+                                    tuple(self.kernel_shape), self.dtype,
+                                    two_rows_on_cpu(int32_einsum))
+
+  def _int4_kernel(self) -> jnp.ndarray:
+    """The kernel dequantized from packed int4 values `kernel_int4` and `kernel_scale`, or
+    from the jnp.int4 (`kernel_s4`) or int8 (`kernel_s8`) values the decode form holds instead
+    (serving.unpack)."""
+    k, m = matrix_shape(self.spec, tuple(self.kernel_shape))
+    scale = self._int4_scale()
+    held = [n for n in ("kernel_s4", "kernel_s8") if self.has_variable("params", n)]
+    if held:  # jnp.int4 values, or int8 ones for a layer that stays weight-only under W4A8
+      codes = self.get_variable("params", held[0])
       return dequantize_codes(codes, scale, self.spec, tuple(self.kernel_shape), self.dtype)
     packed = self.param("kernel_int4", nn.initializers.zeros, (k // 2, m), jnp.uint8)
     return dequantize_int4(packed, scale, self.spec, tuple(self.kernel_shape), self.dtype)
@@ -193,9 +222,10 @@ class Embed(nn.Module):
   float unless `quant.logits` is set. A served model with `quant.embedding` int8 or int4 holds
   the table as codes `embedding_int8` / `embedding_int4` with per-row (or, int4, per-group)
   float32 scales `embedding_scale` (efficiency.quant.table). Its logits are weight-only
-  (activations stay float, `quant.logits` or not), except an int8 table in a model served int8
-  (`quant.serve=int8`): there the logits quantize each token's activations to int8, as the int8
-  kernels do, and run an int8 product summed in int32."""
+  (activations stay float, `quant.logits` or not), except a table with one scale per row in a
+  model whose kernels run on int8 activations (served int8, or int4 with
+  `quant.int4_activations=int8`): there the logits quantize each token's activations to int8, as
+  those kernels do, and run an int8 product summed in int32."""
 
   vocab_size: int
   d_model: int
@@ -238,7 +268,8 @@ class Embed(nn.Module):
     bits = self._bits()
     if bits is not None:
       on_int8 = table.logits_on_int8_activations(table.embedding_storage(self.quant),
-                                                 self.quant.get("serve", "none"))
+                                                 self.scale_VG.shape[-1],
+                                                 on_int8_activations(self.quant))
       int_einsum = token_major(two_rows_on_cpu(int32_einsum)) if on_int8 else None
       return table.logits(x_BTD, self.codes, self.scale_VG, bits, self.dtype,
                           token_major(jnp.einsum), int_einsum)

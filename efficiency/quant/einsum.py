@@ -8,9 +8,10 @@ activations) are quantized when `quant.attention` is true, in the forward pass w
 numerics; their gradients stay float (straight through).
 
 `quant.serve` says how a converted model stores quantized weights: `int8` as AQT-frozen int8
-values and scales in the params tree (`.../aqt/...`), `int4` as packed nibbles with scales
-(weight-only; the matmul runs in float). `int8_convert` and `int4_convert` are the passes that
-read the float kernels and write those trees (see efficiency.serving.export).
+values and scales in the params tree (`.../aqt/...`), `int4` as packed nibbles with scales (the
+matmul runs in float, or, with `quant.int4_activations=int8`, on int8 activations against the
+int4 codes: efficiency.quant.int8_activations). `int8_convert` and `int4_convert` are the passes
+that read the float kernels and write those trees (see efficiency.serving.export).
 
 On CPU a served int8 product of a single row (a batch-1 decode step) runs over that row twice
 (`two_rows_on_cpu`): XLA's CPU backend computes a one-row int8 product by converting the whole
@@ -33,6 +34,7 @@ from efficiency.quant import QUANT_MODES
 
 Einsum = Callable[[str, jnp.ndarray, jnp.ndarray], jnp.ndarray]
 SERVE_MODES = ("none", "int8", "int4", "int8_convert", "int4_convert")
+INT4_ACTIVATIONS = ("float", "int8")  # the choices of `quant.int4_activations`
 
 
 def layer_name(path: tuple[str, ...]) -> str:
@@ -65,6 +67,13 @@ def weight_storage(
   if logits or not is_quantized(quant, path) or quant.get("serve", "none") == "none":
     return "float"
   return quant.serve
+
+
+def on_int8_activations(quant: ml_collections.ConfigDict | None) -> bool:
+  """Whether a served model's quantized products run on int8 activations: served int8 (AQT),
+  or served int4 with `quant.int4_activations=int8`."""
+  serve = "none" if quant is None else quant.get("serve", "none")
+  return serve == "int8" or (serve == "int4" and quant.get("int4_activations", "float") == "int8")
 
 
 def make_einsum(

@@ -8,9 +8,10 @@ Values are round(w / scale), scale = max |w| / (127 or 7) over the row or group.
 Both uses of the table read the codes: the lookup of row v dequantizes only the rows it
 gathers, codes[v] * scale[v]; the tied logits are (x @ codes^T) * scale[v] when a row has one
 scale (a group-scaled int4 table is dequantized first, as int4 kernels are). Given an integer
-einsum (a model served int8 passes one), an int8 table's logits quantize the activations too, as
-the int8 kernels do: each token's x to int8 with its own scale s_t = max |x_t| / 127, then
-(q_t @ codes^T) in int32 times s_t * scale[v], so no float copy of the table is made.
+einsum (a model whose kernels run on int8 activations passes one), the logits of a table with
+one scale per row quantize the activations too, as those kernels do: each token's x to int8
+with its own scale s_t = max |x_t| / 127, then (q_t @ codes^T) in int32 times s_t * scale[v],
+so no float copy of the table is made.
 """
 
 import jax.numpy as jnp
@@ -30,10 +31,12 @@ def embedding_storage(quant: ml_collections.ConfigDict | None) -> str:
   return "none" if quant is None else quant.get("embedding", "none")
 
 
-def logits_on_int8_activations(embedding: str, serve: str) -> bool:
-  """Whether a table stored per `embedding` computes its tied logits on int8 activations: an
-  int8 table in a model served int8 (`serve`, the `quant.serve` value), as its kernels do."""
-  return embedding == "int8" and serve == "int8"
+def logits_on_int8_activations(embedding: str, groups: int, int8_kernels: bool) -> bool:
+  """Whether a table stored per `embedding` with `groups` scales per row computes its tied
+  logits on int8 activations: an int8 table, or an int4 one with one scale per row, in a model
+  whose kernels run on int8 activations (`int8_kernels`: served int8, or int4 with
+  `quant.int4_activations=int8`), as its kernels do."""
+  return embedding in BITS and groups == 1 and int8_kernels
 
 
 def check_mode(field: str, embedding: str) -> None:
@@ -112,11 +115,12 @@ def logits(
     einsum=jnp.einsum, int_einsum=None,
 ) -> jnp.ndarray:
   """Tied logits [B, T, V] against the table: (x @ codes^T) * scale[v] when each row has one
-  scale, else x @ (the dequantized table)^T. With `int_einsum` (int8 operands, int32 result), an
-  int8 table's logits are (int8(x) @ codes^T) * s_t * scale[v], s_t each token's scale."""
-  if int_einsum is not None and bits == 8:
+  scale, else x @ (the dequantized table)^T. With `int_einsum` (int8 operands, int32 result), a
+  table with one scale per row gives (int8(x) @ codes^T) * s_t * scale[v], s_t each token's
+  scale."""
+  if int_einsum is not None and scale_VG.shape[-1] == 1:
     q_BTD, s_BT1 = int8_rows(x_BTD)
-    y_BTV = int_einsum(TIED_LOGITS_SPEC, q_BTD, codes)
+    y_BTV = int_einsum(TIED_LOGITS_SPEC, q_BTD, codes_of(codes, bits))
     return (y_BTV.astype(jnp.float32) * s_BT1 * scale_VG[:, 0]).astype(dtype)
   if scale_VG.shape[-1] > 1:
     return einsum(TIED_LOGITS_SPEC, x_BTD.astype(dtype), dequantize(codes, scale_VG, bits, dtype))

@@ -2,9 +2,10 @@
 
 int8 runs AQT's CONVERT pass, which freezes every quantized kernel as int8 values with
 per-channel scales under `.../aqt/` in the params tree; the served model (quant.serve=int8) reads
-them in AQT's SERVE mode and quantizes activations on the fly. int4 is weight-only: kernels are
-packed two values per byte (`kernel_int4`) with per-channel or per-group scales (`kernel_scale`)
-and dequantized for a float matmul. With `embedding` int8 or int4 (`quant.embedding`) the token
+them in AQT's SERVE mode and quantizes activations on the fly. int4 kernels are packed two values
+per byte (`kernel_int4`) with per-channel or per-group scales (`kernel_scale`) and dequantized
+for a float matmul (weight-only), or, with `int4_activations=int8`, multiplied as int8 codes
+with int8 activations (W4A8). With `embedding` int8 or int4 (`quant.embedding`) the token
 embedding table is stored as per-row int8 or packed int4 codes with float32 scales
 (efficiency.quant.table); it serves the lookup and the tied logits. An untied model's `unembed`
 projection keeps float weights. Excluded layers, the float table, position tables and norms keep
@@ -23,6 +24,7 @@ import ml_collections
 from efficiency.errors import ConfigError
 from efficiency.model.transformer import make_model
 from efficiency.quant import table
+from efficiency.quant.einsum import INT4_ACTIVATIONS
 from efficiency.workdir.restore import TrainedModel, restore
 
 BITS = (8, 4)
@@ -31,13 +33,13 @@ DTYPES = ("bfloat16", "float16", "float32")
 
 def serve_config(
     config: ml_collections.ConfigDict, bits: int, dtype: str, group_size: int, serve: str,
-    embedding: str = "none",
+    embedding: str = "none", int4_activations: str = "float",
 ) -> ml_collections.ConfigDict:
   """A copy of `config` whose model stores weights per `serve`, its embedding table per
-  `embedding` and float parts in `dtype`."""
+  `embedding`, float parts in `dtype`, and (int4) runs on `int4_activations`."""
   config = ml_collections.ConfigDict(config.to_dict())
   config.quant.update(mode="int8" if bits == 8 else "none", serve=serve, group_size=group_size,
-                      embedding=embedding)
+                      embedding=embedding, int4_activations=int4_activations)
   config.model.param_dtype = dtype
   return config
 
@@ -62,11 +64,20 @@ def _cast_floats(tree: dict, dtype: jnp.dtype) -> dict:
   return jax.tree_util.tree_map_with_path(cast, tree)
 
 
-def check_conversion(bits: int, dtype: str, group_size: int, embedding: str = "none") -> None:
+def check_conversion(
+    bits: int, dtype: str, group_size: int, embedding: str = "none",
+    int4_activations: str = "float",
+) -> None:
   """The conversion's settings: bits in BITS, dtype in DTYPES, group_size 0 or more, embedding
-  (the table's storage) in EMBEDDING_MODES."""
+  (the table's storage) in EMBEDDING_MODES, int4_activations in INT4_ACTIVATIONS (int8 only
+  with int4 weights: int8 weights always run on int8 activations)."""
   if bits not in BITS:
     raise ConfigError(f"bits={bits!r} is invalid; valid choices: {list(BITS)}")
+  if int4_activations not in INT4_ACTIVATIONS:
+    raise ConfigError(f"int4_activations={int4_activations!r} is invalid; valid choices: "
+                      f"{list(INT4_ACTIVATIONS)}")
+  if int4_activations != "float" and bits != 4:
+    raise ConfigError(f"int4_activations={int4_activations!r} needs bits=4, got bits={bits}")
   if dtype not in DTYPES:
     raise ConfigError(f"dtype={dtype!r} is invalid; valid choices: {list(DTYPES)}")
   if group_size < 0:
@@ -84,11 +95,12 @@ def _quantize_table(params: dict, bits: int, group_size: int) -> dict:
 
 def convert(
     trained: TrainedModel, bits: int, dtype: str = "bfloat16", group_size: int = 0,
-    embedding: str = "none",
+    embedding: str = "none", int4_activations: str = "float",
 ) -> TrainedModel:
   """The served model of `trained` at `bits` (8 or 4), its embedding table per `embedding`
-  (none: float), float parts in `dtype`."""
-  check_conversion(bits, dtype, group_size, embedding)
+  (none: float), float parts in `dtype`; int4 on `int4_activations` (float: weight-only; int8:
+  W4A8, efficiency.quant.int8_activations)."""
+  check_conversion(bits, dtype, group_size, embedding, int4_activations)
   base = trained.config
   if base.quant.get("serve", "none") != "none":
     raise ConfigError(f"the model is already converted (quant.serve={base.quant.serve!r})")
@@ -111,7 +123,7 @@ def convert(
   if embedding != "none":
     params = _quantize_table(params, table.BITS[embedding], group_size)
   params = _cast_floats(params, jnp.dtype(dtype))
-  config = serve_config(base, bits, dtype, group_size, serve, embedding)
+  config = serve_config(base, bits, dtype, group_size, serve, embedding, int4_activations)
   return dataclasses.replace(trained, config=config, model=make_model(config), params=params)
 
 
@@ -125,11 +137,11 @@ def cast_float(trained: TrainedModel, dtype: str) -> TrainedModel:
 
 def load_quantized(
     workdir: str, bits: int, dtype: str = "bfloat16", group_size: int = 0,
-    embedding: str = "none",
+    embedding: str = "none", int4_activations: str = "float",
 ) -> TrainedModel:
   """Restores `workdir`'s newest checkpoint and converts it to `bits`, its table per
-  `embedding` (the decoder's loader)."""
-  return convert(restore(workdir), bits, dtype, group_size, embedding)
+  `embedding`, int4 on `int4_activations` (the decoder's loader)."""
+  return convert(restore(workdir), bits, dtype, group_size, embedding, int4_activations)
 
 
 def weight_bytes(params: dict) -> int:

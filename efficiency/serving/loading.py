@@ -12,15 +12,30 @@ from efficiency.serving import export
 from efficiency.train.inputs import tokenizer_config
 from efficiency.workdir.restore import TrainedModel, restore
 
+# The decoding CLIs' --quant: weight bits, and `4a8` for int4 weights on int8 activations (W4A8).
+QUANT_CHOICES = ("none", "8", "4", "4a8")
+
+
+def quant_setting(value: str) -> tuple[int | None, str]:
+  """(weight bits or None, int4 activations) of a --quant value in QUANT_CHOICES."""
+  if value not in QUANT_CHOICES:
+    raise ConfigError(f"quant={value!r} is invalid; valid choices: {list(QUANT_CHOICES)}")
+  if value == "none":
+    return None, "float"
+  return int(value[0]), "int8" if value == "4a8" else "float"
+
 
 def load_model(
-    workdir: str | Path, quant_bits: int | None = None, embedding: str = "none"
+    workdir: str | Path, quant_bits: int | None = None, embedding: str = "none",
+    int4_activations: str = "float",
 ) -> TrainedModel:
   """A workdir's newest checkpoint (ConfigError if it has none), converted to int8 or packed int4
-  weights when `quant_bits` is 8 or 4, its embedding table stored per `embedding`."""
+  weights when `quant_bits` is 8 or 4, its embedding table stored per `embedding`, int4 on
+  `int4_activations`."""
   check_embedding(quant_bits, embedding)
   if quant_bits:
-    return export.load_quantized(workdir, quant_bits, embedding=embedding)
+    return export.load_quantized(workdir, quant_bits, embedding=embedding,
+                                 int4_activations=int4_activations)
   return restore(workdir)
 
 

@@ -26,13 +26,15 @@ from efficiency.workdir.restore import restore
 def measure_infer(
     workdir: str | Path, requests: int, interval_s: float, quant_bits: int | None, batch: int,
     prompt_len: int, new_tokens: int, quant_embedding: str = "none",
+    int4_activations: str = "float",
 ) -> dict:
   """The `infer` section of efficiency.json: `requests` greedy generations of `new_tokens`
   tokens for `batch` prompts of `prompt_len` tokens from the run's validation split (AMU, PCU,
   AL, IT, AEC, MCR) and the bytes of the KV cache a request allocates (windowed entries as
   rings). With `quant_bits`, MCR is measured against the model in bf16 on the eval batches;
   otherwise it comes from the workdir's quant_report.json, if any. `quant_embedding` stores the
-  converted model's embedding table as int8 or int4 (efficiency.quant.table)."""
+  converted model's embedding table as int8 or int4 (efficiency.quant.table);
+  `int4_activations=int8` serves int4 weights on int8 activations."""
   if min(batch, prompt_len, new_tokens) < 1:
     raise ConfigError(
         f"batch={batch}, prompt_len={prompt_len} and new_tokens={new_tokens} must all be >= 1"
@@ -40,8 +42,8 @@ def measure_infer(
   check_embedding(quant_bits, quant_embedding)
   workdir = Path(workdir)
   trained = restore(workdir)
-  served = (export.convert(trained, quant_bits, embedding=quant_embedding) if quant_bits
-            else trained)
+  served = (export.convert(trained, quant_bits, embedding=quant_embedding,
+                           int4_activations=int4_activations) if quant_bits else trained)
   eval_batches = load_inputs(trained.config, train=False).eval_batches
   rows = np.concatenate([b["inputs"] for b in eval_batches])
   if rows.shape[1] < prompt_len:
@@ -74,7 +76,9 @@ def measure_infer(
   return {
       "mode": "infer",
       "requests": requests,
-      "model": f"int{quant_bits} weights, {quant_embedding} embedding table "
+      "model": f"int{quant_bits} weights"
+      f"{' on int8 activations' if int4_activations == 'int8' else ''}, "
+      f"{quant_embedding} embedding table "
       "(efficiency.serving.export)" if quant_bits else "as trained",
       "batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens,
       "kv_cache_bytes": kv_cache_bytes(served.model, batch, prompt_len, new_tokens),

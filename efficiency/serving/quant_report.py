@@ -45,15 +45,19 @@ def compression(before: TrainedModel, after: TrainedModel, batches: list[Batch])
   }
 
 
-def embedding_scheme(embedding: str, group_size: int, bits: int) -> str:
-  """How the served table is stored (quant.embedding) and how its tied logits run under
-  kernels of `bits`."""
+def embedding_scheme(
+    embedding: str, group_size: int, bits: int, d_model: int, int4_activations: str = "float"
+) -> str:
+  """How the served table [V, d_model] is stored (quant.embedding) and how its tied logits run
+  under kernels of `bits` (int4 on `int4_activations`)."""
   if embedding == "none":
     return "float table in the served dtype"
   scales = f"scales per {group_size} entries of a row" if embedding == "int4" and group_size \
       else "per-row scales"
   logits = ("tied logits on int8 activations (per-token scales), int32 sums"
-            if table.logits_on_int8_activations(embedding, f"int{bits}")
+            if table.logits_on_int8_activations(
+                embedding, table.scale_groups(table.BITS[embedding], d_model, group_size),
+                bits == 8 or int4_activations == "int8")
             else "tied logits are weight-only")
   return (f"{embedding} codes ({'packed two per byte, ' if embedding == 'int4' else ''}"
           f"float32 {scales}); lookup dequantizes gathered rows, {logits}")
@@ -81,13 +85,14 @@ def _variant(measured: dict, after: TrainedModel, embedding: str, speed: dict) -
 def quant_report(
     trained: TrainedModel, bits: int, dtype: str, group_size: int, batches: list[Batch],
     prompt_BP: jnp.ndarray, new_tokens: int, embedding: str = "none",
+    int4_activations: str = "float",
 ) -> dict:
   """The quant_report.json fields for `trained` converted to `bits`, its table per
-  `embedding`."""
+  `embedding`, int4 on `int4_activations`."""
   before = export.cast_float(trained, "bfloat16")
-  after = export.convert(trained, bits, dtype, group_size, embedding)
+  after = export.convert(trained, bits, dtype, group_size, embedding, int4_activations)
   other_embedding = f"int{bits}" if embedding == "none" else "none"
-  other = export.convert(trained, bits, dtype, group_size, other_embedding)
+  other = export.convert(trained, bits, dtype, group_size, other_embedding, int4_activations)
   measured = compression(before, after, batches)
   speed = {name: decode_speed(m.model, m.params, prompt_BP, new_tokens)
            for name, m in (("before", before), ("after", after), ("other", other))}
@@ -102,12 +107,15 @@ def quant_report(
   q = measured["quality"]
   return {
       "bits": bits, "dtype": dtype, "group_size": group_size, "embedding": embedding,
-      "step": trained.step,
+      "int4_activations": int4_activations if bits == 4 else "int8", "step": trained.step,
       "scheme": "int8: AQT CONVERT/SERVE (int8 weights, per-channel scales; activations int8 "
                 "on the fly)" if bits == 8 else
-                "int4: weight-only, symmetric, packed two per byte, "
+                ("int4: weight-only" if int4_activations == "float" else
+                 "int4 on int8 activations (W4A8: per-token activation scales, int32 sums)")
+                + ", symmetric, packed two per byte, "
                 + (f"scales per {group_size} rows" if group_size else "per-channel scales"),
-      "embedding_scheme": embedding_scheme(embedding, group_size, bits),
+      "embedding_scheme": embedding_scheme(embedding, group_size, bits,
+                                           trained.config.model.d_model, int4_activations),
       "weight_bytes": {**measured["weight_bytes"], "table_before": table_bytes(before.params),
                        "table_after": table_bytes(after.params)},
       "eval_loss": {"before": q["before"]["eval_loss"], "after": q["after"]["eval_loss"],

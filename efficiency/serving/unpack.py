@@ -20,6 +20,13 @@ once per request, inside the jitted program and before the decode loop (`quant.i
 (`quant.embedding=int4`) unpacks once per request into a float table; an int8 table stays int8
 in the loop (its lookup gathers int8 rows, its logits are (x @ codes^T) * scale).
 
+A packed int4 model served on int8 activations (`quant.int4_activations=int8`, W4A8) takes a
+third form whatever `quant.int4_decode` says: its kernels unpack once per request into int8
+values of their codes (`kernel_s8`), which every step multiplies with int8 activations in int32
+(efficiency.quant.int8_activations), as a model served int8 does; an int4 table with one scale
+per row becomes the same int8 table, its logits on int8 activations too. The loop then reads 1
+byte per weight, where the `float` form reads the float weight dtype's.
+
 The third choice, unpacking the uint8 nibbles inside every step (shifts, masks, an interleave),
 made XLA on CPU turn the fused unpack and matrix-vector product into a plain loop: 0.14x of bf16
 (BENCHMARKS.md, Decoding). XLA converts `jnp.int4` values with one vectorized op instead.
@@ -35,7 +42,8 @@ import ml_collections
 
 from efficiency.model.layers import Projection
 from efficiency.quant import table
-from efficiency.quant.pack import dequantize_int4, int4_codes
+from efficiency.quant.einsum import on_int8_activations
+from efficiency.quant.pack import dequantize_int4, int4_codes, unpack_int4
 
 INT4_FORMS = ("auto", "s4", "float")
 
@@ -65,13 +73,14 @@ def _int4_layers(model: nn.Module) -> dict[tuple[str, ...], tuple[str, tuple[int
   return layers
 
 
-def _unpacked_model(model: nn.Module, kernels: bool, embedding: bool) -> nn.Module:
-  """`model` reading float kernels (`kernels`) and a float embedding table (`embedding`)."""
+def _unpacked_model(model: nn.Module, kernels: bool, embedding: str | None) -> nn.Module:
+  """`model` reading float kernels (`kernels`) and its embedding table as `embedding` (none:
+  float, int8) where that is given."""
   quant = dict(model.quant)
   if kernels:
     quant.update(serve="none", mode="none")
-  if embedding:
-    quant.update(embedding="none")
+  if embedding is not None:
+    quant.update(embedding=embedding)
   return model.clone(quant=ml_collections.FrozenConfigDict(quant))
 
 
@@ -102,6 +111,25 @@ def _unpack_table(model: nn.Module, params: dict) -> dict:
   codes, scale_VG = embed.pop("embedding_int4"), embed.pop("embedding_scale")
   embed["embedding"] = table.dequantize(codes, scale_VG, 4, jnp.dtype(model.config.param_dtype))
   return {**params, "embed": embed}
+
+
+def _int8_table(params: dict) -> dict:
+  """The params with a packed int4 table of one scale per row as the int8 table of its codes."""
+  embed = dict(params["embed"])
+  embed["embedding_int8"] = table.codes_of(embed.pop("embedding_int4"), 4)
+  return {**params, "embed": embed}
+
+
+def _int8_codes(params: dict) -> dict:
+  """The params with each packed `kernel_int4` as the int8 values of its codes, `kernel_s8`
+  [K, M] (layers stacked by `scan_layers` one by one); scales unchanged."""
+  out = {}
+  for name, value in params.items():
+    if name == "kernel_int4":
+      out["kernel_s8"] = jax.vmap(unpack_int4)(value) if value.ndim == 3 else unpack_int4(value)
+    else:
+      out[name] = _int8_codes(value) if isinstance(value, dict) else value
+  return out
 
 
 def _int4_kernels(params: dict) -> dict:
@@ -135,17 +163,24 @@ def _layer_by_layer(model: nn.Module) -> nn.Module:
 def decode_form(model: nn.Module) -> tuple[nn.Module, Callable[[dict], dict]]:
   """The model the decode loop runs and how its params get there (traced under jit)."""
   kernels = model.quant is not None and model.quant.get("serve", "none") == "int4"
-  to_float = kernels and int4_form(model.quant) == "float"
-  embedding = table.embedding_storage(model.quant) == "int4"
+  int8_acts = kernels and on_int8_activations(model.quant)
+  to_float = kernels and not int8_acts and int4_form(model.quant) == "float"
+  int4_table = table.embedding_storage(model.quant) == "int4"
+  table_to_int8 = int4_table and int8_acts and not model.quant.get("group_size", 0)
   scanned = model.config.scan_layers
 
   def unpack(params: dict) -> dict:
-    if kernels:
+    if int8_acts:
+      params = _int8_codes(params)
+    elif kernels:
       params = _float_kernels(model, params) if to_float else _int4_kernels(params)
-    if embedding:
+    if table_to_int8:
+      params = _int8_table(params)
+    elif int4_table:
       params = _unpack_table(model, params)
     return _unstack_layers(params, model.config.num_layers) if scanned else params
 
   if model.quant is not None:
+    embedding = ("int8" if table_to_int8 else "none") if int4_table else None
     model = _unpacked_model(model, to_float, embedding)
   return (_layer_by_layer(model) if scanned else model), unpack
