@@ -58,10 +58,23 @@ def test_device_sampler_matches_reference(sampling):
 
 
 def test_greedy_sampler_is_argmax():
+  """Greedy takes numpy's argmax: the first of tied maxima, the first NaN, also over a
+  one-hot row; compiled as plain reductions (no (value, index) reduce, which XLA's CPU backend
+  runs as a scalar loop)."""
   logits_BV = np.random.default_rng(1).normal(size=(16, 9)).astype(np.float32)
+  logits_BV[3, [2, 6]] = logits_BV[3].max() + 1  # a tie: the first wins
+  logits_BV[5, [4, 7]] = np.nan
+  logits_BV[6] = -np.inf
   keys = jax.random.split(jax.random.key(0), 16)
-  np.testing.assert_array_equal(device_sampling.sample(keys, logits_BV, GREEDY),
-                                logits_BV.argmax(-1))
+  got_B = device_sampling.sample(keys, logits_BV, GREEDY)
+  assert got_B.dtype == jnp.int32
+  np.testing.assert_array_equal(got_B, logits_BV.argmax(-1))
+  assert got_B[3] == 2 and got_B[5] == 4 and got_B[6] == 0
+  one_hot_BV = device_sampling.probabilities(jnp.asarray(logits_BV[:3]), GREEDY)
+  np.testing.assert_array_equal(device_sampling.draw(keys[:3], one_hot_BV, one_hot=True),
+                                logits_BV[:3].argmax(-1))
+  hlo = jax.jit(device_sampling.argmax).lower(logits_BV).compile().as_text()
+  assert not re.search(r"= \(f32\[16\]\S*, s32\[16\]\S*\) reduce\(", hlo), hlo
 
 
 @pytest.mark.parametrize("attention", ["gqa", *(pytest.param(a, marks=pytest.mark.slow)
@@ -188,7 +201,8 @@ def test_decode_steps_read_kernels_and_caches_as_stored():
   """No decode step copies a kernel or the KV cache into another layout: the attention output
   kernel [N, H, D] contracts over N and H as one axis (layers.merged_contraction_einsum), and the
   heads-major cache [B, K, S, H] is what the score and value products read (a [B, S, K, H]
-  cache was copied into [B, K, S, H] and [B, K, H, S] in every step)."""
+  cache was copied into [B, K, S, H] and [B, K, H, S] in every step), and the tied logits
+  multiply the table transposed once per request to [D, V] (serving.unpack)."""
   model, params = make_model("gqa", "rope")
   n, h, d = params["layers"]["attn"]["out"]["kernel"].shape[1:]
   k = model.config.num_kv_heads
@@ -206,6 +220,9 @@ def test_decode_steps_read_kernels_and_caches_as_stored():
   steps = hlo[: hlo.index("\nENTRY")]  # every computation but the request's entry, which
   assert "while" in hlo and not re.search(  # copies the zeroed cache in once
       rf"= f32\[2,{k},{s},{h}\]\S* (transpose|copy)\(", steps)
+  v, dm = params["embed"]["embedding"].shape  # the tied logits multiply the table stored
+  assert f"{dm},{v}" in made and "embed.attend/td,dv->tv" in steps  # [D, V], transposed once
+  assert "td,vd->tv" not in hlo
 
 
 @pytest.mark.parametrize("chunk, sampling, stop", [(3, Sampling(1.0, top_k=6), True),
