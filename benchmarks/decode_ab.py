@@ -1,16 +1,12 @@
-"""Greedy on-device decoding with one decode-program choice reverted, against the current one,
-in one process (compiled side by side, run in turns; ratios).
+"""Greedy on-device decoding with `jnp.argmax` against `device_sampling.argmax` (two plain
+reductions), in one process (both programs compiled side by side, run in turns; ratios).
 
   python benchmarks/decode_ab.py [--shapes default,4x512] [--batches 1,8] [--rounds 5]
       [--new_tokens 64] [--prompt_tokens 64]
 
-Choices (`--choices`, each against the current program):
-- `argmax`: greedy with `jnp.argmax` instead of `device_sampling.argmax` (two plain reductions);
-- `table`: the tied table multiplied as stored, [vocab, d_model], instead of transposed once
-  per request to [d_model, vocab] (`serving.unpack`).
-Models have random weights (configs/default.py at each shape; decoding speed does not depend
-on the values: every request generates exactly --new_tokens tokens, no EOS stop), prompts are
-random token ids. Prints one JSON line per shape, batch and choice.
+Models have random weights (configs/default.py at each shape; decoding speed does not depend on
+the values: every request generates exactly --new_tokens tokens, no EOS stop), prompts are
+random token ids. Prints one JSON line per shape and batch, then batch 8 over batch 1 per arm.
 """
 
 import argparse
@@ -25,7 +21,7 @@ import numpy as np
 
 from configs.default import get_config
 from efficiency.model.transformer import make_model
-from efficiency.serving import device_sampling, unpack
+from efficiency.serving import device_sampling
 from efficiency.serving import generate as generate_lib
 from efficiency.serving.sampling import Sampling
 from efficiency.workdir.restore import TrainedModel
@@ -34,10 +30,8 @@ SHAPES = {
     "default": {},
     "4x512": {"num_layers": 4, "d_model": 512, "num_heads": 8, "num_kv_heads": 4, "d_ff": 1536},
 }
-WHERE = {"argmax": (device_sampling, "argmax"), "table": (unpack, "_transposed_table")}
-CURRENT = {choice: getattr(*where) for choice, where in WHERE.items()}
-REVERTED = {"argmax": lambda x_BV: jnp.argmax(x_BV, axis=-1).astype(jnp.int32),
-            "table": lambda params: params}
+ARMS = {"jnp.argmax": lambda x_BV: jnp.argmax(x_BV, axis=-1).astype(jnp.int32),
+        "two reductions": device_sampling.argmax}
 
 
 def random_model(shape: str) -> TrainedModel:
@@ -50,16 +44,15 @@ def random_model(shape: str) -> TrainedModel:
   return TrainedModel(config, model, nn.meta.unbox(params["params"]), step=0, workdir=None)
 
 
-def compiled_request(m: TrainedModel, prompts: list[np.ndarray], new: int, choice: str,
-                     fn) -> tuple:
-  """The greedy request's compiled program with `choice` set to `fn`, and its arguments."""
-  setattr(*WHERE[choice], fn)
+def compiled_request(m: TrainedModel, prompts: list[np.ndarray], new: int, argmax) -> tuple:
+  """The greedy request's compiled program with `argmax` as the sampler's, and its arguments."""
+  device_sampling.argmax = argmax
   generate_lib._EXECUTABLES.clear()
   generate_lib.program.cache_clear()
   args, max_len = generate_lib._request(m.params, prompts, new, None, 0, 0)
-  program = generate_lib.program(m.model, Sampling(0.0), new, max_len)
-  compiled, _ = generate_lib.executable(program, *args)
-  setattr(*WHERE[choice], CURRENT[choice])
+  compiled, _ = generate_lib.executable(
+      generate_lib.program(m.model, Sampling(0.0), new, max_len), *args)
+  device_sampling.argmax = ARMS["two reductions"]
   return compiled, args
 
 
@@ -67,23 +60,21 @@ def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument("--shapes", default="default,4x512")
   parser.add_argument("--batches", default="1,8")
-  parser.add_argument("--choices", default="argmax,table")
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--new_tokens", type=int, default=64)
   parser.add_argument("--prompt_tokens", type=int, default=64)
   args = parser.parse_args()
   rng = np.random.default_rng(0)
+  shapes = args.shapes.split(",")
   batches = [int(b) for b in args.batches.split(",")]
   prompts = [rng.integers(1, 4000, size=args.prompt_tokens).astype(np.int32)
              for _ in range(max(batches))]
   programs = {}
-  for shape in args.shapes.split(","):
+  for shape in shapes:
     m = random_model(shape)
     for b in batches:
-      for choice in args.choices.split(","):
-        for arm, fn in (("reverted", REVERTED[choice]), ("current", CURRENT[choice])):
-          programs[(shape, b, choice, arm)] = compiled_request(m, prompts[:b], args.new_tokens,
-                                                               choice, fn)
+      for arm, argmax in ARMS.items():
+        programs[(shape, b, arm)] = compiled_request(m, prompts[:b], args.new_tokens, argmax)
   seconds = {key: [] for key in programs}
   tokens = {}
   for turn in range(args.rounds + 1):  # one warm-up turn
@@ -93,24 +84,19 @@ def main() -> None:
       if turn:
         seconds[key].append(time.perf_counter() - start)
   rate = {k: k[1] * args.new_tokens / statistics.median(v) for k, v in seconds.items()}
-  for shape, b, choice, arm in programs:
-    if arm == "current":
-      before = rate[(shape, b, choice, "reverted")]
+  for shape in shapes:
+    for b in batches:
+      old, new = rate[(shape, b, "jnp.argmax")], rate[(shape, b, "two reductions")]
       print(json.dumps({
-          "shape": shape, "batch": b, "choice": choice,
-          "reverted_tokens_per_s": before, "current_tokens_per_s": rate[(shape, b, choice, arm)],
-          "speedup": rate[(shape, b, choice, arm)] / before,
-          "same_tokens": bool(np.array_equal(tokens[(shape, b, choice, arm)],
-                                             tokens[(shape, b, choice, "reverted")]))}),
+          "shape": shape, "batch": b, "jnp_argmax_tokens_per_s": old,
+          "two_reductions_tokens_per_s": new, "speedup": new / old,
+          "same_tokens": bool(np.array_equal(tokens[(shape, b, "jnp.argmax")],
+                                             tokens[(shape, b, "two reductions")]))}),
           flush=True)
-  for shape in args.shapes.split(","):
-    if len(batches) > 1:
-      hi, lo = max(batches), min(batches)
-      for choice in args.choices.split(","):
-        for arm in ("reverted", "current"):
-          print(json.dumps({"shape": shape, "choice": choice, "arm": arm,
-                            f"batch{hi}_over_batch{lo}": rate[(shape, hi, choice, arm)]
-                            / rate[(shape, lo, choice, arm)]}), flush=True)
+    hi, lo = max(batches), min(batches)
+    for arm in ARMS:
+      print(json.dumps({"shape": shape, "arm": arm, f"batch{hi}_over_batch{lo}":
+                        rate[(shape, hi, arm)] / rate[(shape, lo, arm)]}), flush=True)
 
 
 if __name__ == "__main__":

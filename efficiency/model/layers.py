@@ -225,9 +225,7 @@ class Embed(nn.Module):
   (activations stay float, `quant.logits` or not), except a table with one scale per row in a
   model whose kernels run on int8 activations (served int8, or int4 with
   `quant.int4_activations=int8`): there the logits quantize each token's activations to int8, as
-  those kernels do, and run an int8 product summed in int32. The decode form of a float tied
-  table holds it transposed, `embedding_dv` [d_model, vocab] (serving.unpack), so the logits
-  multiply it as stored."""
+  those kernels do, and run an int8 product summed in int32."""
 
   vocab_size: int
   d_model: int
@@ -238,9 +236,6 @@ class Embed(nn.Module):
 
   def setup(self):
     storage = table.embedding_storage(self.quant)
-    if storage == "none" and self.has_variable("params", "embedding_dv"):
-      self.embedding_DV = self.get_variable("params", "embedding_dv")  # the decode form's
-      return
     if storage == "none":
       self.embedding = self.param(
           "embedding",
@@ -266,9 +261,6 @@ class Embed(nn.Module):
     bits = self._bits()
     if bits is not None:
       return table.lookup(self.codes, self.scale_VG, tokens_BT, bits, self.dtype)
-    if hasattr(self, "embedding_DV"):
-      x_DBT = jnp.take(self.embedding_DV, tokens_BT, axis=1)
-      return jnp.moveaxis(x_DBT, 0, -1).astype(self.dtype)
     return jnp.take(self.embedding, tokens_BT, axis=0).astype(self.dtype)
 
   @nn.compact
@@ -281,8 +273,6 @@ class Embed(nn.Module):
       int_einsum = token_major(two_rows_on_cpu(int32_einsum)) if on_int8 else None
       return table.logits(x_BTD, self.codes, self.scale_VG, bits, self.dtype,
                           token_major(jnp.einsum), int_einsum)
-    if hasattr(self, "embedding_DV"):
-      return token_major(jnp.einsum)("btd,dv->btv", x_BTD, self.embedding_DV.astype(self.dtype))
     einsum = token_major(make_einsum(self, self.quant, logits=True))
     return einsum("btd,vd->btv", x_BTD, self.embedding.astype(self.dtype))
 

@@ -27,12 +27,6 @@ values of their codes (`kernel_s8`), which every step multiplies with int8 activ
 per row becomes the same int8 table, its logits on int8 activations too. The loop then reads 1
 byte per weight, where the `float` form reads the float weight dtype's.
 
-Tied logits: a float tied table (unquantized logits) is held transposed in the decode form,
-`embedding_dv` [d_model, vocab], made once per request. XLA's CPU backend multiplies a few rows
-by the [vocab, d_model] table ("td,vd->tv") at a fraction of the rate it reaches against the
-same table stored [d_model, vocab] ("td,dv->tv"): 1.4-1.7x slower at 2-16 rows, the same at one
-row (BENCHMARKS.md, Decoding); the lookups gather its columns instead of rows.
-
 The third choice, unpacking the uint8 nibbles inside every step (shifts, masks, an interleave),
 made XLA on CPU turn the fused unpack and matrix-vector product into a plain loop: 0.14x of bf16
 (BENCHMARKS.md, Decoding). XLA converts `jnp.int4` values with one vectorized op instead.
@@ -48,7 +42,7 @@ import ml_collections
 
 from efficiency.model.layers import Projection
 from efficiency.quant import table
-from efficiency.quant.einsum import is_quantized, on_int8_activations
+from efficiency.quant.einsum import on_int8_activations
 from efficiency.quant.pack import dequantize_int4, int4_codes, unpack_int4
 
 INT4_FORMS = ("auto", "s4", "float")
@@ -138,13 +132,6 @@ def _int8_codes(params: dict) -> dict:
   return out
 
 
-def _transposed_table(params: dict) -> dict:
-  """The params with the float table `embedding` [V, D] as `embedding_dv` [D, V]."""
-  embed = dict(params["embed"])
-  embed["embedding_dv"] = embed.pop("embedding").T
-  return {**params, "embed": embed}
-
-
 def _int4_kernels(params: dict) -> dict:
   """The params with each packed `kernel_int4` as jnp.int4 values `kernel_s4` (layers stacked
   by `scan_layers` one by one); scales unchanged."""
@@ -180,9 +167,6 @@ def decode_form(model: nn.Module) -> tuple[nn.Module, Callable[[dict], dict]]:
   to_float = kernels and not int8_acts and int4_form(model.quant) == "float"
   int4_table = table.embedding_storage(model.quant) == "int4"
   table_to_int8 = int4_table and int8_acts and not model.quant.get("group_size", 0)
-  float_table = table.embedding_storage(model.quant) == "none" or (int4_table and not table_to_int8)
-  transpose = (model.config.tie_embeddings and float_table
-               and not is_quantized(model.quant, ("embed",), logits=True))
   scanned = model.config.scan_layers
 
   def unpack(params: dict) -> dict:
@@ -194,8 +178,6 @@ def decode_form(model: nn.Module) -> tuple[nn.Module, Callable[[dict], dict]]:
       params = _int8_table(params)
     elif int4_table:
       params = _unpack_table(model, params)
-    if transpose and set(params["embed"]) == {"embedding"}:
-      params = _transposed_table(params)
     return _unstack_layers(params, model.config.num_layers) if scanned else params
 
   if model.quant is not None:
