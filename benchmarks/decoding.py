@@ -2,8 +2,8 @@
 
   python benchmarks/decoding.py --default DIR --small DIR [--seed1 DIR] [--third DIR]
       [--prompts 8 --prompt_tokens 64 --max_new_tokens 64 --parts limit,speculative,quant,cos
-       --cos_settings we,cd[,we3] --cos_gammas 1,2,3,5,8 --target_weights float|int8
-       --target_embedding none|int8 --out decoding.json]
+       --cos_settings we,cd[,we3] --cos_gammas 1,2,3,5,8 --target_weights float|int8|int4a8
+       --target_embedding none|int8|int4 --out decoding.json]
 
 - `limit`: default model, greedy: the on-device generation (one jitted program per request,
   prefill included) at batch 1 and 8, against the host loop it replaced (one jitted step per
@@ -13,9 +13,10 @@
   the first (the request less a one-token request: the prefill and first sample); and the
   small model's generation against the default's (what a draft step costs).
 - `--target_weights int8`: the default model serves as AQT int8 (float32 elsewhere,
-  `export.convert`) wherever it decodes as the target (limit, speculative, cos); `float` (the
-  default) serves it as trained. `--target_embedding int8` stores that target's embedding table
-  as int8 too (its tied logits then run on int8 activations). A `--seed1` model (a second
+  `export.convert`) wherever it decodes as the target (limit, speculative, cos); `int4a8` as
+  packed int4 on int8 activations (W4A8); `float` (the default) serves it as trained.
+  `--target_embedding int8` (or `int4`, per-row scales) stores that target's embedding table
+  quantized too (its tied logits then run on int8 activations). A `--seed1` model (a second
   default, the weighted ensemble's partner) is served the same way.
 - `speculative`: the small model drafts for the default one, on device and batched, against the
   default model alone (on-device generation) at temperatures 0 and 1, gamma 3 and 5, batch 1, 4
@@ -264,9 +265,9 @@ def main() -> None:
   parser.add_argument("--max_new_tokens", type=int, default=64)
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--parts", default="limit,speculative,quant,cos")
-  parser.add_argument("--target_weights", default="float", choices=["float", "int8"])
-  parser.add_argument("--target_embedding", default="none", choices=["none", "int8"],
-                      help="the int8 target's embedding table (quant.embedding)")
+  parser.add_argument("--target_weights", default="float", choices=["float", "int8", "int4a8"])
+  parser.add_argument("--target_embedding", default="none", choices=["none", "int8", "int4"],
+                      help="the quantized target's embedding table (quant.embedding)")
   parser.add_argument("--out", default="decoding.json")
   args = parser.parse_args()
   names = [args.default, args.small, args.seed1 or args.small, args.third or args.small]
@@ -282,7 +283,9 @@ def main() -> None:
     """A default-shaped model as the target is served (`--target_weights`)."""
     if args.target_weights == "float":
       return trained
-    return export.convert(trained, 8, "float32", embedding=args.target_embedding)
+    bits, activations = (8, "float") if args.target_weights == "int8" else (4, "int8")
+    return export.convert(trained, bits, "float32", embedding=args.target_embedding,
+                          int4_activations=activations)
 
   served = as_target(default)
   target, draft = (served.model, served.params), (small.model, small.params)

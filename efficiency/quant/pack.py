@@ -47,11 +47,15 @@ def pack_int4(q_KM: jnp.ndarray) -> jnp.ndarray:
   return u_KM[0::2] | (u_KM[1::2] << 4)
 
 
-def unpack_int4(packed_HM: jnp.ndarray) -> jnp.ndarray:
-  """uint8 [K // 2, M] -> int8 [K, M], the inverse of pack_int4."""
+def unpack_int4(packed_HM: jnp.ndarray, axis: int = 0) -> jnp.ndarray:
+  """uint8 [K // 2, M] -> int8 [K, M], the inverse of pack_int4; with `axis`, the values packed
+  along that axis of any array instead (the table's rows: axis -1)."""
+  axis = axis % packed_HM.ndim
   low = (packed_HM & 0xF).astype(jnp.int8)
   high = (packed_HM >> 4).astype(jnp.int8)
-  both = jnp.stack([low, high], axis=1).reshape(-1, packed_HM.shape[-1])
+  shape = list(packed_HM.shape)
+  shape[axis] *= 2
+  both = jnp.stack([low, high], axis=axis + 1).reshape(shape)
   return jnp.where(both > INT4_MAX, both - 16, both)
 
 

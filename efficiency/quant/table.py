@@ -89,8 +89,7 @@ def codes_of(codes: jnp.ndarray, bits: int) -> jnp.ndarray:
   """int8 values [..., D] of stored codes (int4: unpacks [..., D // 2])."""
   if bits == 8:
     return codes
-  flat = codes.reshape(-1, codes.shape[-1])
-  return unpack_int4(flat.T).T.reshape(*codes.shape[:-1], 2 * codes.shape[-1])
+  return unpack_int4(codes, axis=-1)
 
 
 def dequantize(codes: jnp.ndarray, scale_NG: jnp.ndarray, bits: int, dtype: jnp.dtype):
