@@ -165,6 +165,7 @@ class Projection(nn.Module):
     return self._int4_kernel()
 
   def _int4_scale(self) -> jnp.ndarray:
+    """The int4 kernel's scales [groups, M] (`kernel_scale`)."""
     k, m = matrix_shape(self.spec, tuple(self.kernel_shape))
     groups = num_groups(k, self.quant.group_size)
     return self.param("kernel_scale", nn.initializers.ones, (groups, m), self.param_dtype)

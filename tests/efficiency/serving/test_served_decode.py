@@ -20,7 +20,7 @@ ATOL = 1e-4  # float32 logits; cached and full passes reduce in different orders
 
 @pytest.mark.parametrize("attention,bits,activations", [
     ("gqa", 8, "float"), pytest.param("mla", 8, "float", marks=pytest.mark.slow),
-    ("mla", 4, "float"), ("gqa", 4, "int8"),
+    ("mla", 4, "float"), pytest.param("gqa", 4, "int8", marks=pytest.mark.slow),
 ])
 def test_served_model_cached_decode_matches_full_forward(attention, bits, activations):
   config = quant_config(mode="int8" if bits == 8 else "none")
