@@ -120,27 +120,16 @@ def _int8_table(params: dict) -> dict:
   return {**params, "embed": embed}
 
 
-def _int8_codes(params: dict) -> dict:
-  """The params with each packed `kernel_int4` as the int8 values of its codes, `kernel_s8`
-  [K, M] (layers stacked by `scan_layers` one by one); scales unchanged."""
+def _kernel_codes(params: dict, name: str, codes_of: Callable) -> dict:
+  """The params with each packed `kernel_int4` as `name`, `codes_of` its packed values [K // 2,
+  M] (layers stacked by `scan_layers` one by one): jnp.int4 values `kernel_s4` or int8 ones
+  `kernel_s8` [K, M]; scales unchanged."""
   out = {}
-  for name, value in params.items():
-    if name == "kernel_int4":
-      out["kernel_s8"] = jax.vmap(unpack_int4)(value) if value.ndim == 3 else unpack_int4(value)
+  for key, value in params.items():
+    if key == "kernel_int4":
+      out[name] = jax.vmap(codes_of)(value) if value.ndim == 3 else codes_of(value)
     else:
-      out[name] = _int8_codes(value) if isinstance(value, dict) else value
-  return out
-
-
-def _int4_kernels(params: dict) -> dict:
-  """The params with each packed `kernel_int4` as jnp.int4 values `kernel_s4` (layers stacked
-  by `scan_layers` one by one); scales unchanged."""
-  out = {}
-  for name, value in params.items():
-    if name == "kernel_int4":
-      out["kernel_s4"] = jax.vmap(int4_codes)(value) if value.ndim == 3 else int4_codes(value)
-    else:
-      out[name] = _int4_kernels(value) if isinstance(value, dict) else value
+      out[key] = _kernel_codes(value, name, codes_of) if isinstance(value, dict) else value
   return out
 
 
@@ -171,9 +160,10 @@ def decode_form(model: nn.Module) -> tuple[nn.Module, Callable[[dict], dict]]:
 
   def unpack(params: dict) -> dict:
     if int8_acts:
-      params = _int8_codes(params)
+      params = _kernel_codes(params, "kernel_s8", unpack_int4)
     elif kernels:
-      params = _float_kernels(model, params) if to_float else _int4_kernels(params)
+      params = (_float_kernels(model, params) if to_float
+                else _kernel_codes(params, "kernel_s4", int4_codes))
     if table_to_int8:
       params = _int8_table(params)
     elif int4_table:

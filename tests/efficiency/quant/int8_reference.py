@@ -5,18 +5,15 @@ import numpy as np
 
 def int8_logits_reference(x_ND: np.ndarray, codes_VD: np.ndarray, scale_V1: np.ndarray):
   """Logits from each row of x quantized to int8 on its own (max |x| / 127, in float32 as the
-  model computes it), the product and scaling in float64."""
-  x_ND = np.asarray(x_ND, np.float32)
-  s_N1 = np.abs(x_ND).max(-1, keepdims=True) / np.float32(127)
-  s_N1[s_N1 == 0] = 1
-  q_ND = np.clip(np.round(x_ND / s_N1), -127, 127).astype(np.float64)
-  scales_NV = s_N1.astype(np.float64) * np.asarray(scale_V1, np.float64)[:, 0]
-  return (q_ND @ np.asarray(codes_VD, np.float64).T) * scales_NV
+  model computes it), the product and scaling in float64: int8_product_reference against the
+  table as a [D, V] kernel with one scale per column."""
+  return int8_product_reference(x_ND, np.asarray(codes_VD).T, np.asarray(scale_V1).T)
 
 
 def int8_product_reference(x_NK: np.ndarray, codes_KM: np.ndarray, scale_GM: np.ndarray):
   """x @ kernel for a kernel of integer codes [K, M] with scales per column and group of K / G
-  rows, each row of x quantized to int8 on its own as above; float64 sums."""
+  rows, each row of x quantized to int8 on its own (max |x| / 127, in float32 as the model
+  computes it); float64 sums."""
   x_NK = np.asarray(x_NK, np.float32)
   s_N1 = np.abs(x_NK).max(-1, keepdims=True) / np.float32(127)
   s_N1[s_N1 == 0] = 1
