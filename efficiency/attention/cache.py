@@ -9,6 +9,9 @@ call writes its T tokens at positions start_B[b] .. start_B[b] + T - 1.
 Heads-major is the layout the score and value products read as they are: they batch over rows
 and KV heads, and XLA (on CPU at least) copied a [batch, slots, K, H] cache into [batch, K, ...]
 twice per layer and decode step, a fifth of a batch-8 step at 128 slots and more at longer ones.
+A heads-major entry may also keep its slots last, [batch, K, H, slots] (`slots_last`): keys are
+stored so, since the score product q . k then runs over a [H, slots] matrix per row and head
+with slots on the vector lanes, not as a sum along each key's H (BENCHMARKS.md, Decoding).
 
 - Full entries (no `window`) keep one slot per position (one per `every` positions for strided
   entries): `write` stores new entries at slot = position and `cached_attention` masks every
@@ -55,18 +58,25 @@ class CacheEntry:
   every: int = 1
   window: int | None = None
   heads_major: bool = False  # shape (K, H) stored [B, K, slots, H] (see the module docstring)
+  slots_last: bool = False  # heads-major with slots last: [B, K, H, slots]
+
+  def __post_init__(self):
+    if self.slots_last and not self.heads_major:
+      raise ValueError("CacheEntry: slots_last needs heads_major")
 
   def array_shape(self, batch: int, slots: int) -> tuple[int, ...]:
     """The entry's array for `batch` rows of `slots` slots."""
     if self.heads_major:
       heads, width = self.shape
-      return (batch, heads, slots, width)
+      return (batch, heads, width, slots) if self.slots_last else (batch, heads, slots, width)
     return (batch, slots, *self.shape)
 
   @property
   def slot_axis(self) -> int:
     """The axis of its array that indexes slots."""
-    return 2 if self.heads_major else 1
+    if self.heads_major:
+      return 3 if self.slots_last else 2
+    return 1
 
   def bytes_per_token(self) -> float:
     return math.prod(self.shape) * jnp.dtype(self.dtype).itemsize / self.every
@@ -81,12 +91,14 @@ class CacheEntry:
 
 
 def write(cache_BS: jnp.ndarray, new_BT: jnp.ndarray, start_B: jnp.ndarray,
-          heads_major: bool = False) -> jnp.ndarray:
+          heads_major: bool = False, slots_last: bool = False) -> jnp.ndarray:
   """Writes each row's new entries [B, T, ...] into its cache row [B, S, ...] at slot start_B[b]
-  (a heads-major cache [B, K, S, H] takes new entries [B, T, K, H] the same way)."""
+  (a heads-major cache [B, K, S, H], or [B, K, H, S] with `slots_last`, takes new entries
+  [B, T, K, H] the same way)."""
+  axis = 0  # the slot axis of a row
   if heads_major:
-    new_BT = new_BT.transpose(0, 2, 1, 3)  # [B, K, T, H]
-  axis = 1 if heads_major else 0  # the slot axis of a row
+    new_BT = new_BT.transpose((0, 2, 3, 1) if slots_last else (0, 2, 1, 3))  # [B, K, (H, T)]
+    axis = 2 if slots_last else 1
   return jax.vmap(lambda c, x, s: jax.lax.dynamic_update_slice_in_dim(c, x, s, axis=axis))(
       cache_BS, new_BT.astype(cache_BS.dtype), start_B
   )
@@ -148,13 +160,16 @@ def cached_attention(
     window: int | None = None,
     scale: float | None = None,
     heads_major: bool = False,
+    keys_slots_last: bool = False,
 ) -> jnp.ndarray:
   """Attention of new queries to a whole full cache (see `cached_mask`) of keys and values
-  [B, S, K, H], or [B, K, S, H] when `heads_major`. Returns [B, T, N, V]."""
-  mask_B1TS, k_positions_BS = cached_mask(q_positions_BT, k.shape[2 if heads_major else 1],
+  [B, S, K, H], or [B, K, S, H] when `heads_major` (keys [B, K, H, S] with `keys_slots_last`).
+  Returns [B, T, N, V]."""
+  mask_B1TS, k_positions_BS = cached_mask(q_positions_BT, v.shape[2 if heads_major else 1],
                                           window)
   bias_BNTS = None if bias is None else bias(q_positions_BT, k_positions_BS)
-  return grouped_attention(q_BTNH, k, v, mask_B1TS, bias_BNTS, scale, heads_major=heads_major)
+  return grouped_attention(q_BTNH, k, v, mask_B1TS, bias_BNTS, scale, heads_major=heads_major,
+                           keys_slots_last=keys_slots_last)
 
 
 def ring_attention(

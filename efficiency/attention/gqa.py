@@ -7,13 +7,17 @@ import ml_collections
 from efficiency.attention.base import Attention, Cache, Heads, head_dim
 from efficiency.attention.cache import CacheEntry, cached_attention, write
 
+# The key cache keeps its slots last ([B, K, H, S]); False: [B, K, S, H] as the values
+# (`benchmarks/decode_ab.py --compare key_layout` runs both).
+KEYS_SLOTS_LAST = True
+
 
 class GroupedQueryAttention(Attention):
   """Multi-head attention whose query heads share `num_kv_heads` key/value heads.
 
   Heads are {"query": [B, T, N, H], "key", "value": [B, T, K, H]} with the position encoding's
-  rotation applied; the cache holds every token's key and value, heads-major ({"key", "value"}:
-  [B, K, S, H]; efficiency.attention.cache).
+  rotation applied; the cache holds every token's key and value, heads-major ({"key": [B, K, H, S]
+  with slots last, "value": [B, K, S, H]}; efficiency.attention.cache).
   Subclasses change which keys a query sees through `attend` and `window`.
   """
 
@@ -48,11 +52,12 @@ class GroupedQueryAttention(Attention):
   ) -> tuple[jnp.ndarray, Cache]:
     del segment_ids_BT  # full cache: padding lands past the pointer, masked until overwritten
     start_B = positions_BT[:, 0]
-    cache = {name: write(cache[name], heads[name], start_B, heads_major=True)
+    cache = {name: write(cache[name], heads[name], start_B, heads_major=True,
+                         slots_last=name == "key" and KEYS_SLOTS_LAST)
              for name in ("key", "value")}
     out_BTNH = cached_attention(
         heads["query"], cache["key"], cache["value"], positions_BT, self.bias, self.window(),
-        heads_major=True,
+        heads_major=True, keys_slots_last=KEYS_SLOTS_LAST,
     )
     return out_BTNH, cache
 
@@ -73,6 +78,9 @@ class GroupedQueryAttention(Attention):
 
   @staticmethod
   def kv_cache_spec(cfg: ml_collections.ConfigDict) -> dict[str, CacheEntry]:
-    """Keys and values of every KV head (RoPE already applied to the keys), heads-major."""
+    """Keys and values of every KV head (RoPE already applied to the keys), heads-major; keys
+    with their slots last."""
     shape = (cfg.num_kv_heads, head_dim(cfg))
-    return {name: CacheEntry(shape, cfg.dtype, heads_major=True) for name in ("key", "value")}
+    return {name: CacheEntry(shape, cfg.dtype, heads_major=True,
+                             slots_last=name == "key" and KEYS_SLOTS_LAST)
+            for name in ("key", "value")}

@@ -48,19 +48,21 @@ def _primitives(fn, *args) -> set[str]:
   return {e.primitive.name for e in jax.make_jaxpr(fn)(*args).jaxpr.eqns}
 
 
+@pytest.mark.parametrize("keys_slots_last", [False, True])
 @pytest.mark.parametrize("t", [1, 3, 6])  # queries per KV head 2, 6: multiply-reduce; 12: dots
-def test_heads_major_cache_attention_equals_reference(rng, t):
-  """Queries over a heads-major cache [B, K, S, H] (decode steps: multiply-reduce products; a
-  longer call: dots) equal a per-head float64 reference, with grouped heads, a mask over
-  cache slots and a score bias."""
+def test_heads_major_cache_attention_equals_reference(rng, t, keys_slots_last):
+  """Queries over a heads-major cache [B, K, S, H] (keys [B, K, H, S] with `keys_slots_last`;
+  decode steps: multiply-reduce products; a longer call: dots) equal a per-head float64
+  reference, with grouped heads, a mask over cache slots and a score bias."""
   b, s, n, kv, h = 2, 9, 4, 2, 8
   q = rng.standard_normal((b, t, n, h)).astype(np.float32)
   k, v = (rng.standard_normal((b, kv, s, h)).astype(np.float32) for _ in range(2))
   mask = rng.random((b, 1, t, s)) < 0.7
   mask[..., 0] = True
   bias = rng.standard_normal((1, n, t, s)).astype(np.float32)
-  got = grouped_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), jnp.asarray(mask),
-                          jnp.asarray(bias), heads_major=True)
+  keys = np.swapaxes(k, 2, 3) if keys_slots_last else k
+  got = grouped_attention(jnp.asarray(q), jnp.asarray(keys), jnp.asarray(v), jnp.asarray(mask),
+                          jnp.asarray(bias), heads_major=True, keys_slots_last=keys_slots_last)
   want = np.zeros((b, t, n, h))
   for bi in range(b):
     for head in range(n):
@@ -70,9 +72,9 @@ def test_heads_major_cache_attention_equals_reference(rng, t):
       probs = np.exp(scores - scores.max(-1, keepdims=True))
       want[bi, :, head] = (probs / probs.sum(-1, keepdims=True)) @ v[bi, kh]
   np.testing.assert_allclose(got, want, atol=ATOL)
-  fn = lambda *a: grouped_attention(*a, heads_major=True)
+  fn = lambda *a: grouped_attention(*a, heads_major=True, keys_slots_last=keys_slots_last)
   reduced = t * n // kv <= dot_product.REDUCE_QUERIES
-  assert ("dot_general" not in _primitives(fn, q, k, v, mask)) == reduced
+  assert ("dot_general" not in _primitives(fn, q, keys, v, mask)) == reduced
 
 
 def test_gqa_module_with_all_kv_heads_equals_naive_mha(rng):

@@ -200,8 +200,9 @@ def test_scanned_layers_decode_layer_by_layer(model_11):
 def test_decode_steps_read_kernels_and_caches_as_stored():
   """No decode step copies a kernel or the KV cache into another layout: the attention output
   kernel [N, H, D] contracts over N and H as one axis (layers.merged_contraction_einsum), and the
-  heads-major cache [B, K, S, H] is what the score and value products read (a [B, S, K, H]
-  cache was copied into [B, K, S, H] and [B, K, H, S] in every step)."""
+  heads-major cache, keys [B, K, H, S] and values [B, K, S, H], is what the score and value
+  products read (a [B, S, K, H] cache was copied into [B, K, S, H] and [B, K, H, S] in every
+  step)."""
   model, params = make_model("gqa", "rope")
   n, h, d = params["layers"]["attn"]["out"]["kernel"].shape[1:]
   k = model.config.num_kv_heads
@@ -215,10 +216,12 @@ def test_decode_steps_read_kernels_and_caches_as_stored():
   made = set(re.findall(r"= f32\[([0-9,]*)\]", hlo))  # every float shape an instruction makes
   assert "transpose(" in hlo and f"2,{n},{h},{d}" in made  # the stacked kernels come in
   assert f"{h},{n},{d}" not in made
-  assert f"2,{k},{s},{h}" in made and f"2,{k},{h},{s}" not in made
+  assert f"2,{k},{s},{h}" in made and f"2,{k},{h},{s}" in made  # values, keys
+  assert f"2,{s},{k},{h}" not in made
   steps = hlo[: hlo.index("\nENTRY")]  # every computation but the request's entry, which
-  assert "while" in hlo and not re.search(  # copies the zeroed cache in once
-      rf"= f32\[2,{k},{s},{h}\]\S* (transpose|copy)\(", steps)
+  assert "while" in hlo  # copies the zeroed cache in once
+  for shape in (f"2,{k},{s},{h}", f"2,{k},{h},{s}"):
+    assert not re.search(rf"= f32\[{shape}\]\S* (transpose|copy)\(", steps), shape
 
 
 @pytest.mark.parametrize("chunk, sampling, stop", [(3, Sampling(1.0, top_k=6), True),
