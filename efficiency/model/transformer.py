@@ -87,7 +87,10 @@ class Transformer(nn.Module):
       segment_ids_BT: jnp.ndarray,
       positions_BT: jnp.ndarray,
       cache: dict | None = None,
+      logits_at_BK: jnp.ndarray | None = None,
   ) -> jnp.ndarray | tuple[jnp.ndarray, dict]:
+    """Logits [B, T, V] (with a `cache`, also the updated cache). `logits_at_BK` picks the K
+    positions of each row whose logits are computed ([B, K, V]): a prefill needs only its last."""
     cfg = self.config
     dtypes = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
     embed = Embed(
@@ -127,6 +130,8 @@ class Transformer(nn.Module):
         x_BTD, new_cache[name] = block(cfg, self.quant, name=name)(x_BTD, *args[:2], cache[name])
       cache = new_cache
 
+    if logits_at_BK is not None:
+      x_BTD = jnp.take_along_axis(x_BTD, logits_at_BK[:, :, None], axis=1)
     x_BTD = RMSNorm(cfg.norm_eps, name="final_norm", **dtypes)(x_BTD)
     if cfg.tie_embeddings:
       logits_BTV = embed.attend(x_BTD)

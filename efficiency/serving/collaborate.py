@@ -65,12 +65,12 @@ def cos_rollback(gamma: int) -> int:
 def _prefill(
     models, params, tokens_BP: jnp.ndarray, lengths_B: jnp.ndarray, max_len: int, rollback: int
 ) -> tuple[list, list]:
-  """Every model's logits [B, P, V] and cache after the prompts."""
+  """Every model's logits at the prompts' last tokens [B, V] and cache after the prompts."""
   b = tokens_BP.shape[0]
   out = [cached_forward(m, p, tokens_BP, init_cache(m.config, b, max_len, rollback),
-                        jnp.zeros(b, jnp.int32), lengths_B)
+                        jnp.zeros(b, jnp.int32), lengths_B, (lengths_B - 1)[:, None])
          for m, p in zip(models, params, strict=True)]
-  return [x[0] for x in out], [x[1] for x in out]
+  return [x[0][:, 0] for x in out], [x[1] for x in out]
 
 
 def _standard(
@@ -81,8 +81,7 @@ def _standard(
   """New tokens [B, max_new_tokens] and the steps run (traced under jit)."""
   b = tokens_BP.shape[0]
   keys_B = row_keys(seed, rows_B)
-  logits, caches = _prefill(models, params, tokens_BP, lengths_B, max_len, rollback=0)
-  last = [x[jnp.arange(b), lengths_B - 1] for x in logits]
+  last, caches = _prefill(models, params, tokens_BP, lengths_B, max_len, rollback=0)
   greedy = collab.sampling.temperature == 0
   first_B = device_sampling.draw(step_keys(keys_B, 0), target_probs(collab, last), greedy)
   out_BN = jnp.full((b, max_new_tokens), NO_TOKEN, jnp.int32).at[:, 0].set(first_B)

@@ -102,12 +102,11 @@ def _start(
   b = tokens_BP.shape[0]
   keys_B = row_keys(seed, rows_B)
   cache = init_cache(model.config, b, max_len, ROLLBACK)
-  logits_BPV, cache = cached_forward(
-      model, params, tokens_BP, cache, jnp.zeros(b, jnp.int32), lengths_B
+  logits_B1V, cache = cached_forward(
+      model, params, tokens_BP, cache, jnp.zeros(b, jnp.int32), lengths_B,
+      logits_at_BK=(lengths_B - 1)[:, None],
   )
-  first_B = device_sampling.sample(
-      step_keys(keys_B, 0), logits_BPV[jnp.arange(b), lengths_B - 1], sampling
-  )
+  first_B = device_sampling.sample(step_keys(keys_B, 0), logits_B1V[:, 0], sampling)
   out_BN = jnp.full((b, max_new_tokens), NO_TOKEN, jnp.int32).at[:, 0].set(first_B)
   return jnp.int32(1), cache, out_BN, first_B, first_B == eos_id, keys_B
 

@@ -15,10 +15,11 @@ from efficiency.serving.cache import init_cache
 
 def cached_forward(
     model: nn.Module, params: dict, tokens_BT: jnp.ndarray, cache: dict, start_B: jnp.ndarray,
-    lengths_B: jnp.ndarray | None = None,
+    lengths_B: jnp.ndarray | None = None, logits_at_BK: jnp.ndarray | None = None,
 ) -> tuple[jnp.ndarray, dict]:
   """Logits [B, T, V] of tokens_BT placed at positions start_B[b] + t, and the updated cache;
-  only the first lengths_B[b] tokens of row b are real (all when None)."""
+  only the first lengths_B[b] tokens of row b are real (all when None). With `logits_at_BK`,
+  only the logits [B, K, V] at those indices into T."""
   t = tokens_BT.shape[1]
   t_1T = jnp.arange(t, dtype=jnp.int32)[None]
   positions_BT = start_B[:, None] + t_1T
@@ -26,7 +27,8 @@ def cached_forward(
     segment_ids_BT = jnp.ones_like(tokens_BT)
   else:
     segment_ids_BT = (t_1T < lengths_B[:, None]).astype(tokens_BT.dtype)
-  return model.apply({"params": params}, tokens_BT, segment_ids_BT, positions_BT, cache=cache)
+  return model.apply({"params": params}, tokens_BT, segment_ids_BT, positions_BT, cache=cache,
+                     logits_at_BK=logits_at_BK)
 
 
 @functools.cache

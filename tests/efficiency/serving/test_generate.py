@@ -15,8 +15,10 @@ from scipy import stats
 from efficiency.errors import ConfigError
 from efficiency.serving import device_sampling, export
 from efficiency.serving import generate as generate_lib
+from efficiency.serving.cache import init_cache
 from efficiency.serving.collaborative import Single
 from efficiency.serving.generate import check_context, generate, run, stream
+from efficiency.serving.runner import cached_forward
 from efficiency.serving.sampling import Sampling, distribution
 from tests.efficiency.serving.exactness import ALPHA, analytic, chi_square_p
 from tests.efficiency.serving.host_decode import host_generate
@@ -222,6 +224,28 @@ def test_decode_steps_read_kernels_and_caches_as_stored():
   assert "while" in hlo  # copies the zeroed cache in once
   for shape in (f"2,{k},{s},{h}", f"2,{k},{h},{s}"):
     assert not re.search(rf"= f32\[{shape}\]\S* (transpose|copy)\(", steps), shape
+
+
+def test_prefill_computes_logits_at_the_last_prompt_tokens_only():
+  """The request's prefill projects onto the vocabulary only each row's last prompt token:
+  no [B, P, V] logits are made, and the first tokens equal the host loop's (the greedy tests
+  above); `logits_at_BK` equals the full logits at those positions."""
+  model, params = make_model("gqa", "rope")
+  tokens_BP, lengths_B = generate_lib.pad_prompts(PROMPTS[:2])
+  b, p = tokens_BP.shape
+  v = model.config.vocab_size
+  s = p + 6
+  hlo = generate_lib.program(model, GREEDY, 6, s).lower(
+      params, tokens_BP, lengths_B, np.int32(-2), np.int32(0), np.arange(b, dtype=np.int32)
+  ).compile().as_text()
+  assert f"f32[{b},{v}]" in hlo and f"f32[{b},{p},{v}]" not in hlo
+  forward = lambda at: cached_forward(model, params, jnp.asarray(tokens_BP),
+                                      init_cache(model.config, b, s), jnp.zeros(b, jnp.int32),
+                                      jnp.asarray(lengths_B), at)[0]
+  at_BK = np.stack([lengths_B - 1, np.zeros(b, np.int32)], axis=1)
+  np.testing.assert_allclose(forward(jnp.asarray(at_BK)),
+                             np.take_along_axis(np.asarray(forward(None)), at_BK[:, :, None], 1),
+                             atol=1e-5)
 
 
 @pytest.mark.parametrize("chunk, sampling, stop", [(3, Sampling(1.0, top_k=6), True),
