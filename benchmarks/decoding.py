@@ -10,8 +10,10 @@
   token, logits read to the host, argmax there), streaming (`serving.generate.stream`, one read
   every 16 tokens) and the jitted one-token cached step of the decode form alone (chained on
   device, read once: the floor of any per-token loop), also against the loop's tokens after
-  the first (the request less a one-token request: the prefill and first sample); and the
-  small model's generation against the default's (what a draft step costs).
+  the first (the request less a one-token request: the prefill and first sample); batch 8 over
+  batch 1 for whole requests and for the tokens after the first (prefill costs grow with the
+  batch, decode steps much less); and the small model's generation against the default's (what
+  a draft step costs).
 - `--target_weights int8`: the default model serves as AQT int8 (float32 elsewhere,
   `export.convert`) wherever it decodes as the target (limit, speculative, cos); `int4a8` as
   packed int4 on int8 activations (W4A8); `float` (the default) serves it as trained.
@@ -29,7 +31,9 @@
 - `cos`: collaborative decoding on device, batch 1 (each prompt its own request): standard
   against CoS (two models alternating), weighted ensemble (lambda 0.5) of default and small (or
   --seed1) and contrastive decoding of default (expert) and small (amateur, mu 0.1); temperature
-  0 at gamma 1, 2, 3, 5, 8 (`--cos_gammas`) and temperature 1 at gamma 3 and 5. CoS starts with
+  0 at gamma 1, 2, 3, 5, 8 (`--cos_gammas`) and temperature 1 at gamma 3 and 5
+  (`--cos_gammas_t1`); a gamma written `a:b` gives each model its own proposal length, in the
+  members' order (default first: `1:5` has default propose 1 token, small 5). CoS starts with
   small proposing. `we3` (with `--third`): the uniform weighted ensemble of default, small and
   third, small proposing first, then default, then third.
 - `host_cos` (not in the default parts): the host engine (numpy acceptance, batch 1) on CD T=0
@@ -121,6 +125,7 @@ def limit(model, params, prompt: np.ndarray, new: int, rounds: int) -> dict:
       "prefill_b1": lambda: run(model, params, [prompt], 1, GREEDY, None).decode_s,  # + 1 token
       "device_b8": lambda: run(model, params, [prompt] * 8, new, GREEDY, None).decode_s
       / (8 * new),
+      "prefill_b8": lambda: run(model, params, [prompt] * 8, 1, GREEDY, None).decode_s,
       "stream16_b1": lambda: timed(lambda: list(stream(model, params, [prompt], new, GREEDY, None,
                                                        16))) / new,
       "host_loop_b1": lambda: timed(host_loop) / new,
@@ -134,8 +139,10 @@ def limit(model, params, prompt: np.ndarray, new: int, rounds: int) -> dict:
         times[name].append(t)
   seconds = {name: statistics.median(t) for name, t in times.items()}
   prefill = seconds.pop("prefill_b1")
+  prefill_b8 = seconds.pop("prefill_b8")
   out = {f"{k}_tokens_per_s": 1 / v for k, v in seconds.items()}
   loop = (seconds["device_b1"] * new - prefill) / (new - 1)  # a token after the first
+  loop_b8 = (seconds["device_b8"] * 8 * new - prefill_b8) / (new - 1)  # a step of 8 tokens
   out.update(
       prefill_share=prefill / (seconds["device_b1"] * new),
       device_over_step_alone=seconds["step_alone_b1"] / seconds["device_b1"],
@@ -143,6 +150,8 @@ def limit(model, params, prompt: np.ndarray, new: int, rounds: int) -> dict:
       device_over_host_loop=seconds["host_loop_b1"] / seconds["device_b1"],
       stream16_over_device=seconds["device_b1"] / seconds["stream16_b1"],
       batch8_over_batch1=seconds["device_b1"] / seconds["device_b8"],
+      prefill_b8_over_b1=prefill_b8 / prefill,
+      batch8_over_batch1_after_prefill=8 * loop / loop_b8,
   )
   return out
 
@@ -252,6 +261,11 @@ def host_cos(collab, members, proposer, prompts, new: int, eos: int, max_len: in
           for name in ("standard", "naive", "cos")}
 
 
+def proposal_lengths(text: str) -> list:
+  """`--cos_gammas`: comma-separated gammas, each an int or `a:b[:c]` (one per model)."""
+  return [tuple(int(g) for g in x.split(":")) if ":" in x else int(x) for x in text.split(",")]
+
+
 def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument("--default", required=True)
@@ -260,6 +274,7 @@ def main() -> None:
   parser.add_argument("--third", help="a third model, for the three-model ensemble (we3)")
   parser.add_argument("--cos_settings", default="we,cd")
   parser.add_argument("--cos_gammas", default="1,2,3,5,8")
+  parser.add_argument("--cos_gammas_t1", default="3,5")
   parser.add_argument("--prompts", type=int, default=8)
   parser.add_argument("--prompt_tokens", type=int, default=64)
   parser.add_argument("--max_new_tokens", type=int, default=64)
@@ -304,8 +319,8 @@ def main() -> None:
     partner, third = ((m.model, m.params) for m in (twin, loaded[3]))
     settings = args.cos_settings.split(",")
     results["cos"] = []
-    t0_gammas = tuple(int(g) for g in args.cos_gammas.split(","))
-    for t, gammas in ((0.0, t0_gammas), (1.0, (3, 5))):
+    for t, gammas in ((0.0, proposal_lengths(args.cos_gammas)),
+                      (1.0, proposal_lengths(args.cos_gammas_t1))):
       sampling = Sampling(t)
       pairs = {f"we T={t:g}": (WeightedEnsemble((0.5, 0.5), sampling), [target, partner], 1),
                f"cd T={t:g}": (Contrastive(0.1, sampling), [target, draft], 1),

@@ -1,8 +1,8 @@
 """Benchmarks collaborative decoding against its speculative speed-ups (CoS) on the same prompts.
 
   python -m evals.cos --models=DIR1,DIR2[,DIR3] --method=we|cd
-      [--weights=0.5,0.5 --mu=0.1 --gamma=5 --temperature=0 --prompts=FILE --num_prompts=8
-       --prompt_tokens=64 --max_new_tokens=64 --seed=0 --engine=device|host
+      [--weights=0.5,0.5 --mu=0.1 --gamma=5|G1,G2[,G3] --temperature=0 --prompts=FILE
+       --num_prompts=8 --prompt_tokens=64 --max_new_tokens=64 --seed=0 --engine=device|host
        --output=cos_report.json]
 
 `we` is the weighted ensemble sum_k w_k softmax(l_k) (weights default to uniform); `cd` is
@@ -15,7 +15,9 @@ excluded from the timings):
 With --engine=device (the default), standard and cos run on device for any number of models (one
 jitted program per prompt, acceptance on device; `efficiency.serving.collaborate`, which has no
 naive schedule); --engine=host runs all three on the host engine (`efficiency.serving.speculation`,
-numpy acceptance), for what that machinery costs.
+numpy acceptance), for what that machinery costs. `--gamma` is one proposal length for every
+model, or (device engine) one per model in --models order, the paper's gamma_1 .. gamma_n: a
+large model paired with a small one proposes little (`--gamma=1,5`: DIR1 one token, DIR2 five).
 Prompts are lines of --prompts, or the first --prompt_tokens tokens of validation documents.
 Writes a JSON report and prints tokens/s, speedup over standard, acceptance rate and tokens per
 model call.
@@ -29,6 +31,7 @@ from absl import flags
 
 from efficiency import cli
 from efficiency.errors import ConfigError, MissingPathError
+from efficiency.serving.collaborate import proposal_lengths
 from efficiency.serving.collaborative import collaboration
 from efficiency.serving.compare import compare, compare_on_device, table
 from efficiency.serving.loading import check_same_tokenizer, load_model
@@ -41,7 +44,8 @@ _MODELS = flags.DEFINE_list("models", None, "Workdirs of the models (2 or more).
 _METHOD = flags.DEFINE_enum("method", "we", ["we", "cd"], "Weighted ensemble or contrastive.")
 _WEIGHTS = flags.DEFINE_list("weights", None, "Ensemble weights (>= 0, sum 1); uniform if unset.")
 _MU = flags.DEFINE_float("mu", 0.1, "Contrastive decoding strength on the amateur's logits.")
-_GAMMA = flags.DEFINE_integer("gamma", 5, "Draft tokens per proposer turn.")
+_GAMMA = flags.DEFINE_list("gamma", ["5"], "Draft tokens per proposer turn: one for all "
+                          "models, or one per model (device engine).")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "Sampling temperature; 0 is greedy.")
 _PROMPTS = flags.DEFINE_string("prompts", None, "A file with one prompt per line.")
 _NUM_PROMPTS = flags.DEFINE_integer("num_prompts", 8, "Validation prompts when --prompts unset.")
@@ -58,7 +62,15 @@ def main(argv: list[str]) -> None:
   del argv
   if len(_MODELS.value) < 2:
     raise ConfigError(f"models={_MODELS.value}: collaborative decoding needs 2 or more")
-  check_gamma(_GAMMA.value)
+  try:
+    gammas = [int(g) for g in _GAMMA.value]
+  except ValueError:
+    raise ConfigError(f"gamma={','.join(_GAMMA.value)} must be integers") from None
+  gamma = gammas[0] if len(gammas) == 1 else tuple(gammas)
+  if _ENGINE.value == "host" and len(gammas) > 1:
+    raise ConfigError(f"gamma={','.join(_GAMMA.value)}: the host engine takes one proposal "
+                      "length; use --engine=device for one per model")
+  proposal_lengths(gamma, len(_MODELS.value))
   if _PROMPTS.value and not Path(_PROMPTS.value).is_file():
     raise MissingPathError(f"prompts={_PROMPTS.value!r} is not a file")
   loaded = [load_model(d) for d in _MODELS.value]
@@ -76,16 +88,18 @@ def main(argv: list[str]) -> None:
     prompts = validation_prompts(configs[0], tokenizer, _NUM_PROMPTS.value, _PROMPT_TOKENS.value)
   members = [(m.model, m.params) for m in loaded]
   if _ENGINE.value == "device":
-    report = compare_on_device(collab, members, prompts, _MAX_NEW.value, _GAMMA.value, proposer,
+    report = compare_on_device(collab, members, prompts, _MAX_NEW.value, gamma, proposer,
                                _SEED.value, tokenizer.eos_id)
   else:
-    max_len = max(map(len, prompts)) + _MAX_NEW.value + _GAMMA.value + 40
-    report = compare(Engine(collab, members, max_len), prompts, _MAX_NEW.value, _GAMMA.value,
+    check_gamma(gamma)
+    max_len = max(map(len, prompts)) + _MAX_NEW.value + gamma + 40
+    report = compare(Engine(collab, members, max_len), prompts, _MAX_NEW.value, gamma,
                      proposer, _SEED.value, tokenizer.eos_id)
   report["settings"] = {
       "models": _MODELS.value, "method": _METHOD.value, "weights": list(collab.weights)
       if _METHOD.value == "we" else None, "mu": _MU.value if _METHOD.value == "cd" else None,
-      "gamma": _GAMMA.value, "temperature": _TEMPERATURE.value, "prompts": len(prompts),
+      "gamma": gammas[0] if len(gammas) == 1 else gammas, "temperature": _TEMPERATURE.value,
+      "prompts": len(prompts),
       "max_new_tokens": _MAX_NEW.value, "on_device": _ENGINE.value == "device",
   }
   Path(_OUTPUT.value).write_text(json.dumps(report, indent=2))

@@ -2,8 +2,10 @@
 scores every token, one token drawn from r) and CoS, the alternate proposal framework.
 
 CoS (one jitted `lax.while_loop` of rounds, each a `lax.switch` over which model proposes): the
-proposer P drafts `gamma` tokens (one call that also scores the pending carried token, then a
-`lax.scan` of one-token steps); every other model scores all pending tokens in one call each;
+proposer P drafts gamma_P tokens (one call that also scores the pending carried token, then a
+`lax.scan` of one-token steps; `gamma` is one proposal length for all models or one per model,
+the paper's gamma_1 .. gamma_n, so a large model can propose little more than its carried token
+while a small one drafts ahead); every other model scores all pending tokens in one call each;
 each row keeps its leading tokens with probability min(1, r / q_P) and at the first rejection
 draws the residual of r - q_P. The last verifier, (P - 1) mod n, proposes next: when a row keeps
 everything, that model's own next-token sample (drawn from its q, since r needs the other
@@ -21,7 +23,8 @@ rejection only moves n (stale entries are masked, then overwritten).
 Ring-buffer cache entries (`efficiency.serving.cache`) are sized by how many positions at or
 past a call's first position earlier calls wrote: none for standard decoding; for CoS a verifier
 writes n-1 .. n+gamma and, as the next round's proposer, starts at n'-2 >= n-1, so gamma + 2
-(`cos_rollback`; a proposer writes up to n+gamma-1 and next verifies from n'-1 >= n).
+for the longest proposal (`cos_rollback`; a proposer writes up to n+gamma-1 and next verifies
+from n'-1 >= n).
 """
 
 import dataclasses
@@ -57,9 +60,20 @@ from efficiency.serving.unpack import decode_form
 METHODS = ("standard", "cos")
 
 
-def cos_rollback(gamma: int) -> int:
-  """The rollback bound of either model's cache under CoS (see the module docstring)."""
-  return gamma + 2
+def cos_rollback(gammas: tuple[int, ...]) -> int:
+  """The rollback bound of every model's cache under CoS (see the module docstring)."""
+  return max(gammas) + 2
+
+
+def proposal_lengths(gamma: int | tuple[int, ...], num_models: int) -> tuple[int, ...]:
+  """One proposal length per model from one for all, or one per model (each >= 1)."""
+  gammas = tuple(gamma) if isinstance(gamma, (tuple, list)) else (gamma,) * num_models
+  if len(gammas) != num_models:
+    raise ConfigError(f"gamma={list(gammas)} gives {len(gammas)} proposal lengths for "
+                      f"{num_models} models; give one, or one per model")
+  for g in gammas:
+    check_gamma(g)
+  return gammas
 
 
 def _prefill(
@@ -103,29 +117,29 @@ def _standard(
 
   state = (jnp.int32(1), caches, out_BN, first_B, first_B == eos_id)
   steps, _, out_BN, _, _ = jax.lax.while_loop(cond, body, state)
-  return out_BN, jnp.stack([steps - 1, jnp.int32(0), jnp.int32(0)])
+  return out_BN, jnp.stack([steps - 1, jnp.int32(0), jnp.int32(0),
+                            (steps - 1) * len(models)])
 
 
 def _cos(
-    models: tuple, collab: Collaboration, gamma: int, proposer: int, max_new_tokens: int,
-    max_len: int, params: tuple, tokens_BP: jnp.ndarray, lengths_B: jnp.ndarray,
-    eos_id: jnp.ndarray, seed: jnp.ndarray, rows_B: jnp.ndarray,
+    models: tuple, collab: Collaboration, gammas: tuple[int, ...], proposer: int,
+    max_new_tokens: int, max_len: int, params: tuple, tokens_BP: jnp.ndarray,
+    lengths_B: jnp.ndarray, eos_id: jnp.ndarray, seed: jnp.ndarray, rows_B: jnp.ndarray,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """New tokens [B, max_new_tokens] and [rounds, verified, accepted] (traced under jit)."""
+  """New tokens [B, max_new_tokens] and [rounds, verified, accepted, calls] (traced under
+  jit)."""
   b, p = tokens_BP.shape
   num_models = len(models)
   keys_B = row_keys(seed, rows_B)
   rows = jnp.arange(b)
-  _, caches = _prefill(models, params, tokens_BP, lengths_B, max_len, cos_rollback(gamma))
+  _, caches = _prefill(models, params, tokens_BP, lengths_B, max_len, cos_rollback(gammas))
   seq_BL = jnp.zeros((b, max_len), jnp.int32).at[:, :p].set(tokens_BP)
   end_B = lengths_B + max_new_tokens
-  g = gamma + 1  # pending tokens at most: a carried one and gamma drafts
   greedy = collab.sampling.temperature == 0  # every distribution is one-hot
-  window = jnp.arange(g)
 
   def draft(pi, round_keys_B, seq_BL, n_B, carry_B, cache):
-    """P scores x[n-2], x[n-1] and the carried token, then drafts gamma tokens: the pending
-    tokens [B, g] (carried first), P's logits for each, and P's cache."""
+    """P scores x[n-2], x[n-1] and the carried token, then drafts gamma_P tokens: the pending
+    tokens [B, gamma_P + 1] (carried first), P's logits for each, and P's cache."""
     start_B = jnp.maximum(n_B - 2, 0)
     feed_B3 = jax.vmap(lambda s, i: jax.lax.dynamic_slice_in_dim(s, i, 3))(seq_BL, start_B)
     logits_B3V, cache = cached_forward(models[pi], params[pi], feed_B3, cache, start_B)
@@ -143,7 +157,8 @@ def _cos(
                                      proposal_probs(collab, pi, x_B1V[:, 0]), greedy)
       return (cache, token_B), (token_B, x_B1V[:, 0])
 
-    (cache, _), (rest_gB, rest_gBV) = jax.lax.scan(step, (cache, first_B), jnp.arange(1, gamma))
+    (cache, _), (rest_gB, rest_gBV) = jax.lax.scan(step, (cache, first_B),
+                                                   jnp.arange(1, gammas[pi]))
     drafts_Bg = jnp.concatenate([first_B[:, None], rest_gB.T], axis=1)
     logits_BgV = jnp.concatenate([first_BV[:, None], rest_gBV.transpose(1, 0, 2)], axis=1)
     carried = carry_B[:, None]
@@ -157,7 +172,10 @@ def _cos(
   def round_of(pi, state):
     """One round with model pi proposing and every other model verifying; the last verifier
     ((pi - 1) mod n, the one that finds a rejection or carries a proposal) proposes next."""
-    rounds, _, seq_BL, n_B, carry_B, done_B, caches, verified, accepted = state
+    rounds, _, seq_BL, n_B, carry_B, done_B, caches, verified, accepted, calls = state
+    gamma = gammas[pi]
+    g = gamma + 1  # pending tokens at most: a carried one and gamma drafts
+    window = jnp.arange(g)
     verifiers = [(pi + k) % num_models for k in range(1, num_models)]
     last = verifiers[-1]
     round_keys_B = step_keys(keys_B, rounds)
@@ -196,7 +214,7 @@ def _cos(
     verified += jnp.where(live_B, jnp.minimum(a_B + 1, m_B), 0).sum()
     accepted += jnp.where(live_B, a_B, 0).sum()
     return (rounds + 1, jnp.int32(last), seq_BL, n_B, carry_B, done_B, caches, verified,
-            accepted)
+            accepted, calls + gamma + num_models - 1)
 
   def cond(state):
     return ~state[5].all()
@@ -206,52 +224,49 @@ def _cos(
                           state)
 
   state = (jnp.int32(0), jnp.int32(proposer), seq_BL, lengths_B, jnp.zeros(b, bool),
-           jnp.zeros(b, bool), caches, jnp.int32(0), jnp.int32(0))
-  rounds, _, seq_BL, n_B, _, _, _, verified, accepted = jax.lax.while_loop(cond, body, state)
+           jnp.zeros(b, bool), caches, jnp.int32(0), jnp.int32(0), jnp.int32(0))
+  rounds, _, seq_BL, n_B, _, _, _, verified, accepted, calls = jax.lax.while_loop(
+      cond, body, state)
   out_BN = new_tokens(seq_BL, lengths_B, n_B, max_new_tokens)
-  return out_BN, jnp.stack([rounds, verified, accepted])
+  return out_BN, jnp.stack([rounds, verified, accepted, calls])
 
 
 @functools.cache
-def program(models: tuple, collab: Collaboration, method: str, gamma: int, proposer: int,
-            max_new_tokens: int, max_len: int):
+def program(models: tuple, collab: Collaboration, method: str, gammas: tuple[int, ...],
+            proposer: int, max_new_tokens: int, max_len: int):
   """The jitted decoding: (params tuple, tokens_BP, lengths_B, eos_id, seed, rows_B) -> (new
-  tokens [B, max_new_tokens], [rounds or steps, verified, accepted])."""
+  tokens [B, max_new_tokens], [rounds or steps, verified, accepted, model calls])."""
   forms = [decode_form(m) for m in models]
   models = tuple(m for m, _ in forms)
   if method == "standard":
     core = functools.partial(_standard, models, collab, max_new_tokens, max_len)
   else:
-    core = functools.partial(_cos, models, collab, gamma, proposer, max_new_tokens, max_len)
+    core = functools.partial(_cos, models, collab, gammas, proposer, max_new_tokens, max_len)
   return jax.jit(lambda params, *args: core(
       tuple(unpack(p) for (_, unpack), p in zip(forms, params, strict=True)), *args))
 
 
 @dataclasses.dataclass
 class Collaborated:
-  """A request's new tokens per row; rounds (CoS: gamma proposer calls and one call of each
+  """A request's new tokens per row; rounds (CoS: gamma_P proposer calls and one call of each
   other model each) or steps (standard: one call per model each), for the whole batch; drafts
-  verified and kept over all rows; and its time."""
+  verified and kept over all rows; batched model calls after the prefill, all models together;
+  and its time."""
 
   tokens: list[np.ndarray]
   method: str
   rounds: int
-  gamma: int
+  gamma: tuple[int, ...]
   num_models: int
   verified: int
   accepted: int
+  calls: int
   decode_s: float
   compile_s: float
 
   @property
   def acceptance(self) -> float | None:
     return self.accepted / self.verified if self.verified else None
-
-  @property
-  def calls(self) -> int:
-    """Batched model calls after the prefill, all models together."""
-    per = self.num_models if self.method == "standard" else self.gamma + self.num_models - 1
-    return self.rounds * per
 
   @property
   def tokens_per_s(self) -> float:
@@ -265,17 +280,18 @@ def collaborate(
     max_new_tokens: int,
     method: str,
     eos_id: int | None,
-    gamma: int = 5,
+    gamma: int | tuple[int, ...] = 5,
     proposer: int = 0,
     seed: int = 0,
     first_row: int = 0,
 ) -> Collaborated:
   """Decodes every prompt in one batch from r = `collab` of `members` (in its order) by
-  `method` (`standard`, or `cos` with `proposer` drafting first)."""
+  `method` (`standard`, or `cos` with `proposer` drafting first; `gamma` one proposal length,
+  or one per member)."""
   if method not in METHODS:
     raise ConfigError(f"method={method!r} is unknown; valid choices: {list(METHODS)}")
   check_request(prompts, max_new_tokens)
-  check_gamma(gamma)
+  gammas = proposal_lengths(gamma, len(members))
   if len(members) != collab.num_models:
     raise ConfigError(f"{len(members)} models given; the target needs {collab.num_models}")
   if method == "cos" and len(members) < 2:
@@ -289,14 +305,15 @@ def collaborate(
   if proposer not in range(len(members)):
     raise ConfigError(f"proposer={proposer} is invalid; valid choices: 0..{len(members) - 1}")
   tokens_BP, lengths_B = pad_prompts(prompts)
-  max_len = tokens_BP.shape[1] + max_new_tokens + gamma + 3
+  max_len = tokens_BP.shape[1] + max_new_tokens + max(gammas) + 3
   models = tuple(m for m, _ in members)
-  jitted = program(models, collab, method, gamma, proposer, max_new_tokens, max_len)
+  jitted = program(models, collab, method, gammas, proposer, max_new_tokens, max_len)
   args = jax.device_put((tuple(p for _, p in members), tokens_BP, lengths_B, eos_arg(eos_id),
                          np.int32(seed), row_ids(first_row, len(prompts))))
   compiled, compile_s = executable(jitted, *args)
   start = time.perf_counter()
-  out_BN, (rounds, verified, accepted) = jax.device_get(compiled(*args))  # one transfer
+  out_BN, (rounds, verified, accepted, calls) = jax.device_get(compiled(*args))  # one transfer
   decode_s = time.perf_counter() - start
-  return Collaborated([trim(row, eos_id) for row in out_BN], method, int(rounds), gamma,
-                      len(members), int(verified), int(accepted), decode_s, compile_s)
+  return Collaborated([trim(row, eos_id) for row in out_BN], method, int(rounds), gammas,
+                      len(members), int(verified), int(accepted), int(calls), decode_s,
+                      compile_s)

@@ -65,8 +65,8 @@ def _summarize(totals: dict, outputs: dict) -> dict:
 
 
 def compare_on_device(
-    collab, members: list, prompts: list[np.ndarray], max_new_tokens: int, gamma: int,
-    proposer: int, seed: int, eos_id: int | None,
+    collab, members: list, prompts: list[np.ndarray], max_new_tokens: int,
+    gamma: int | tuple[int, ...], proposer: int, seed: int, eos_id: int | None,
 ) -> dict:
   """Standard and CoS on device, each prompt its own request (batch 1, as the paper measures),
   compilation excluded; the same report as `compare`."""

@@ -42,13 +42,17 @@ def test_cos_writes_report(sweep_root, tmp_path):
   models = f"{sweep_root / 'num_kv_heads-2'},{sweep_root / 'num_kv_heads-1'}"
   out = tmp_path / "cos_report.json"
   proc = run("evals.cos", f"--models={models}", "--method=we", "--num_prompts=1",
-             "--prompt_tokens=8", "--max_new_tokens=4", "--gamma=2", f"--output={out}")
+             "--prompt_tokens=8", "--max_new_tokens=4", "--gamma=2,1", f"--output={out}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = json.loads(out.read_text())
   assert report["same_tokens_as_standard"] == {"standard": True, "cos": True}
-  assert report["settings"]["on_device"]
+  assert report["settings"]["on_device"] and report["settings"]["gamma"] == [2, 1]
   assert report["settings"]["weights"] == [0.5, 0.5]
   assert "speedup (CoS over standard)" in proc.stdout
+  proc = run("evals.cos", f"--models={models}", "--gamma=1,2,3", timeout=60)
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines()[-1] == (
+      "error: gamma=[1, 2, 3] gives 3 proposal lengths for 2 models; give one, or one per model")
 
 
 def test_clear_errors(sweep_root):

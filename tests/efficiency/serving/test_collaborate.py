@@ -1,8 +1,8 @@
 """Collaborative decoding on device: CoS and standard emit tokens distributed as the enumerated
 collaborative target r (chi-square per prompt, rows of different prompt lengths in one batch;
-each test also rejects the proposer's own distribution), for two and three models, and at
-temperature 0 both equal the host engine's standard collaborative decoding token for token at
-batch 1 and 4."""
+each test also rejects the proposer's own distribution), for two and three models and with one
+proposal length per model, and at temperature 0 both equal the host engine's standard
+collaborative decoding token for token at batch 1 and 4."""
 
 import numpy as np
 import pytest
@@ -38,25 +38,30 @@ def cd_case():
 # gamma 1 reaches every path within K = 2 tokens: rejection + residual, all kept + a carried
 # proposal, and a carried proposal verified (kept or rejected) in the next round.
 # With three models, gamma 1 and K = 2 reach the same paths with each model as proposer.
-CASES = {"we-cos": (we_case, "cos"), "cd-cos": (cd_case, "cos"), "we3-cos": (we3_case, "cos"),
-         "we-standard": (we_case, "standard")}
+# Proposal lengths (2, 1) over K = 3 tokens: model 0 drafts two (rejected at either, or both
+# kept and model 1's sample carried); after a rejection of the first, model 1 proposes one.
+CASES = {"we-cos": (we_case, "cos", 1, K), "cd-cos": (cd_case, "cos", 1, K),
+         "we3-cos": (we3_case, "cos", 1, K), "we-standard": (we_case, "standard", 1, K),
+         "we-cos-per-model": (lambda: (*we_case()[:2], 0), "cos", (2, 1), 3)}
 
 
 @pytest.mark.parametrize("name", [
-    "we-cos", "cd-cos", "we3-cos", pytest.param("we-standard", marks=pytest.mark.slow)])
+    "we-cos", "cd-cos", "we3-cos", "we-cos-per-model",
+    pytest.param("we-standard", marks=pytest.mark.slow)])
 def test_output_follows_collaborative_distribution(name):
-  make, method = CASES[name]
+  make, method, gamma, k = CASES[name]
   collab, members, proposer = make()
   batch = [p for p in PROMPTS for _ in range(ROWS)]
-  out = collaborate(collab, members, batch, K, method, None, gamma=1, proposer=proposer, seed=4)
+  out = collaborate(collab, members, batch, k, method, None, gamma=gamma, proposer=proposer,
+                    seed=4)
   if method == "cos":
     assert 0.2 < out.acceptance < 0.95, out.acceptance
   for i, prompt in enumerate(PROMPTS):
     samples = [tuple(int(t) for t in x) for x in out.tokens[i * ROWS : (i + 1) * ROWS]]
-    want = analytic(collab, members, prompt, K, VOCAB)
-    assert chi_square_p(samples, want, K, VOCAB) > ALPHA, i
-    own = analytic(Single(collab.sampling), [members[proposer]], prompt, K, VOCAB)
-    assert chi_square_p(samples, own, K, VOCAB) < 1e-6, i  # the test can fail
+    want = analytic(collab, members, prompt, k, VOCAB)
+    assert chi_square_p(samples, want, k, VOCAB) > ALPHA, i
+    own = analytic(Single(collab.sampling), [members[proposer]], prompt, k, VOCAB)
+    assert chi_square_p(samples, own, k, VOCAB) < 1e-6, i  # the test can fail
 
 
 GREEDY = Sampling(temperature=0.0)
@@ -80,7 +85,7 @@ def test_greedy_equals_host_standard(kind, members):
     members = [*members, tiny_model(2, vocab=11, layers=2)]
   engine = Engine(collab, members, max_len=96)
   expected = [engine.decode(p, 16, np.random.default_rng(0), "standard")[0] for p in LONG]
-  runs = [("standard", LONG, 1, 0), ("cos", LONG, 3, 1), ("cos", LONG[1:2], 3, 0)]
+  runs = [("standard", LONG, 1, 0), ("cos", LONG, (3, 1), 1), ("cos", LONG[1:2], 3, 0)]
   if kind == "we3":  # standard and batch 1 are the same code for any number of models
     runs = [("cos", LONG, 2, 2)]
   for method, prompts, gamma, proposer in runs:
@@ -99,3 +104,8 @@ def test_clear_errors(members):
     collaborate(WeightedEnsemble((0.5, 0.5), GREEDY), members, LONG, 4, "parallel", None)
   with pytest.raises(ConfigError, match="2 models given; the target needs 3"):
     collaborate(collab, members, LONG, 4, "standard", None)
+  pair = WeightedEnsemble((0.5, 0.5), GREEDY)
+  with pytest.raises(ConfigError, match=r"gamma=\[1, 2, 3\] gives 3 proposal lengths for 2"):
+    collaborate(pair, members, LONG, 4, "cos", None, gamma=(1, 2, 3))
+  with pytest.raises(ConfigError, match="gamma=0 must be >= 1"):
+    collaborate(pair, members, LONG, 4, "cos", None, gamma=(0, 2))
