@@ -2,7 +2,9 @@
 run in turns; ratios):
 - `--compare argmax`: `jnp.argmax` against `device_sampling.argmax` (two plain reductions);
 - `--compare key_layout`: the key cache as [B, K, S, H] against [B, K, H, S], slots last
-  (`gqa.KEYS_SLOTS_LAST`).
+  (`gqa.KEYS_SLOTS_LAST`);
+- `--compare prefill_logits`: the prefill's logits at every prompt position, the last real one
+  then picked, against the logits at the last one only (`Transformer(..., logits_at_BK=...)`).
 
   python benchmarks/decode_ab.py [--compare argmax] [--shapes default,4x512] [--batches 1,8]
       [--rounds 5] [--new_tokens 64] [--prompt_tokens 64]
@@ -27,6 +29,7 @@ from efficiency.attention import gqa
 from efficiency.model.transformer import make_model
 from efficiency.serving import device_sampling
 from efficiency.serving import generate as generate_lib
+from efficiency.serving.runner import cached_forward
 from efficiency.serving.sampling import Sampling
 from efficiency.workdir.restore import TrainedModel
 
@@ -45,6 +48,19 @@ def _set_keys_slots_last(slots_last: bool) -> None:
   gqa.KEYS_SLOTS_LAST = slots_last
 
 
+def _logits_everywhere(model, params, tokens_BT, cache, start_B, lengths_B=None,
+                       logits_at_BK=None):
+  """`cached_forward` as it was: logits at every position, then those at `logits_at_BK`."""
+  logits_BTV, cache = cached_forward(model, params, tokens_BT, cache, start_B, lengths_B)
+  if logits_at_BK is not None:
+    logits_BTV = jnp.take_along_axis(logits_BTV, logits_at_BK[:, :, None], axis=1)
+  return logits_BTV, cache
+
+
+def _set_cached_forward(forward) -> None:
+  generate_lib.cached_forward = forward
+
+
 # Per comparison: {arm: setting applied while its program is traced}, the first arm the baseline.
 # After tracing, the defaults (the second arm of each) are put back.
 COMPARISONS = {
@@ -57,12 +73,17 @@ COMPARISONS = {
         "keys [B, K, S, H]": lambda: _set_keys_slots_last(False),
         "keys [B, K, H, S]": lambda: _set_keys_slots_last(True),
     },
+    "prefill_logits": {
+        "every position": lambda: _set_cached_forward(_logits_everywhere),
+        "last position": lambda: _set_cached_forward(cached_forward),
+    },
 }
 
 
 def _defaults() -> None:
   _set_argmax(TWO_REDUCTIONS)
   _set_keys_slots_last(True)
+  _set_cached_forward(cached_forward)
 
 
 def random_model(shape: str) -> TrainedModel:

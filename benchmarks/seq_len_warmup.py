@@ -1,6 +1,9 @@
 """Wall-clock, FLOPs and tokens to target of sequence-length warmup: no warmup (baseline), masked
-warmup (rows kept at seq_len) and bucketed warmup (short rows), side by side in one run on the
-default corpus, at each sequence length asked for with the same tokens per step.
+warmup (rows kept at seq_len), bucketed warmup (short rows, the same tokens) and Li et al.'s
+schedule (`fixed=sequences`: batch_size rows of the piece length, fewer tokens per warmup step;
+`sequences_equal_tokens` runs it for more steps, to the baseline's tokens), side by side in one
+run on the default corpus, at each sequence length asked for with the same tokens per
+full-length step.
 
   python -m benchmarks.seq_len_warmup [--seq_lens=128,512] [--steps=240] [--root=DIR]
 
@@ -20,6 +23,7 @@ from pathlib import Path
 import jax
 
 from configs.default import get_config
+from data.seq_len_warmup import piece_len
 from efficiency.config import override, resolve
 from efficiency.train.loop import train_and_evaluate
 from efficiency.workdir import files
@@ -28,6 +32,11 @@ ARMS = {
     "baseline": {"data.seq_len_warmup.start": 0},
     "masked": {"data.seq_len_warmup.buckets": False},
     "bucketed": {"data.seq_len_warmup.buckets": True},
+    "sequences": {"data.seq_len_warmup.buckets": True, "data.seq_len_warmup.fixed": "sequences"},
+    # The same, run for as many more steps as give it the baseline's tokens (its schedule
+    # stretched to match): Li et al. compare at equal tokens.
+    "sequences_equal_tokens": {"data.seq_len_warmup.buckets": True,
+                               "data.seq_len_warmup.fixed": "sequences"},
 }
 TOKENS_PER_STEP = 16 * 128  # the default batch
 
@@ -43,6 +52,11 @@ def arm_config(arm: str, seq_len: int, args: argparse.Namespace):
   }
   for field, value in fields.items():
     override(config, field, value)
+  if arm == "sequences_equal_tokens":  # skipped row tail tokens, in full-length steps
+    skipped = sum(seq_len - piece_len(s, config) for s in range(args.warmup_steps))
+    steps = args.steps + math.ceil(skipped / seq_len)
+    override(config, "steps", steps)
+    override(config, "checkpoint_every", steps)
   return resolve(config, jax.device_count())
 
 
@@ -83,7 +97,7 @@ def table(results: list[dict]) -> str:
     for label, loss in (("target_loss", None), ("baseline final", base_final)):
       loss_ = arms["baseline"]["summary"]["target_loss"] if loss is None else loss
       base = to_loss(arms["baseline"]["evals"], loss_)
-      for arm in ARMS:
+      for arm in (a for a in ARMS if a in arms):
         r = arms[arm]
         hit = to_loss(r["evals"], loss_)
         flops = None if hit["flops_seen"] is None else hit["flops_seen"] / 1e9

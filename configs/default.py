@@ -161,4 +161,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # True: warmup batches in short rows (one compile per bucket, cheaper steps); False: rows kept
   # seq_len long, pieces masked apart (one compile, full-length cost). Same tokens either way.
   c.data.seq_len_warmup.buckets = True
+  # tokens: every token trained on, in short pieces; sequences (Li et al. 2022): batch_size rows
+  # of the piece length each (the rest of every row skipped), so warmup steps train on fewer tokens.
+  c.data.seq_len_warmup.fixed = "tokens"
   return c

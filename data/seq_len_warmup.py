@@ -8,10 +8,16 @@ run compiles at most one train step per bucket. From step `steps` on, batches ar
 
 Cuts fall at every row offset that is a multiple of P (and, as always, where a packed segment
 starts), so no piece crosses a P-token boundary of its row. Each piece is its own segment:
-positions restart at 0 and attention never reaches outside it. Every token is still trained on;
-nothing is added or padded.
+positions restart at 0 and attention never reaches outside it.
 
-Two layouts carry exactly the same pieces:
+What a warmup step keeps fixed (`data.seq_len_warmup.fixed`):
+- `tokens` (the default): every token is still trained on; nothing is added or padded, so a
+  warmup step trains on as many tokens as a full one, and only attention gets cheaper.
+- `sequences` (Li et al.'s schedule): the batch keeps its `batch_size` rows, each its first
+  P-token chunk ([B, T] -> [B, P]); the rest of every row is skipped. A warmup step trains on,
+  and costs, B * P tokens, so early steps are P / T as dear (`rows_per_step`).
+
+With `fixed=tokens`, two layouts carry exactly the same pieces:
 - bucketed (`data.seq_len_warmup.buckets=True`, the default): a [B, T] batch becomes
   [B * T / P, P], row r's chunk c being row r * T / P + c, with segment ids renumbered from 1 in
   every short row. Attention costs T * P instead of T * T per row, so warmup steps are cheaper.
@@ -34,6 +40,7 @@ import ml_collections
 import numpy as np
 
 Batch = dict[str, np.ndarray]
+WARMUP_FIXED = ("tokens", "sequences")  # what a warmup step keeps of a full one
 
 
 def max_segment_len(step: int, config: ml_collections.ConfigDict) -> int:
@@ -86,13 +93,24 @@ def to_rows(batch: Batch, piece: int) -> Batch:
   return rows
 
 
-def warmup_batch(batch: Batch, piece: int, buckets: bool) -> Batch:
+def warmup_batch(batch: Batch, piece: int, buckets: bool, fixed: str = "tokens") -> Batch:
   """`batch` cut into pieces of at most `piece` tokens: as short rows with `buckets`, else at
-  full length. A `piece` of the row length leaves it as it is."""
+  full length; with `fixed="sequences"`, only each row's first `piece` tokens, so cut. A
+  `piece` of the row length leaves it as it is."""
   if piece >= batch["segment_ids"].shape[1]:
     return batch
   cut = split_segments(batch, piece)
+  if fixed == "sequences":
+    return {k: v[:, :piece] for k, v in cut.items()}
   return to_rows(cut, piece) if buckets else cut
+
+
+def rows_per_step(config: ml_collections.ConfigDict, row_len: int) -> int:
+  """Global rows of a train step whose rows are `row_len` long: `batch_size` at full length or
+  with `fixed=sequences`; else the same tokens in `batch_size * seq_len / row_len` rows."""
+  if config.data.seq_len_warmup.get("fixed", "tokens") == "sequences":
+    return config.batch_size
+  return config.batch_size * (config.seq_len // row_len)
 
 
 class _WarmupIterator(grain.DatasetIterator):
@@ -102,13 +120,14 @@ class _WarmupIterator(grain.DatasetIterator):
     super().__init__(parent)
     self._config = config
     self._buckets = bool(config.data.seq_len_warmup.get("buckets", True))
+    self._fixed = config.data.seq_len_warmup.get("fixed", "tokens")
     self._step = 0
 
   def __next__(self) -> Batch:
     batch = next(self._parent)
     piece = piece_len(self._step, self._config)
     self._step += 1
-    return warmup_batch(batch, piece, self._buckets)
+    return warmup_batch(batch, piece, self._buckets, self._fixed)
 
   def get_state(self) -> dict:
     return {"parent": self._parent.get_state(), "step": self._step}

@@ -18,7 +18,7 @@ from data.curriculum.difficulty import DIFFICULTIES
 from data.curriculum.pacing import PACINGS
 from data.filters import FILTERS, parse_chain
 from data.prepared import uses_reference
-from data.seq_len_warmup import bucket_lengths
+from data.seq_len_warmup import WARMUP_FIXED, bucket_lengths
 from data.sources import SOURCES
 from data.tokenizer import TOKENIZERS, ByteTokenizer, HFTokenizer
 from efficiency.attention import ATTENTION, resolve_kv_heads
@@ -401,7 +401,15 @@ def _check_data(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(
         f"data.seq_len_warmup.buckets={buckets!r} is invalid; valid choices: True, False"
     )
-  if w.start and buckets and (config.model.attention == "nsa" or config.model.moe.num_experts):
+  fixed = w.get("fixed", "tokens")
+  _choice("data.seq_len_warmup.fixed", fixed, WARMUP_FIXED)
+  if fixed == "sequences" and not buckets:
+    raise ConfigError(
+        "data.seq_len_warmup.fixed='sequences' trains on short rows; set "
+        "data.seq_len_warmup.buckets=True"
+    )
+  if w.start and buckets and fixed == "tokens" and (
+      config.model.attention == "nsa" or config.model.moe.num_experts):
     what = "model.attention='nsa'" if config.model.attention == "nsa" else "model.moe.num_experts>0"
     raise ConfigError(
         f"data.seq_len_warmup.buckets=True needs a model that mixes tokens only within a segment; "

@@ -16,6 +16,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from tqdm import tqdm
 
+from data.seq_len_warmup import rows_per_step
 from efficiency.attention import attention_impl, kv_cache_bytes_per_token
 from efficiency.errors import DivergedError
 from efficiency.metrics.memory import peak_memory_bytes
@@ -105,9 +106,9 @@ class Progress:
 
 
 def model_step_flops(config: ml_collections.ConfigDict, seq_len: int) -> int:
-  """Model FLOPs of one train step whose `batch_size * config.seq_len` positions come in rows of
-  `seq_len` (shorter than `config.seq_len` in a warmup bucket: attention spans the short row)."""
-  return flops_per_token(config.model, seq_len) * config.batch_size * config.seq_len
+  """Model FLOPs of one train step in rows of `seq_len` (shorter than `config.seq_len` in a
+  warmup bucket: attention spans the short row), as many rows as `rows_per_step` gives."""
+  return flops_per_token(config.model, seq_len) * rows_per_step(config, seq_len) * seq_len
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:

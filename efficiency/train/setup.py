@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
+from data.seq_len_warmup import rows_per_step
 from efficiency.evaluation import Evaluator
 from efficiency.model.transformer import make_model
 from efficiency.peft import make_method
@@ -186,10 +187,10 @@ class Training:
       self, example: Batch, seq_len: int | None = None
   ) -> dict[str, jax.ShapeDtypeStruct]:
     """Global-batch shapes for AOT compilation, from one local batch's dtypes: `batch_size`
-    rows of `config.seq_len` tokens, or the same tokens in rows of `seq_len` (a warmup bucket,
-    which divides `config.seq_len`)."""
+    rows of `config.seq_len` tokens, or rows of `seq_len` (a warmup bucket, which divides
+    `config.seq_len`: as many as `rows_per_step` gives)."""
     seq_len = self.config.seq_len if seq_len is None else seq_len
-    rows = self.config.batch_size * (self.config.seq_len // seq_len)
+    rows = rows_per_step(self.config, seq_len)
     return {
         k: jax.ShapeDtypeStruct((rows, seq_len), v.dtype, sharding=self.rows_sharding)
         for k, v in example.items()

@@ -131,13 +131,17 @@ def test_bucketed_rows_carry_exactly_the_masked_pieces(seed, length, piece):
 
 def test_warmup_batches_of_the_pipeline_agree_in_both_layouts(config):
   """The train iterator with bucketed warmup, masked warmup and none: the same tokens every
-  step, shaped by that step's piece length, then the plain batches once warmup ends."""
+  step, shaped by that step's piece length, then the plain batches once warmup ends. With
+  `fixed=sequences` each row keeps only its first piece of the masked cut."""
   config.update(steps=20)
   config.data.seq_len_warmup.update(start=6, steps=5)  # seq_len 32: pieces 4, 8, 16, then 32
   configs = {}
-  for name, start, buckets in (("bucketed", 6, True), ("masked", 6, False), ("plain", 0, True)):
+  for name, start, buckets, fixed in (("bucketed", 6, True, "tokens"),
+                                      ("masked", 6, False, "tokens"),
+                                      ("plain", 0, True, "tokens"),
+                                      ("sequences", 6, True, "sequences")):
     configs[name] = config.copy_and_resolve_references()
-    configs[name].data.seq_len_warmup.update(start=start, buckets=buckets)
+    configs[name].data.seq_len_warmup.update(start=start, buckets=buckets, fixed=fixed)
   iterators = {name: _iterator(c) for name, c in configs.items()}
   for step in range(7):
     batches = {name: next(it) for name, it in iterators.items()}
@@ -149,6 +153,7 @@ def test_warmup_batches_of_the_pipeline_agree_in_both_layouts(config):
       np.testing.assert_array_equal(masked[key], plain[key])
     for key in FEATURES:
       np.testing.assert_array_equal(bucketed[key], masked[key].reshape(-1, piece))
+      np.testing.assert_array_equal(batches["sequences"][key], masked[key][:, :piece])
     assert masked["positions"].max() < piece
     if step >= 5:
       for key in plain:

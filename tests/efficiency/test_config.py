@@ -50,6 +50,11 @@ def test_bad_values_raise_config_error(overrides, devices, expected):
         ({}, {"model.attention": "nsa"}, "model.attention='nsa' works on whole rows, so set "
                                          "data.seq_len_warmup.buckets=False"),
         ({}, {"model.moe.num_experts": 4}, "model.moe.num_experts>0 works on whole rows"),
+        ({"fixed": "rows"}, {}, "data.seq_len_warmup.fixed='rows' is invalid; valid choices: "
+                                "['sequences', 'tokens']"),
+        ({"fixed": "sequences", "buckets": False}, {},
+         "data.seq_len_warmup.fixed='sequences' trains on short rows; set "
+         "data.seq_len_warmup.buckets=True"),
     ],
 )
 def test_bad_warmup_buckets_raise_one_line(warmup, overrides, expected):
@@ -74,6 +79,8 @@ def test_warmup_buckets_flag_takes_true_or_false():
   resolve(config, num_devices=1)  # masked warmup also allows whole-row models
   override(config, "model.attention", "nsa")
   resolve(config, num_devices=1)
+  config.data.seq_len_warmup.update(buckets=True, fixed="sequences")
+  resolve(config, num_devices=1)  # whole short rows: whole-row models too
 
 
 def test_mha_and_mqa_fix_kv_heads():

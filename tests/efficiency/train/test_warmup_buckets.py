@@ -11,6 +11,7 @@ import pytest
 
 from data.seq_len_warmup import bucket_lengths, piece_len, split_segments, to_rows
 from efficiency.config import resolve
+from efficiency.model.flops import flops_per_token
 from efficiency.sharding.mesh import to_global
 from efficiency.train import loop as loop_lib
 from efficiency.train.setup import Training
@@ -141,6 +142,25 @@ def test_flops_count_each_step_at_its_row_length(warmup_run, warmup_config):
   assert summary["flops_to_target"] == sum(per_step[: first["step"]])
   assert 0 < summary["time_to_target_s"] < summary["wall_time_s"]
   assert summary["compile_time_s"] > 0
+
+
+def test_warmup_with_fixed_sequences_trains_short_steps(warmup_run, warmup_config, tmp_path):
+  """`fixed=sequences` (Li et al.): the same buckets, each warmup step batch_size rows of its
+  piece length, so it trains on and costs batch_size * piece tokens."""
+  config = warmup_config.copy_and_resolve_references()
+  config.data.seq_len_warmup.fixed = "sequences"
+  compiled = []
+  summary = _train(config, tmp_path / "work", compiled)
+  assert sorted(compiled) == [8, 16, 32]
+  pieces = [piece_len(s, config) for s in range(40)]
+  per_step = [flops_per_token(config.model, p) * config.batch_size * p for p in pieces]
+  assert summary["flops_seen"] == sum(per_step) == sum(
+      loop_lib.model_step_flops(config, p) for p in pieces)
+  reference = json.loads((warmup_run / "summary.json").read_text())
+  assert summary["flops_seen"] < reference["flops_seen"]
+  tokens = sum(min(p, 32) for p in pieces) * config.batch_size  # packed rows: all real tokens
+  assert summary["tokens_seen"] <= tokens < reference["tokens_seen"]
+  assert summary["tokens_seen"] > 0.9 * tokens
 
 
 def test_resume_mid_warmup_equals_the_uninterrupted_run(
