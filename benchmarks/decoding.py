@@ -261,7 +261,7 @@ def host_cos(collab, members, proposer, prompts, new: int, eos: int, max_len: in
           for name in ("standard", "naive", "cos")}
 
 
-def proposal_lengths(text: str) -> list:
+def parse_gammas(text: str) -> list:
   """`--cos_gammas`: comma-separated gammas, each an int or `a:b[:c]` (one per model)."""
   return [tuple(int(g) for g in x.split(":")) if ":" in x else int(x) for x in text.split(",")]
 
@@ -319,8 +319,8 @@ def main() -> None:
     partner, third = ((m.model, m.params) for m in (twin, loaded[3]))
     settings = args.cos_settings.split(",")
     results["cos"] = []
-    for t, gammas in ((0.0, proposal_lengths(args.cos_gammas)),
-                      (1.0, proposal_lengths(args.cos_gammas_t1))):
+    for t, gammas in ((0.0, parse_gammas(args.cos_gammas)),
+                      (1.0, parse_gammas(args.cos_gammas_t1))):
       sampling = Sampling(t)
       pairs = {f"we T={t:g}": (WeightedEnsemble((0.5, 0.5), sampling), [target, partner], 1),
                f"cd T={t:g}": (Contrastive(0.1, sampling), [target, draft], 1),

@@ -37,7 +37,7 @@ from efficiency.serving.compare import compare, compare_on_device, table
 from efficiency.serving.loading import check_same_tokenizer, load_model
 from efficiency.serving.prompts import validation_prompts
 from efficiency.serving.sampling import Sampling
-from efficiency.serving.speculation import Engine, check_gamma
+from efficiency.serving.speculation import Engine
 from efficiency.train.inputs import tokenizer_of
 
 _MODELS = flags.DEFINE_list("models", None, "Workdirs of the models (2 or more).")
@@ -91,7 +91,6 @@ def main(argv: list[str]) -> None:
     report = compare_on_device(collab, members, prompts, _MAX_NEW.value, gamma, proposer,
                                _SEED.value, tokenizer.eos_id)
   else:
-    check_gamma(gamma)
     max_len = max(map(len, prompts)) + _MAX_NEW.value + gamma + 40
     report = compare(Engine(collab, members, max_len), prompts, _MAX_NEW.value, gamma,
                      proposer, _SEED.value, tokenizer.eos_id)
