@@ -6,6 +6,12 @@ run on the default corpus, at each sequence length asked for with the same token
 full-length step.
 
   python -m benchmarks.seq_len_warmup [--seq_lens=128,512] [--steps=240] [--root=DIR]
+      [--variant NAME=ARM:FIELD=VALUE[,FIELD=VALUE...]]...
+
+A `--variant` is one more arm: ARM's settings with config fields changed, e.g.
+`--variant w120=sequences_equal_tokens:data.seq_len_warmup.steps=120` (a longer warmup, run to
+the baseline's tokens) or `--variant baseline_again=baseline` (the baseline once more, last: how
+far the machine drifted during the run). Variants run after the arms, in the order given.
 
 Each arm is a train.py run (`train_and_evaluate`) in DIR/<seq_len>-<arm>; a finished one is
 read back, not retrained. "To target" is the first eval at or below the target: the run's
@@ -41,19 +47,36 @@ ARMS = {
 TOKENS_PER_STEP = 16 * 128  # the default batch
 
 
-def arm_config(arm: str, seq_len: int, args: argparse.Namespace):
-  """The default config for one arm: `args.steps` steps of TOKENS_PER_STEP tokens."""
+def parse_variant(text: str) -> tuple[str, str, dict]:
+  """`NAME=ARM[:FIELD=VALUE,...]` as (name, arm, fields); a ValueError names what is wrong."""
+  name, _, rest = text.partition("=")
+  arm, _, changes = rest.partition(":")
+  if not name or name in ARMS or arm not in ARMS:
+    raise ValueError(f"--variant {text!r}: want NAME=ARM[:FIELD=VALUE,...] with a new NAME and "
+                     f"ARM one of {', '.join(ARMS)}")
+  fields = {}
+  for change in filter(None, changes.split(",")):
+    field, eq, value = change.partition("=")
+    if not eq:
+      raise ValueError(f"--variant {text!r}: {change!r} is not FIELD=VALUE")
+    fields[field] = value
+  return name, arm, fields
+
+
+def arm_config(arm: str, seq_len: int, args: argparse.Namespace, fields: dict | None = None):
+  """The default config for one arm (with `fields` changed on top, for a variant):
+  `args.steps` steps of TOKENS_PER_STEP tokens."""
   config = get_config()
   fields = {
       "steps": args.steps, "seq_len": seq_len, "batch_size": TOKENS_PER_STEP // seq_len,
       "eval_every": args.eval_every, "checkpoint_every": args.steps, "target_loss": args.target,
       "data.seq_len_warmup.start": args.start, "data.seq_len_warmup.steps": args.warmup_steps,
-      **ARMS[arm],
+      **ARMS[arm], **(fields or {}),
   }
   for field, value in fields.items():
     override(config, field, value)
   if arm == "sequences_equal_tokens":  # skipped row tail tokens, in full-length steps
-    skipped = sum(seq_len - piece_len(s, config) for s in range(args.warmup_steps))
+    skipped = sum(seq_len - piece_len(s, config) for s in range(config.data.seq_len_warmup.steps))
     steps = args.steps + math.ceil(skipped / seq_len)
     override(config, "steps", steps)
     override(config, "checkpoint_every", steps)
@@ -67,14 +90,16 @@ def to_loss(evals: list[dict], loss: float) -> dict:
   return {k: None if first is None else first[k] for k in keys}
 
 
-def run_arm(root: Path, arm: str, seq_len: int, args: argparse.Namespace) -> dict:
-  workdir = root / f"{seq_len}-{arm}"
+def run_arm(root: Path, name: str, seq_len: int, args: argparse.Namespace) -> dict:
+  """Trains (or reads back) arm or variant `name` at `seq_len`."""
+  arm, fields = args.variants.get(name, (name, None))
+  workdir = root / f"{seq_len}-{name}"
   started = time.perf_counter()
-  summary = train_and_evaluate(arm_config(arm, seq_len, args), workdir)
+  summary = train_and_evaluate(arm_config(arm, seq_len, args, fields), workdir)
   records = [json.loads(line) for line in (workdir / files.METRICS).read_text().splitlines()]
   evals = [r for r in records if "eval_loss" in r and "train_time_s" in r]
   return {
-      "arm": arm, "seq_len": seq_len, "summary": summary, "evals": evals,
+      "arm": name, "seq_len": seq_len, "summary": summary, "evals": evals,
       "run_s": time.perf_counter() - started,
   }
 
@@ -97,7 +122,7 @@ def table(results: list[dict]) -> str:
     for label, loss in (("target_loss", None), ("baseline final", base_final)):
       loss_ = arms["baseline"]["summary"]["target_loss"] if loss is None else loss
       base = to_loss(arms["baseline"]["evals"], loss_)
-      for arm in (a for a in ARMS if a in arms):
+      for arm in arms:
         r = arms[arm]
         hit = to_loss(r["evals"], loss_)
         flops = None if hit["flops_seen"] is None else hit["flops_seen"] / 1e9
@@ -121,13 +146,20 @@ def main() -> None:
   parser.add_argument("--start", type=int, default=16)
   parser.add_argument("--warmup_steps", type=int, default=60)
   parser.add_argument("--arms", default=",".join(ARMS))
+  parser.add_argument("--variant", action="append", default=[],
+                      help="NAME=ARM[:FIELD=VALUE,...]: one more arm (repeatable)")
   parser.add_argument("--root", default="/tmp/seq_len_warmup_benchmark")
   args = parser.parse_args()
+  try:
+    args.variants = {name: (arm, fields) for name, arm, fields in map(parse_variant, args.variant)}
+  except ValueError as e:
+    parser.error(str(e))
   root = Path(args.root)
   results = []
   for i, seq_len in enumerate(int(s) for s in args.seq_lens.split(",")):
     arms = args.arms.split(",")
-    for arm in arms if i % 2 == 0 else arms[::-1]:  # alternate the order against drift
+    arms = [*(arms if i % 2 == 0 else arms[::-1]), *args.variants]  # alternate against drift
+    for arm in arms:
       results.append(run_arm(root, arm, seq_len, args))
       s = results[-1]["summary"]
       print(f"{seq_len} {arm}: final {s['final_eval_loss']:.4f}, "
