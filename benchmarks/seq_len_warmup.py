@@ -6,10 +6,13 @@ run on the default corpus, at each sequence length asked for with the same token
 full-length step.
 
   python -m benchmarks.seq_len_warmup [--seq_lens=128,512] [--steps=240] [--root=DIR]
-      [--variant NAME=ARM:FIELD=VALUE[,FIELD=VALUE...]]...
+      [--start=64] [--warmup_steps=180] [--variant NAME=ARM:FIELD=VALUE[,FIELD=VALUE...]]...
+
+The warmup defaults (from 64 tokens over 180 steps) are the schedule that measured best on the
+default corpus (BENCHMARKS.md, "A longer warmup from 64 tokens").
 
 A `--variant` is one more arm: ARM's settings with config fields changed, e.g.
-`--variant w120=sequences_equal_tokens:data.seq_len_warmup.steps=120` (a longer warmup, run to
+`--variant w120=sequences_equal_tokens:data.seq_len_warmup.steps=120` (a shorter warmup, run to
 the baseline's tokens) or `--variant baseline_again=baseline` (the baseline once more, last: how
 far the machine drifted during the run). Variants run after the arms, in the order given.
 
@@ -143,8 +146,8 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=240)
   parser.add_argument("--eval_every", type=int, default=20)
   parser.add_argument("--target", type=float, default=5.0)
-  parser.add_argument("--start", type=int, default=16)
-  parser.add_argument("--warmup_steps", type=int, default=60)
+  parser.add_argument("--start", type=int, default=64)
+  parser.add_argument("--warmup_steps", type=int, default=180)
   parser.add_argument("--arms", default=",".join(ARMS))
   parser.add_argument("--variant", action="append", default=[],
                       help="NAME=ARM[:FIELD=VALUE,...]: one more arm (repeatable)")
