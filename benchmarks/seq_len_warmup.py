@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import jax
+import ml_collections
 
 from configs.default import get_config
 from data.seq_len_warmup import piece_len
@@ -70,13 +71,13 @@ def arm_config(arm: str, seq_len: int, args: argparse.Namespace, fields: dict | 
   """The default config for one arm (with `fields` changed on top, for a variant):
   `args.steps` steps of TOKENS_PER_STEP tokens."""
   config = get_config()
-  fields = {
+  settings = {
       "steps": args.steps, "seq_len": seq_len, "batch_size": TOKENS_PER_STEP // seq_len,
       "eval_every": args.eval_every, "checkpoint_every": args.steps, "target_loss": args.target,
       "data.seq_len_warmup.start": args.start, "data.seq_len_warmup.steps": args.warmup_steps,
       **ARMS[arm], **(fields or {}),
   }
-  for field, value in fields.items():
+  for field, value in settings.items():
     override(config, field, value)
   if arm == "sequences_equal_tokens":  # skipped row tail tokens, in full-length steps
     skipped = sum(seq_len - piece_len(s, config) for s in range(config.data.seq_len_warmup.steps))
@@ -93,12 +94,31 @@ def to_loss(evals: list[dict], loss: float) -> dict:
   return {k: None if first is None else first[k] for k in keys}
 
 
-def run_arm(root: Path, name: str, seq_len: int, args: argparse.Namespace) -> dict:
+def planned_runs(args: argparse.Namespace) -> list[tuple[int, str, ml_collections.ConfigDict]]:
+  """(seq_len, arm or variant name, config) of every run, in order, all built before any trains,
+  so a bad arm, variant or field fails at once; a ValueError names it."""
+  arms = args.arms.split(",")
+  if unknown := [a for a in arms if a not in ARMS]:
+    raise ValueError(f"--arms: {', '.join(unknown)} unknown; valid arms: {', '.join(ARMS)}")
+  variants = {}
+  for name, arm, fields in map(parse_variant, args.variant):
+    if name in variants:
+      raise ValueError(f"--variant {name!r} is given twice")
+    variants[name] = (arm, fields)
+  runs = []
+  for i, seq_len in enumerate(int(s) for s in args.seq_lens.split(",")):
+    order = arms if i % 2 == 0 else arms[::-1]  # alternate the order against drift
+    runs += [(seq_len, arm, arm_config(arm, seq_len, args)) for arm in order]
+    runs += [(seq_len, name, arm_config(arm, seq_len, args, fields))
+             for name, (arm, fields) in variants.items()]
+  return runs
+
+
+def run_arm(root: Path, name: str, seq_len: int, config: ml_collections.ConfigDict) -> dict:
   """Trains (or reads back) arm or variant `name` at `seq_len`."""
-  arm, fields = args.variants.get(name, (name, None))
   workdir = root / f"{seq_len}-{name}"
   started = time.perf_counter()
-  summary = train_and_evaluate(arm_config(arm, seq_len, args, fields), workdir)
+  summary = train_and_evaluate(config, workdir)
   records = [json.loads(line) for line in (workdir / files.METRICS).read_text().splitlines()]
   evals = [r for r in records if "eval_loss" in r and "train_time_s" in r]
   return {
@@ -154,20 +174,16 @@ def main() -> None:
   parser.add_argument("--root", default="/tmp/seq_len_warmup_benchmark")
   args = parser.parse_args()
   try:
-    args.variants = {name: (arm, fields) for name, arm, fields in map(parse_variant, args.variant)}
+    runs = planned_runs(args)
   except ValueError as e:
     parser.error(str(e))
   root = Path(args.root)
   results = []
-  for i, seq_len in enumerate(int(s) for s in args.seq_lens.split(",")):
-    arms = args.arms.split(",")
-    arms = [*(arms if i % 2 == 0 else arms[::-1]), *args.variants]  # alternate against drift
-    for arm in arms:
-      results.append(run_arm(root, arm, seq_len, args))
-      s = results[-1]["summary"]
-      print(f"{seq_len} {arm}: final {s['final_eval_loss']:.4f}, "
-            f"time to target {s['time_to_target_s']}, run {results[-1]['run_s']:.0f} s",
-            flush=True)
+  for seq_len, name, config in runs:
+    results.append(run_arm(root, name, seq_len, config))
+    s = results[-1]["summary"]
+    print(f"{seq_len} {name}: final {s['final_eval_loss']:.4f}, "
+          f"time to target {s['time_to_target_s']}, run {results[-1]['run_s']:.0f} s", flush=True)
   print(table(results))
   keep = ("final_eval_loss", "tokens_to_target", "flops_to_target", "time_to_target_s",
           "flops_seen", "tokens_per_sec", "compile_time_s")

@@ -4,7 +4,7 @@ import argparse
 
 import pytest
 
-from benchmarks.seq_len_warmup import arm_config, parse_variant
+from benchmarks.seq_len_warmup import arm_config, parse_variant, planned_runs
 from data.seq_len_warmup import piece_len
 
 
@@ -35,3 +35,21 @@ def test_variant_stretches_its_own_warmup_to_the_baseline_tokens():
   skipped = sum(128 - piece_len(s, config) for s in range(120))
   assert config.steps == 240 + -(-skipped // 128) > arm_config("sequences_equal_tokens", 128,
                                                                 _args()).steps
+
+
+@pytest.mark.parametrize("arms, variants, match", [
+    ("baseline,nope", [], "--arms: nope unknown"),
+    ("baseline", ["a=baseline", "a=masked"], "given twice"),
+    ("baseline", ["a=baseline:optimizer.nope=1"], "has no field 'nope'"),
+])
+def test_planned_runs_refuse_bad_arms_and_variants_before_any_trains(arms, variants, match):
+  with pytest.raises(ValueError, match=match):
+    planned_runs(_args(seq_lens="128", arms=arms, variant=variants))
+
+
+def test_planned_runs_put_variants_after_the_arms_and_alternate_the_arms():
+  runs = planned_runs(_args(seq_lens="128,512", arms="baseline,masked", variant=["again=baseline"]))
+  assert [(t, name) for t, name, _ in runs] == [
+      (128, "baseline"), (128, "masked"), (128, "again"),
+      (512, "masked"), (512, "baseline"), (512, "again")]
+  assert all(config.seq_len == t for t, _, config in runs)
