@@ -101,9 +101,9 @@ class Stepper:
     config = resolve(config, num_devices=jax.device_count())
     self.training = Training(config)
     self.state = self.training.init(0)
-    batch = random_batch(np.random.default_rng(0), config)
-    self.batch = to_global(batch, self.training.rows_sharding)
-    self.compiled, _ = self.training.compile(batch)
+    self.example = random_batch(np.random.default_rng(0), config)
+    self.batch = to_global(self.example, self.training.rows_sharding)
+    self.compiled, _ = self.training.compile(self.example)
     self.temp_bytes = self.compiled.memory_analysis().temp_size_in_bytes
     self.step()
 

@@ -71,6 +71,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.norm_eps = 1e-6
   c.model.init_std = 0.02
   c.model.scan_layers = True
+  # Layers per iteration of the layer scan's loop (lax.scan's unroll; num_layers: no loop). Same
+  # parameters and math; more compiles longer and saves the loop's stacked-residual copies.
+  c.model.scan_unroll = 1
   c.model.remat = "none"  # none | full | dots
   c.model.param_dtype = "float32"
   c.model.dtype = "float32"  # compute dtype

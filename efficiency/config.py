@@ -49,6 +49,7 @@ RANGES = (
     ("model.norm_eps", 0, None, "low open"),
     ("model.init_std", 0, None, "low open"),
     ("model.rope.base", 1, None, "low open"),
+    ("model.scan_unroll", 1, None, "int"),
     ("optimizer.lr", 0, None, "low open"),
     ("optimizer.min_lr_ratio", 0, 1, ""),
     ("optimizer.warmup_steps", 0, None, "int"),

@@ -72,7 +72,8 @@ class Transformer(nn.Module):
   Training only: with `scan_layers`, `frozen_layers` = n > 0 runs the first n layers as their own
   scan, params `frozen_layers` (the rest stay `layers`), with its output under stop_gradient, so
   the backward pass skips them (PEFT: nothing at or below them trains). `unroll_layers` unrolls
-  the scans (same math; XLA's cost analysis counts a loop body once, so FLOP counts need it).
+  the scans (same math; XLA's cost analysis counts a loop body once, so FLOP counts need it);
+  otherwise each scan's loop runs `scan_unroll` layers per iteration.
   """
 
   config: ml_collections.FrozenConfigDict
@@ -113,7 +114,7 @@ class Transformer(nn.Module):
           split_rngs={"params": True, "quant": True},
           in_axes=(nn.broadcast, nn.broadcast) + (() if cache is None else (0,)),
           length=length,
-          unroll=length if self.unroll_layers else 1,
+          unroll=length if self.unroll_layers else min(cfg.get("scan_unroll", 1), length),
           metadata_params={nn.PARTITION_NAME: "layers"},
       )(cfg, self.quant, name=name)
       if self.frozen_layers:

@@ -36,7 +36,7 @@ def _cases(tmp, corpus, data_dir, trained) -> list[tuple[list[str], str]]:
       ("model.dtype=float16", "model.dtype"), ("model.remat=some", "model.remat"),
       ("model.norm_eps=0", "model.norm_eps"), ("model.init_std=-0.1", "model.init_std"),
       ("model.moe.num_experts=-1", "model.moe.num_experts"),
-      ("model.rope.base=0", "model.rope.base"),
+      ("model.rope.base=0", "model.rope.base"), ("model.scan_unroll=0", "model.scan_unroll"),
       ("quant.mode=int2", "quant.mode"), ("quant.group_size=-1", "quant.group_size"),
       ("quant.embedding=int2", "quant.embedding"),
       ("data.tokenizer=wordpiece", "data.tokenizer"), ("data.filters=length,bogus", "data.filters"),
