@@ -72,8 +72,9 @@ class Transformer(nn.Module):
   Training only: with `scan_layers`, `frozen_layers` = n > 0 runs the first n layers as their own
   scan, params `frozen_layers` (the rest stay `layers`), with its output under stop_gradient, so
   the backward pass skips them (PEFT: nothing at or below them trains). `unroll_layers` unrolls
-  the scans (same math; XLA's cost analysis counts a loop body once, so FLOP counts need it);
-  otherwise each scan's loop runs `scan_unroll` layers per iteration.
+  the scans (same math; XLA's cost analysis counts a loop body once, so FLOP counts need it).
+  Otherwise each layer scan's loop runs `scan_unroll` layers per iteration (same math), in
+  training and decoding alike.
   """
 
   config: ml_collections.FrozenConfigDict
