@@ -77,6 +77,19 @@ def test_unscanned_layers_decode():
   np.testing.assert_allclose(np.concatenate(got, axis=1), expected_BTV, atol=ATOL)
 
 
+def test_unrolled_layer_scan_decodes_like_the_looped_forward():
+  """`scan_unroll` over every layer (no loop) decodes a prompt and 4 tokens through the cache to
+  the logits of the looped model's full forward on the same parameters."""
+  looped, params = make_model("gqa", "rope")
+  unrolled, _ = make_model("gqa", "rope", scan_unroll=2)
+  tokens_BT = np.random.default_rng(3).integers(1, 97, size=(2, 9)).astype(np.int32)
+  expected_BTV = full_logits(looped, params, tokens_BT)
+  runner = Runner(unrolled, params, batch=2, max_len=16)
+  got = [runner.feed(tokens_BT[:, :5], np.array([0, 0]))]
+  got += [runner.feed(tokens_BT[:, i : i + 1], np.array([i, i])) for i in range(5, 9)]
+  np.testing.assert_allclose(np.concatenate(got, axis=1), expected_BTV, atol=ATOL)
+
+
 @pytest.mark.parametrize("attention", ["gqa", "mla"])
 def test_rollback_equals_cache_of_kept_tokens(attention):
   """Feed a prompt and a 4-token draft, reject after 1 accepted token by moving the pointer back,
