@@ -89,17 +89,16 @@ def main() -> None:
     worker.stdin.close()
     worker.wait()
     config = first.training.config
-    tokens = args.steps * config.batch_size * config.seq_len
+    tokens = config.batch_size * config.seq_len  # per step
+    params = first.training.param_count()
     torch_time = statistics.median(torch_s) / args.steps
     for arm, times in ours_s.items():
       ours_time = statistics.median(times) / args.steps
-      ours_tps, torch_tps = tokens / args.steps / ours_time, tokens / args.steps / torch_time
-      print(f"| {shape} | {arm} | {first.training.param_count() / 1e6:.1f}M | {ours_tps:,.0f} "
-            f"| {torch_tps:,.0f} | {ours_tps / torch_tps:.2f} "
+      print(f"| {shape} | {arm} | {params / 1e6:.1f}M | {tokens / ours_time:,.0f} "
+            f"| {tokens / torch_time:,.0f} | {torch_time / ours_time:.2f} "
             f"| {flops / ours_time / 1e9:.0f} | {flops / torch_time / 1e9:.0f} "
             f"| {flops / ours_time / peak.flops:.0%} | {flops / torch_time / peak.flops:.0%} |",
             flush=True)
-
 
 if __name__ == "__main__":
   main()

@@ -105,19 +105,20 @@ def test_scan_unroll_keeps_outputs_and_grads_and_removes_the_loop(rng):
   """`scan_unroll` changes how the layer scan compiles, not what it computes: 3 of 4 layers per
   iteration (a remainder) and all 4 give the outputs and gradients of 1 on the same parameters,
   and all 4 leave no loop in the compiled gradient."""
-  model, params, batch = build(rng, num_layers=4)
+  _, params, batch = build(rng, num_layers=4)
 
   def grad_fn(unroll):
     m = Transformer(ml_collections.FrozenConfigDict(tiny_model_config(num_layers=4,
                                                                       scan_unroll=unroll)))
     return jax.jit(jax.value_and_grad(lambda p: jnp.mean(m.apply({"params": p}, *batch) ** 2)))
 
-  loss1, g1 = grad_fn(1)(params)
+  grads = {unroll: grad_fn(unroll) for unroll in (1, 3, 4)}
+  loss1, g1 = grads[1](params)
   for unroll in (3, 4):
-    loss, g = grad_fn(unroll)(params)
+    loss, g = grads[unroll](params)
     np.testing.assert_allclose(loss, loss1, rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g, g1)
-  loops = lambda unroll: grad_fn(unroll).lower(params).compile().as_text().count(" while(")
+  loops = lambda unroll: grads[unroll].lower(params).compile().as_text().count(" while(")
   assert loops(1) >= 1 and loops(4) == 0
 
 
