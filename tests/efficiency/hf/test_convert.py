@@ -188,8 +188,11 @@ def test_bad_checkpoints_are_one_clear_error(tmp_path):
     [
         ({"model_type": "mixtral"}, r"model_type='mixtral' is not supported; valid choices: "
                                     r"llama, qwen2"),
-        ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}},
-         r"rope_type='yarn' is not supported; only the default rope"),
+        ({"rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4, "factor": 4.0}},
+         r"rope_type='longrope' is not supported; valid choices: default, linear, llama3, yarn"),
+        ({"rope_parameters": None, "rope_scaling": {"type": "dynamic", "factor": 2.0}},
+         r"rope_type='dynamic' is not supported; valid choices: default, linear, llama3, yarn"),
+        ({"partial_rotary_factor": 0.5}, r"partial_rotary_factor=0.5 is not supported"),
         ({"use_sliding_window": True}, r"use_sliding_window/layer_types"),
         ({"hidden_act": "gelu"}, r"hidden_act='gelu' is not supported"),
     ],
@@ -259,5 +262,49 @@ def test_convert_command_line_errors_are_one_line(args, message):
 def test_import_needs_the_tokenizer(tmp_path):
   folder = _broken(tmp_path)
   (folder / "tokenizer.json").unlink()
-  with pytest.raises(MissingPathError, match=r"--from_hf='.*broken' has no tokenizer.json"):
+  with pytest.raises(MissingPathError, match=r"--from_hf='.*broken' has neither tokenizer.json "
+                     r"nor tokenizer.model; the model needs its tokenizer"):
     _import(folder, tmp_path / "w")
+  assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("name", ["llama3", "qwen2_yarn", "qwen2_head_dim", "sentencepiece"])
+def test_import_reproduces_transformers_scaled_rope_and_head_dim(tmp_path, name):
+  """llama3 and yarn rope scaling, a Qwen2 head_dim != d_model / heads, and an exported
+  sentencepiece run: transformers' logits (1e-4) and greedy tokens (and text); the scaling
+  exports back in transformers' fields (with its defaults written out)."""
+  folder = FIXTURES / name
+  expected = np.load(folder / "expected.npz")
+  _import(folder, tmp_path / "w")
+  trained = restore(tmp_path / "w")
+  np.testing.assert_allclose(_logits(trained, expected["input_ids"]), expected["logits"],
+                             atol=1e-4, rtol=0)
+  greedy = generate(trained.model, trained.params, list(expected["input_ids"]), 8,
+                    Sampling(temperature=0.0), None)
+  np.testing.assert_array_equal(np.stack(greedy), expected["greedy"])
+  if name == "sentencepiece":
+    tokenizer = tokenizer_of(trained.config)
+    assert [tokenizer.decode(g) for g in greedy] == list(expected["greedy_text"])
+  export_checkpoint(tmp_path / "w", tmp_path / "hf", progress=False)
+  written = json.loads((tmp_path / "hf" / "config.json").read_text())
+  original = json.loads((folder / "config.json").read_text())
+  assert original["rope_parameters"].items() <= written["rope_parameters"].items()
+  assert written["head_dim"] == original.get("head_dim", written["head_dim"])
+
+
+def test_import_from_a_sentencepiece_model_alone(tmp_path):
+  """A folder with tokenizer.model and no tokenizer.json imports with the same ids; a model
+  whose pieces are not the embedding rows is one line, nothing written."""
+  folder = _broken(tmp_path, "sentencepiece")
+  (folder / "tokenizer.json").unlink()
+  expected = np.load(FIXTURES / "sentencepiece" / "expected.npz")
+  texts = json.loads((folder / "texts.json").read_text())["texts"]
+  config = imported_config(get_config(), folder)
+  tokenizer = HFTokenizer(config.data.tokenizer_dir)
+  np.testing.assert_array_equal(tokenizer.encode(texts[1]),
+                                expected["ids"][expected["offsets"][1]:expected["offsets"][2]])
+  _edit_config(folder, vocab_size=400)
+  with pytest.raises(ConfigError, match=r"tokenizer.model has 384 pieces but the checkpoint's "
+                     r"vocab_size=400 embedding rows"):
+    _import(folder, tmp_path / "w")
+  assert not (tmp_path / "w").exists()
