@@ -160,10 +160,11 @@ def make_sentencepiece(exported: str) -> None:
 
 
 def generate(folder: str, prompt: str) -> None:
-  """Prints transformers' greedy continuation of `prompt` by the exported model in `folder`."""
+  """Prints transformers' greedy continuation of `prompt` by the exported model in `folder`;
+  the prompt is encoded without BOS, as `evals.generate` encodes it."""
   tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
   model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-  input_ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+  input_ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
   with torch.no_grad():
     out = model.generate(input_ids, max_new_tokens=32, do_sample=False, eos_token_id=None,
                          pad_token_id=tokenizer.pad_token_id)
