@@ -28,7 +28,7 @@ from efficiency.train.inputs import tokenizer_of
 from efficiency.train.setup import Training
 from efficiency.workdir import files
 from efficiency.workdir.restore import restore
-from tests.helpers import ROOT, run_module, run_peft, tiny_config
+from tests.helpers import ROOT, run_module, run_peft, run_train, tiny_config, tiny_train_flags
 
 FIXTURES = ROOT / "tests" / "fixtures" / "hf"
 
@@ -308,3 +308,32 @@ def test_import_from_a_sentencepiece_model_alone(tmp_path):
                      r"vocab_size=400 embedding rows"):
     _import(folder, tmp_path / "w")
   assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tokenizer", ["sentencepiece", "bytes"])
+def test_whole_round_trip_of_a_run(tmp_path, tiny_corpus, tokenizer):
+  """docs/hf.md's trip: train, export (with the run's tokenizer), import, the same greedy tokens
+  and ids as the run, and `init_from` the import keeps training."""
+  flags = tiny_train_flags(tiny_corpus, tmp_path / "data", steps=20,
+                           **{"data.tokenizer": tokenizer})
+  run_train(tmp_path / "run", flags)
+  report = export_checkpoint(tmp_path / "run", tmp_path / "hf", progress=False)
+  assert report["tokenizer"] == tokenizer
+  _import(tmp_path / "hf", tmp_path / "back")
+  run, back = restore(tmp_path / "run"), restore(tmp_path / "back")
+  ours, theirs = tokenizer_of(run.config), tokenizer_of(back.config)
+  texts = json.loads((FIXTURES / "sentencepiece" / "texts.json").read_text())["texts"]
+  for text in texts:
+    np.testing.assert_array_equal(theirs.encode(text), ours.encode(text))
+  prompts = [ours.encode(t)[:8] for t in texts[:2]]
+  greedy = [generate(w.model, w.params, prompts, 8, Sampling(temperature=0.0), None)
+            for w in (run, back)]
+  np.testing.assert_array_equal(np.stack(greedy[0]), np.stack(greedy[1]))
+  run_train(tmp_path / "more", [
+      "--config=configs/finetune.py", f"--config.init_from={tmp_path / 'back'}",
+      "--config.steps=2", "--config.batch_size=4", "--config.seq_len=32",
+      f"--config.data.data_dir={tmp_path / 'data'}",
+  ])
+  summary = json.loads((tmp_path / "more" / "summary.json").read_text())
+  assert summary["status"] == "completed" and np.isfinite(summary["final_eval_loss"])
