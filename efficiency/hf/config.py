@@ -142,6 +142,16 @@ def check_exportable(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"cannot export to Hugging Face: {'; '.join(reasons)}")
 
 
+def _context(config: ml_collections.ConfigDict) -> int:
+  """max_position_embeddings: the run's sequence length (at least MIN_CONTEXT), or the context a
+  llama3 / yarn scaling extends to."""
+  scaling = config.model.rope.get("scaling")
+  context = max(int(config.seq_len), MIN_CONTEXT)
+  if scaling is not None and scaling.type in ("llama3", "yarn"):
+    context = max(context, int(scaling.original_max_position * scaling.factor))
+  return context
+
+
 def hf_config(
     config: ml_collections.ConfigDict, bos_id: int | None, eos_id: int | None, dtype: str
 ) -> dict[str, Any]:
@@ -164,7 +174,7 @@ def hf_config(
       "rope_parameters": {**rope, "rope_theta": m.rope.base},
       "rope_theta": m.rope.base,
       "tie_word_embeddings": bool(m.tie_embeddings),
-      "max_position_embeddings": max(int(config.seq_len), MIN_CONTEXT),
+      "max_position_embeddings": _context(config),
       "attention_dropout": 0.0,
       "bos_token_id": bos_id,
       "eos_token_id": eos_id,

@@ -25,6 +25,7 @@ from data.tokenizer import (
   ByteTokenizer,
   HFTokenizer,
   SentencePieceTokenizer,
+  Tokenizer,
 )
 from efficiency.errors import ConfigError
 from efficiency.hf.config import MIN_CONTEXT
@@ -149,7 +150,7 @@ def write_folder(tokenizer: tokenizers.Tokenizer, folder: Path, bos_id: int, eos
   (folder / SPECIAL_MAP).write_text(json.dumps(names, indent=2) + "\n")
 
 
-def export_tokenizer(tokenizer: object, folder: Path, max_length: int) -> str:
+def export_tokenizer(tokenizer: Tokenizer, folder: Path, max_length: int) -> str:
   """Writes `tokenizer` (one of data.tokenizer's) into `folder` (a sentencepiece one's model too,
   as tokenizer.model); returns its kind."""
   if isinstance(tokenizer, SentencePieceTokenizer):

@@ -19,6 +19,7 @@ from configs.finetune import get_config as get_finetune_config
 from data.tokenizer import HFTokenizer
 from efficiency.config import resolve
 from efficiency.errors import ConfigError, MissingPathError
+from efficiency.hf.config import hf_config, model_section
 from efficiency.hf.convert import export_checkpoint, import_checkpoint, imported_config
 from efficiency.serving.generate import generate
 from efficiency.serving.loading import check_same_tokenizer
@@ -337,3 +338,31 @@ def test_whole_round_trip_of_a_run(tmp_path, tiny_corpus, tokenizer):
   ])
   summary = json.loads((tmp_path / "more" / "summary.json").read_text())
   assert summary["status"] == "completed" and np.isfinite(summary["final_eval_loss"])
+
+
+def test_rope_scaling_fields_in_either_spelling():
+  """Llama 3.1's and Qwen2.5's configs as they ship (the older `rope_scaling` spelling) map to
+  model.rope.scaling, and export writes them back in transformers' `rope_parameters`."""
+  llama31 = json.loads((FIXTURES / "llama3" / "config.json").read_text())
+  del llama31["rope_parameters"]
+  llama31.update(rope_theta=500000.0, max_position_embeddings=131072, rope_scaling={
+      "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+      "original_max_position_embeddings": 8192, "rope_type": "llama3"})
+  section = model_section(llama31)
+  assert section["rope"] == {"base": 500000.0, "scaling": {
+      "type": "llama3", "factor": 8.0, "original_max_position": 8192, "low_freq_factor": 1.0,
+      "high_freq_factor": 4.0}}
+  qwen25 = json.loads((FIXTURES / "qwen2_yarn" / "config.json").read_text())
+  del qwen25["rope_parameters"]
+  qwen25.update(rope_theta=1e6, max_position_embeddings=32768,
+                rope_scaling={"type": "yarn", "factor": 4.0})
+  scaling = model_section(qwen25)["rope"]["scaling"]
+  assert scaling == {"type": "yarn", "factor": 4.0, "original_max_position": 32768}
+  config = get_config()
+  config.model.rope.scaling.update(scaling)
+  written = hf_config(config, 1, 2, "float32")
+  assert written["rope_parameters"] == {
+      "rope_type": "yarn", "rope_theta": 10_000.0, "factor": 4.0,
+      "original_max_position_embeddings": 32768, "beta_fast": 32.0, "beta_slow": 1.0,
+      "truncate": True}
+  assert written["max_position_embeddings"] == 4 * 32768
