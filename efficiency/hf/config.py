@@ -143,13 +143,12 @@ def check_exportable(config: ml_collections.ConfigDict) -> None:
 
 
 def _context(config: ml_collections.ConfigDict) -> int:
-  """max_position_embeddings: the run's sequence length (at least MIN_CONTEXT), or the context a
-  llama3 / yarn scaling extends to."""
+  """max_position_embeddings: the context a llama3 / yarn scaling extends to (transformers checks
+  yarn's factor against it), else the run's sequence length (at least MIN_CONTEXT)."""
   scaling = config.model.rope.get("scaling")
-  context = max(int(config.seq_len), MIN_CONTEXT)
   if scaling is not None and scaling.type in ("llama3", "yarn"):
-    context = max(context, int(scaling.original_max_position * scaling.factor))
-  return context
+    return max(int(config.seq_len), int(scaling.original_max_position * scaling.factor))
+  return max(int(config.seq_len), MIN_CONTEXT)
 
 
 def hf_config(
