@@ -42,6 +42,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.attention_impl = "auto"
   c.model.rope = ml_collections.ConfigDict()  # position=rope
   c.model.rope.base = 10_000.0
+  # Context extension (efficiency.position.rope.SCALINGS): none | linear | llama3 | yarn, with
+  # transformers' fields; Hugging Face imports set it from the checkpoint's rope_scaling.
+  c.model.rope.scaling = ml_collections.ConfigDict()
+  c.model.rope.scaling.type = "none"
+  c.model.rope.scaling.factor = 1.0  # linear, llama3, yarn
+  c.model.rope.scaling.original_max_position = 0  # llama3, yarn: the pretraining context
+  c.model.rope.scaling.low_freq_factor = 1.0  # llama3
+  c.model.rope.scaling.high_freq_factor = 4.0  # llama3
+  c.model.rope.scaling.beta_fast = 32.0  # yarn
+  c.model.rope.scaling.beta_slow = 1.0  # yarn
+  c.model.rope.scaling.attention_factor = 0.0  # yarn; 0: 0.1 ln(factor) + 1
+  c.model.rope.scaling.truncate = True  # yarn: integer correction range
   c.model.learned = ml_collections.ConfigDict()  # position=learned
   c.model.learned.max_positions = 2048  # rows of the table
   c.model.relative = ml_collections.ConfigDict()  # position=relative (T5)

@@ -69,6 +69,7 @@ class SentencePieceTokenizer:
   pad_id, bos_id, eos_id = PAD_ID, BOS_ID, EOS_ID
 
   def __init__(self, model_proto: bytes):
+    self.model_proto = model_proto
     self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
     self.vocab_size = self._sp.get_piece_size()
     self.token_bytes = np.array([self._piece_bytes(i) for i in range(self.vocab_size)], np.int32)
@@ -90,8 +91,9 @@ class SentencePieceTokenizer:
 class HFTokenizer:
   """A Hugging Face tokenizer folder: `tokenizer.json` (read by the `tokenizers` library) and
   `tokenizer_config.json`, whose `eos_token` (required), `bos_token` and `pad_token` name the
-  special ids. Without a BOS token, documents start with EOS (the separator Qwen2 trains with);
-  without a padding token, padding is EOS (padded positions carry weight 0 either way)."""
+  special ids (and `split_special_tokens` whether text spelling them is encoded as text).
+  Without a BOS token, documents start with EOS (the separator Qwen2 trains with); without a
+  padding token, padding is EOS (padded positions carry weight 0 either way)."""
 
   FILE = "tokenizer.json"
   SETTINGS = "tokenizer_config.json"
@@ -117,6 +119,8 @@ class HFTokenizer:
     bos_id, pad_id = (self._special(settings, k, settings_path) for k in ("bos_token", "pad_token"))
     self.bos_id = self.eos_id if bos_id is None else bos_id
     self.pad_id = self.eos_id if pad_id is None else pad_id
+    # transformers' `split_special_tokens`: special tokens spelled in text are encoded as text.
+    self._tokenizer.encode_special_tokens = bool(settings.get("split_special_tokens", False))
     self.token_bytes = self._token_bytes()
 
   def _special(self, settings: dict, key: str, path: str) -> int | None:

@@ -27,6 +27,7 @@ from efficiency.errors import ConfigError, MissingPathError
 from efficiency.model.transformer import REMAT_POLICIES
 from efficiency.peft import BASE_QUANT, PEFT_METHODS, make_method
 from efficiency.position import POSITIONS
+from efficiency.position.rope import SCALINGS as ROPE_SCALINGS
 from efficiency.quant import MODE_BACKENDS, QUANT_MODES
 from efficiency.quant.einsum import INT4_ACTIVATIONS, SERVE_MODES
 from efficiency.quant.table import check_mode, check_table
@@ -252,6 +253,28 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
   head_dim = m.head_dim if m.head_dim > 0 else m.d_model // m.num_heads
   if m.position == "rope" and head_dim % 2:
     raise ConfigError(f"model.head_dim={head_dim} must be even for model.position='rope'")
+  if m.position == "rope" and "scaling" in m.rope:
+    _check_rope_scaling(m.rope.scaling)
+
+
+def _check_rope_scaling(s: ml_collections.ConfigDict) -> None:
+  """model.rope.scaling: a known type and the fields it uses."""
+  if s.type not in ROPE_SCALINGS:
+    raise ConfigError(f"model.rope.scaling.type={s.type!r} is invalid; valid choices: "
+                      f"{', '.join(ROPE_SCALINGS)}")
+  if s.type == "none":
+    return
+  if not s.factor >= 1:
+    raise ConfigError(f"model.rope.scaling.factor={s.factor} must be at least 1")
+  if s.type in ("llama3", "yarn") and not s.original_max_position > 0:
+    raise ConfigError(f"model.rope.scaling.original_max_position={s.original_max_position} must "
+                      f"be positive for model.rope.scaling.type={s.type!r}")
+  if s.type == "llama3" and not s.high_freq_factor > s.low_freq_factor > 0:
+    raise ConfigError(f"model.rope.scaling.high_freq_factor={s.high_freq_factor} must exceed "
+                      f"model.rope.scaling.low_freq_factor={s.low_freq_factor} > 0")
+  if s.type == "yarn" and not (s.beta_fast > 0 and s.beta_slow > 0 and s.attention_factor >= 0):
+    raise ConfigError(f"model.rope.scaling: beta_fast={s.beta_fast} and beta_slow={s.beta_slow} "
+                      f"must be positive and attention_factor={s.attention_factor} not negative")
 
 
 def _check_variants(config: ml_collections.ConfigDict) -> None:

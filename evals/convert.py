@@ -9,8 +9,10 @@ Import reads HF_DIR's config.json, safetensors shards and tokenizer files and wr
 that every tool accepts (`--config.init_from=OUT` for fine-tuning, `evals.generate`, `evals.cos`,
 `evals.quantize`, `evals.efficiency`): config.json (configs/default.py with the checkpoint's
 model and `data.tokenizer='hf'`), OUT/tokenizer/ and a step-0 checkpoint of the weights alone.
+Import also takes a folder with a sentencepiece tokenizer.model instead of tokenizer.json.
 Export writes a folder `transformers` loads as Qwen2 (models with QKV biases) or Llama
-(without), with the tokenizer when the run's is an `hf` one.
+(without), with the run's tokenizer as tokenizer.json (`sentencepiece` and `bytes` converted to
+the same ids; the report's "tokenizer" says which). docs/hf.md walks the whole round trip.
 """
 
 import json
@@ -56,8 +58,6 @@ def main(argv: list[str]) -> None:
       _WORKDIR.value, _TO_HF.value, _STEP.value, _DTYPE.value, int(_SHARD_GB.value * 1e9)
   )
   print(json.dumps(report))
-  if not report["tokenizer"]:
-    print("note: the run's tokenizer is not a Hugging Face one; no tokenizer files were written")
 
 
 if __name__ == "__main__":

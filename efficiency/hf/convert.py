@@ -6,6 +6,7 @@ host never holds a second full copy of the model. Export writes one shard at a t
 """
 
 import shutil
+import tempfile
 from pathlib import Path
 
 import jax
@@ -15,12 +16,13 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 from tqdm import tqdm
 
-from data.tokenizer import BOS_ID, EOS_ID, HFTokenizer
+from data.tokenizer import HFTokenizer
 from efficiency.errors import ConfigError, MissingPathError
 from efficiency.hf import files, params
-from efficiency.hf.config import check_exportable, hf_config, model_section
+from efficiency.hf.config import MIN_CONTEXT, check_exportable, hf_config, model_section
+from efficiency.hf.tokenizer import SPM_FILE, export_tokenizer, sentencepiece_folder
 from efficiency.train import checkpoint
-from efficiency.train.inputs import tokenizer_config
+from efficiency.train.inputs import tokenizer_of
 from efficiency.train.setup import Training
 from efficiency.workdir import files as workdir_files
 from efficiency.workdir.restore import restore
@@ -36,20 +38,28 @@ def imported_config(
     param_dtype: str = "float32",
 ) -> ml_collections.ConfigDict:
   """`base` (a train.py config) with the model of the checkpoint in `hf_dir` and its tokenizer
-  (`data.tokenizer='hf'`); resolve it before `import_checkpoint`."""
+  (`data.tokenizer='hf'`: its tokenizer.json, or its sentencepiece tokenizer.model converted into
+  a temporary folder); resolve it before `import_checkpoint`."""
   hf_dir = Path(hf_dir).absolute()
   section = model_section(files.read_config(hf_dir))
+  tokenizer_dir = hf_dir
   if not (hf_dir / HFTokenizer.FILE).is_file():
-    raise MissingPathError(
-        f"--from_hf={str(hf_dir)!r} has no {HFTokenizer.FILE}; the model needs its tokenizer"
-    )
+    if not (hf_dir / SPM_FILE).is_file():
+      raise MissingPathError(
+          f"--from_hf={str(hf_dir)!r} has neither {HFTokenizer.FILE} nor {SPM_FILE}; the model "
+          "needs its tokenizer"
+      )
+    tokenizer_dir = Path(tempfile.mkdtemp(prefix="hf-tokenizer-"))
+    sentencepiece_folder(hf_dir / SPM_FILE, tokenizer_dir, section["vocab_size"])
   config = ml_collections.ConfigDict(base.to_dict())
-  config.model.rope.base = section.pop("rope")["base"]
+  rope = section.pop("rope")
+  config.model.rope.base = rope["base"]
+  config.model.rope.scaling.update(rope["scaling"])
   config.model.update(section)
   config.model.scan_layers = scan_layers
   config.model.param_dtype = param_dtype
   config.data.tokenizer = "hf"
-  config.data.tokenizer_dir = str(hf_dir)
+  config.data.tokenizer_dir = str(tokenizer_dir)
   return config
 
 
@@ -120,15 +130,15 @@ def import_checkpoint(
       "sharded_tensors": sum(not x.sharding.is_fully_replicated for x in leaves),
   }
   del leaves
-  tokenizer_dir = workdir / TOKENIZER_DIR
+  tokenizer_dir, source = workdir / TOKENIZER_DIR, Path(config.data.tokenizer_dir)
   config = ml_collections.ConfigDict(config.to_dict())
   config.data.tokenizer_dir = str(tokenizer_dir)
   checkpoint.save_weights(workdir, 0, base)
   if jax.process_index() == 0:
     tokenizer_dir.mkdir(parents=True, exist_ok=True)
     for name in files.TOKENIZER_FILES:
-      if (hf_dir / name).is_file():
-        shutil.copyfile(hf_dir / name, tokenizer_dir / name)
+      if (source / name).is_file():
+        shutil.copyfile(source / name, tokenizer_dir / name)
     workdir_files.write_json_atomic(workdir / workdir_files.CONFIG, config.to_dict())
   return report
 
@@ -142,8 +152,9 @@ def export_checkpoint(
     progress: bool = True,
 ) -> dict:
   """Writes the model of `workdir` (its newest or given step; a PEFT run's merged weights) to
-  `out` as a Hugging Face folder: safetensors shards, config.json, generation_config.json and,
-  when the run's tokenizer is an `hf` one, its tokenizer files. Returns what was written."""
+  `out` as a Hugging Face folder: safetensors shards, config.json, generation_config.json and
+  the run's tokenizer (an `hf` one's files, or a `sentencepiece` or `bytes` one converted to a
+  tokenizer.json of the same ids). Returns what was written; "tokenizer" names the kind."""
   out = Path(out).absolute()
   _check_new(out, "--to_hf", files.CONFIG)
   check_exportable(workdir_files.load_config(workdir))
@@ -167,15 +178,15 @@ def export_checkpoint(
   out.mkdir(parents=True, exist_ok=True)
   with tqdm(total=len(entries), desc="Exporting", unit="tensor", disable=not progress) as bar:
     files.write_shards(out, shards, tensor, bar.update)
-  source = tokenizer_config(config)
-  bos_id, eos_id, tokenizer_written = BOS_ID, EOS_ID, False
-  if source.data.tokenizer == "hf":
-    tokenizer = HFTokenizer(source.data.tokenizer_dir)
-    bos_id, eos_id = tokenizer.bos_id, tokenizer.eos_id
+  tokenizer = tokenizer_of(config)
+  if isinstance(tokenizer, HFTokenizer):
     for name in files.TOKENIZER_FILES:
       if (Path(tokenizer.folder) / name).is_file():
         shutil.copyfile(Path(tokenizer.folder) / name, out / name)
-    tokenizer_written = True
+    tokenizer_kind = "hf"
+  else:
+    tokenizer_kind = export_tokenizer(tokenizer, out, max(int(config.seq_len), MIN_CONTEXT))
+  bos_id, eos_id = tokenizer.bos_id, tokenizer.eos_id
   hf = hf_config(config, bos_id, eos_id, dtype)
   workdir_files.write_json_atomic(out / "generation_config.json",
                                   {"bos_token_id": bos_id, "eos_token_id": eos_id})
@@ -185,6 +196,6 @@ def export_checkpoint(
       "tensors": len(entries),
       "shards": len(shards),
       "bytes": sum(size for _, size in sizes),
-      "tokenizer": tokenizer_written,
+      "tokenizer": tokenizer_kind,
       "step": trained.step,
   }

@@ -6,8 +6,10 @@ The cases run in forked children of one process that imported the libraries once
 """
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -37,6 +39,8 @@ def _cases(tmp, corpus, data_dir, trained) -> list[tuple[list[str], str]]:
       ("model.norm_eps=0", "model.norm_eps"), ("model.init_std=-0.1", "model.init_std"),
       ("model.moe.num_experts=-1", "model.moe.num_experts"),
       ("model.rope.base=0", "model.rope.base"), ("model.scan_unroll=0", "model.scan_unroll"),
+      ("model.rope.scaling.type=ntk", "model.rope.scaling.type"),
+      ("model.rope.scaling.type=llama3", "model.rope.scaling.original_max_position"),
       ("quant.mode=int2", "quant.mode"), ("quant.group_size=-1", "quant.group_size"),
       ("quant.embedding=int2", "quant.embedding"),
       ("data.tokenizer=wordpiece", "data.tokenizer"), ("data.filters=length,bogus", "data.filters"),
@@ -123,6 +127,7 @@ def _cases(tmp, corpus, data_dir, trained) -> list[tuple[list[str], str]]:
       (["-m", "evals.convert", workdir, f"--to_hf={tmp / 'h'}", "--max_shard_gb=0"],
        "max_shard_gb"),
       (["-m", "evals.convert", workdir], "--to_hf"),
+      *_bad_hf_folders(tmp),
       (["-m", "evals.cos", f"--models={trained}"], "models"),
       (["-m", "evals.cos", f"--models={trained},{trained}", "--prompts=/nonexistent/prompts.txt"],
        "/nonexistent/prompts.txt"),
@@ -133,6 +138,34 @@ def _cases(tmp, corpus, data_dir, trained) -> list[tuple[list[str], str]]:
       (["-m", "evals.plan", "--config.mesh.fsdp=3", "--devices=8"], "mesh"),
       (["-m", "evals.plan", "--config.nosuch=1"], "nosuch"),
   ]
+  return cases
+
+
+def _bad_hf_folders(tmp) -> list[tuple[list[str], str]]:
+  """Imports of Hugging Face folders we cannot read: no tokenizer, a sentencepiece model not of
+  the checkpoint's vocabulary, a rope scaling or an architecture we do not implement."""
+  fixtures = ROOT / "tests" / "fixtures" / "hf"
+  cases = []
+
+  def folder(name: str, source: str, config: dict, drop: str = "") -> Path:
+    path = tmp / "hf" / name
+    shutil.copytree(fixtures / source, path)
+    hf = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**hf, **config}))
+    if drop:
+      (path / drop).unlink()
+    return path
+
+  for name, source, config, drop, field in [
+      ("no_tokenizer", "qwen2", {}, "tokenizer.json", "tokenizer.model"),
+      ("spm_vocab", "sentencepiece", {"vocab_size": 400}, "tokenizer.json", "vocab_size=400"),
+      ("rope", "llama3", {"rope_parameters": {"rope_type": "longrope", "factor": 2.0}}, "",
+       "rope_type='longrope'"),
+      ("act", "qwen2", {"hidden_act": "gelu"}, "", "hidden_act='gelu'"),
+      ("window", "qwen2", {"use_sliding_window": True}, "", "use_sliding_window"),
+  ]:
+    path = folder(name, source, config, drop)
+    cases.append((["-m", "evals.convert", f"--from_hf={path}", f"--workdir={tmp / name}"], field))
   return cases
 
 
@@ -164,3 +197,10 @@ def test_every_bad_input_is_one_line_naming_the_field(results):
       tail = result["stderr"].strip().splitlines()[-3:]
       failures.append(f"{' '.join(argv[:3])} ... {argv[-1]}: code {result['code']}, {tail}")
   assert not failures, "\n".join(failures)
+
+
+def test_bad_hf_imports_write_nothing(results):
+  """A refused import leaves no workdir behind."""
+  for (argv, _), _result in results:
+    if argv[:2] == ["-m", "evals.convert"] and argv[2].startswith("--from_hf="):
+      assert not Path(argv[3].removeprefix("--workdir=")).exists(), argv

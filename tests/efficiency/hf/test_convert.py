@@ -19,6 +19,7 @@ from configs.finetune import get_config as get_finetune_config
 from data.tokenizer import HFTokenizer
 from efficiency.config import resolve
 from efficiency.errors import ConfigError, MissingPathError
+from efficiency.hf.config import hf_config, model_section
 from efficiency.hf.convert import export_checkpoint, import_checkpoint, imported_config
 from efficiency.serving.generate import generate
 from efficiency.serving.loading import check_same_tokenizer
@@ -28,7 +29,7 @@ from efficiency.train.inputs import tokenizer_of
 from efficiency.train.setup import Training
 from efficiency.workdir import files
 from efficiency.workdir.restore import restore
-from tests.helpers import ROOT, run_module, run_peft, tiny_config
+from tests.helpers import ROOT, run_module, run_peft, run_train, tiny_config, tiny_train_flags
 
 FIXTURES = ROOT / "tests" / "fixtures" / "hf"
 
@@ -188,8 +189,11 @@ def test_bad_checkpoints_are_one_clear_error(tmp_path):
     [
         ({"model_type": "mixtral"}, r"model_type='mixtral' is not supported; valid choices: "
                                     r"llama, qwen2"),
-        ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}},
-         r"rope_type='yarn' is not supported; only the default rope"),
+        ({"rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4, "factor": 4.0}},
+         r"rope_type='longrope' is not supported; valid choices: default, linear, llama3, yarn"),
+        ({"rope_parameters": None, "rope_scaling": {"type": "dynamic", "factor": 2.0}},
+         r"rope_type='dynamic' is not supported; valid choices: default, linear, llama3, yarn"),
+        ({"partial_rotary_factor": 0.5}, r"partial_rotary_factor=0.5 is not supported"),
         ({"use_sliding_window": True}, r"use_sliding_window/layer_types"),
         ({"hidden_act": "gelu"}, r"hidden_act='gelu' is not supported"),
     ],
@@ -259,5 +263,106 @@ def test_convert_command_line_errors_are_one_line(args, message):
 def test_import_needs_the_tokenizer(tmp_path):
   folder = _broken(tmp_path)
   (folder / "tokenizer.json").unlink()
-  with pytest.raises(MissingPathError, match=r"--from_hf='.*broken' has no tokenizer.json"):
+  with pytest.raises(MissingPathError, match=r"--from_hf='.*broken' has neither tokenizer.json "
+                     r"nor tokenizer.model; the model needs its tokenizer"):
     _import(folder, tmp_path / "w")
+  assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("name", ["llama3", "qwen2_yarn", "qwen2_head_dim", "sentencepiece"])
+def test_import_reproduces_transformers_scaled_rope_and_head_dim(tmp_path, name):
+  """llama3 and yarn rope scaling, a Qwen2 head_dim != d_model / heads, and an exported
+  sentencepiece run: transformers' logits (1e-4) and greedy tokens (and text); the scaling
+  exports back in transformers' fields (with its defaults written out)."""
+  folder = FIXTURES / name
+  expected = np.load(folder / "expected.npz")
+  _import(folder, tmp_path / "w")
+  trained = restore(tmp_path / "w")
+  np.testing.assert_allclose(_logits(trained, expected["input_ids"]), expected["logits"],
+                             atol=1e-4, rtol=0)
+  greedy = generate(trained.model, trained.params, list(expected["input_ids"]), 8,
+                    Sampling(temperature=0.0), None)
+  np.testing.assert_array_equal(np.stack(greedy), expected["greedy"])
+  if name == "sentencepiece":
+    tokenizer = tokenizer_of(trained.config)
+    assert [tokenizer.decode(g) for g in greedy] == list(expected["greedy_text"])
+  export_checkpoint(tmp_path / "w", tmp_path / "hf", progress=False)
+  written = json.loads((tmp_path / "hf" / "config.json").read_text())
+  original = json.loads((folder / "config.json").read_text())
+  assert original["rope_parameters"].items() <= written["rope_parameters"].items()
+  assert written["head_dim"] == original.get("head_dim", written["head_dim"])
+
+
+def test_import_from_a_sentencepiece_model_alone(tmp_path):
+  """A folder with tokenizer.model and no tokenizer.json imports with the same ids; a model
+  whose pieces are not the embedding rows is one line, nothing written."""
+  folder = _broken(tmp_path, "sentencepiece")
+  (folder / "tokenizer.json").unlink()
+  expected = np.load(FIXTURES / "sentencepiece" / "expected.npz")
+  texts = json.loads((folder / "texts.json").read_text())["texts"]
+  config = imported_config(get_config(), folder)
+  tokenizer = HFTokenizer(config.data.tokenizer_dir)
+  np.testing.assert_array_equal(tokenizer.encode(texts[1]),
+                                expected["ids"][expected["offsets"][1]:expected["offsets"][2]])
+  _edit_config(folder, vocab_size=400)
+  with pytest.raises(ConfigError, match=r"tokenizer.model has 384 pieces but the checkpoint's "
+                     r"vocab_size=400 embedding rows"):
+    _import(folder, tmp_path / "w")
+  assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tokenizer", ["sentencepiece", "bytes"])
+def test_whole_round_trip_of_a_run(tmp_path, tiny_corpus, tokenizer):
+  """docs/hf.md's trip: train, export (with the run's tokenizer), import, the same greedy tokens
+  and ids as the run, and `init_from` the import keeps training."""
+  flags = tiny_train_flags(tiny_corpus, tmp_path / "data", steps=20,
+                           **{"data.tokenizer": tokenizer})
+  run_train(tmp_path / "run", flags)
+  report = export_checkpoint(tmp_path / "run", tmp_path / "hf", progress=False)
+  assert report["tokenizer"] == tokenizer
+  _import(tmp_path / "hf", tmp_path / "back")
+  run, back = restore(tmp_path / "run"), restore(tmp_path / "back")
+  ours, theirs = tokenizer_of(run.config), tokenizer_of(back.config)
+  texts = json.loads((FIXTURES / "sentencepiece" / "texts.json").read_text())["texts"]
+  for text in texts:
+    np.testing.assert_array_equal(theirs.encode(text), ours.encode(text))
+  prompts = [ours.encode(t)[:8] for t in texts[:2]]
+  greedy = [generate(w.model, w.params, prompts, 8, Sampling(temperature=0.0), None)
+            for w in (run, back)]
+  np.testing.assert_array_equal(np.stack(greedy[0]), np.stack(greedy[1]))
+  run_train(tmp_path / "more", [
+      "--config=configs/finetune.py", f"--config.init_from={tmp_path / 'back'}",
+      "--config.steps=2", "--config.batch_size=4", "--config.seq_len=32",
+      f"--config.data.data_dir={tmp_path / 'data'}",
+  ])
+  summary = json.loads((tmp_path / "more" / "summary.json").read_text())
+  assert summary["status"] == "completed" and np.isfinite(summary["final_eval_loss"])
+
+
+def test_rope_scaling_fields_in_either_spelling():
+  """Llama 3.1's and Qwen2.5's configs as they ship (the older `rope_scaling` spelling) map to
+  model.rope.scaling, and export writes them back in transformers' `rope_parameters`."""
+  llama31 = json.loads((FIXTURES / "llama3" / "config.json").read_text())
+  del llama31["rope_parameters"]
+  llama31.update(rope_theta=500000.0, max_position_embeddings=131072, rope_scaling={
+      "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+      "original_max_position_embeddings": 8192, "rope_type": "llama3"})
+  section = model_section(llama31)
+  assert section["rope"] == {"base": 500000.0, "scaling": {
+      "type": "llama3", "factor": 8.0, "original_max_position": 8192, "low_freq_factor": 1.0,
+      "high_freq_factor": 4.0}}
+  qwen25 = json.loads((FIXTURES / "qwen2_yarn" / "config.json").read_text())
+  del qwen25["rope_parameters"]
+  qwen25.update(rope_theta=1e6, max_position_embeddings=32768,
+                rope_scaling={"type": "yarn", "factor": 4.0})
+  scaling = model_section(qwen25)["rope"]["scaling"]
+  assert scaling == {"type": "yarn", "factor": 4.0, "original_max_position": 32768}
+  config = get_config()
+  config.model.rope.scaling.update(scaling)
+  written = hf_config(config, 1, 2, "float32")
+  assert written["rope_parameters"] == {
+      "rope_type": "yarn", "rope_theta": 10_000.0, "factor": 4.0,
+      "original_max_position_embeddings": 32768, "beta_fast": 32.0, "beta_slow": 1.0,
+      "truncate": True}
+  assert written["max_position_embeddings"] == 4 * 32768

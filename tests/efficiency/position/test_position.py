@@ -10,6 +10,7 @@ from efficiency.position import POSITIONS, get_position
 from efficiency.position.alibi import AlibiBias, alibi_slopes
 from efficiency.position.learned import LearnedEmbedding
 from efficiency.position.relative import RelativeBias, causal_bucket
+from efficiency.position.rope import apply_rope
 from efficiency.position.sinusoidal import SinusoidalEmbedding
 from tests.helpers import tiny_model_config
 
@@ -81,3 +82,25 @@ def test_each_position_uses_its_hooks(name):
       "learned": (False, True, False), "relative": (False, False, True),
       "alibi": (False, False, True), "none": (False, False, False),
   }[name]
+
+
+def test_rope_scalings_by_their_definitions(rng):
+  """linear: the unscaled rotation at position / factor; llama3 and yarn with factor 1: the
+  unscaled rotation; yarn: the frequencies below the ramp unchanged, cos and sin scaled by
+  0.1 ln(factor) + 1 (so vector norms grow by it)."""
+  x = jnp.asarray(rng.normal(size=(1, 6, 2, 16)), jnp.float32)
+  positions = jnp.arange(6)[None] * 37
+  scaling = tiny_model_config().rope.scaling
+  plain = apply_rope(x, positions, 1e4)
+  scaling.update(type="linear", factor=4.0)
+  np.testing.assert_allclose(apply_rope(x, positions, 1e4, scaling),
+                             apply_rope(x, positions / 4.0, 1e4), atol=1e-5)
+  for kind in ("llama3", "yarn"):
+    scaling.update(type=kind, factor=1.0, original_max_position=64)
+    np.testing.assert_allclose(apply_rope(x, positions, 1e4, scaling), plain, atol=1e-5)
+  scaling.update(type="yarn", factor=8.0)
+  yarn = apply_rope(x, positions, 1e4, scaling)
+  np.testing.assert_allclose(np.linalg.norm(yarn, axis=-1),
+                             (0.1 * np.log(8.0) + 1) * np.linalg.norm(plain, axis=-1), rtol=1e-5)
+  # Pair 0 (fastest frequency) is below the ramp: rotated as without scaling.
+  np.testing.assert_allclose(yarn[..., 0] / (0.1 * np.log(8.0) + 1), plain[..., 0], atol=1e-5)
