@@ -10,6 +10,7 @@ re-logs the steps a crash left unsaved and W&B drops steps lower than ones it ha
 """
 
 import math
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ class WandbWriter:
     workdir = Path(workdir)
     log = config.log
     saved = files.read_json(workdir / files.WANDB_RUN)
-    run_id = saved.get("id") or wandb.util.generate_id()
+    run_id = saved.get("id") or secrets.token_hex(4)
     if not saved:
       files.write_json_atomic(workdir / files.WANDB_RUN, {"id": run_id})
     tags = [t.strip() for t in log.wandb_tags.split(",") if t.strip()]
