@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from efficiency.metrics.profile import (
-    GROUPS, ProfileWindow, _self_times, classify_hlo, classify_name, summarize, table,
+  GROUPS,
+  ProfileWindow,
+  _self_times,
+  classify_hlo,
+  classify_name,
+  summarize,
+  table,
 )
 
 # A hand-written module: a fusion that calls a dot, an attention-scoped fusion, an async
@@ -28,11 +34,14 @@ HloModule m
 ENTRY %main (a: f32[4,4], b: f32[4,4]) -> f32[4,4] {
   %a = f32[4,4]{1,0} parameter(0)
   %b = f32[4,4]{1,0} parameter(1)
-  %fusion.1 = f32[4,4]{1,0} fusion(%a, %b), kind=kOutput, calls=%fused_dot, metadata={op_name="jit(step)/mlp/up/dot_general"}
-  %fusion.2 = f32[4,4]{1,0} fusion(%a, %b), kind=kOutput, calls=%fused_dot, metadata={op_name="jit(step)/layers/attn/dot_general"}
+  %fusion.1 = f32[4,4]{1,0} fusion(%a, %b), kind=kOutput, calls=%fused_dot, \
+metadata={op_name="jit(step)/mlp/up/dot_general"}
+  %fusion.2 = f32[4,4]{1,0} fusion(%a, %b), kind=kOutput, calls=%fused_dot, \
+metadata={op_name="jit(step)/layers/attn/dot_general"}
   %all-reduce-start = f32[4,4]{1,0} all-reduce-start(%fusion.1), to_apply=%add
   %fusion.3 = f32[4,4]{1,0} fusion(%fusion.1), kind=kLoop, calls=%fused_exp
-  %custom-call.4 = (f32[4,4]{1,0}, u8[0]{0}) custom-call(%a, %b), custom_call_target="__cudnn$fmhaSoftmax"
+  %custom-call.4 = (f32[4,4]{1,0}, u8[0]{0}) custom-call(%a, %b), \
+custom_call_target="__cudnn$fmhaSoftmax"
   %while.5 = (f32[4,4]{1,0}) while(%t), condition=%cond, body=%body
   ROOT %copy.6 = f32[4,4]{1,0} copy(%fusion.3)
 }
