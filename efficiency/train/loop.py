@@ -468,8 +468,11 @@ class Loop:
       tqdm.write(table(result))
     self.clock.charge("profile")
 
-  def write_summary(self, ended: str = "running") -> None:
-    """Writes summary.json with the goodput account brought up to now (this launch `ended`)."""
+  def write_summary(self, ended: str = "running", charge: str | None = None) -> None:
+    """Writes summary.json with the goodput account up to now (the time since its last charge
+    charged to `charge`, if given; this launch `ended`)."""
+    if charge is not None:
+      self.clock.charge(charge)
     launches = [*self.previous_launches, self.clock.record(ended)]
     result = account(launches)
     self.summary.launches = launches
@@ -518,7 +521,8 @@ class Loop:
         loss=f"{metrics['loss']:.3f}", tok_s=f"{rates['tokens_per_sec']:,.0f}", refresh=False
     )
     self.throughput.reset_interval()
-    self.write_summary()
+    # Reading the metrics waited for the steps queued on the device: their time, recorded now.
+    self.write_summary(charge="train_steps")
     self.check_finite(step, metrics)
 
   def record_peak(self) -> None:
@@ -554,7 +558,7 @@ class Loop:
     summary.time_to_target_s = progress.time_to_target_s
     summary.final_eval_loss, summary.final_eval_bpb = eval_loss, eval_bpb
     summary.wall_time_s = time.perf_counter() - self.started
-    self.write_summary()
+    self.write_summary(charge="eval")
     if self.is_main:
       tqdm.write(
           f"step {step}: eval_loss {eval_loss:.4f}  bpb {eval_bpb:.4f}  "

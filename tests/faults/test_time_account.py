@@ -110,6 +110,10 @@ def test_killed_run_accounts_lost_work_and_resumes_its_wandb_run(
   breakdown = summary["time_breakdown"]
   assert set(breakdown) == set(PARTS)
   assert breakdown["lost_work"] == pytest.approx(lost) and lost > 0
+  # ... about as long as the resumed launch took for as many steps (steps queued on the device
+  # are charged when the log line reads their metrics, before the record is written).
+  per_step = resumed["parts"]["train_steps"] / (config.steps - restored)
+  assert 0.2 < lost / unsaved / per_step < 5
   # The parts add up to both launches' wall time, and that is the wall time the launches took.
   total = sum(breakdown.values())
   assert total == pytest.approx(died["wall_s"] + resumed["wall_s"])
