@@ -138,7 +138,7 @@ def train_and_evaluate(
       if e.step is None:  # stopped before the loop: the newest checkpoint is what is safe
         steps = files.checkpoint_steps(workdir)
         e.step = steps[-1] if steps else None
-        _set_status(workdir, "interrupted", is_main)
+        _set_status(workdir, "interrupted", is_main, clock.started)
       raise
     except Exception as e:
       error = as_storage_error(e, workdir)
@@ -146,17 +146,21 @@ def train_and_evaluate(
         raise
       if is_main:
         remove_partial_saves(workdir)
-      _set_status(workdir, "failed", is_main)
+      _set_status(workdir, "failed", is_main, clock.started)
       raise error from e
 
 
-def _set_status(workdir: Path, status: str, is_main: bool) -> None:
-  """Sets summary.json's status (writing a new summary if there is none), if it can."""
+def _set_status(workdir: Path, status: str, is_main: bool, launched: float) -> None:
+  """Sets summary.json's status (writing a new summary if there is none), and that of this
+  launch's record (the one started at `launched`) if it wrote one, if it can."""
   if not is_main:
     return
   try:
     summary = files.read_json(workdir / files.SUMMARY) or dataclasses.asdict(Summary())
     summary["status"] = status
+    launches = summary.get("launches") or []
+    if launches and launches[-1]["start"] == launched and launches[-1]["ended"] == "running":
+      launches[-1]["ended"] = status
     files.write_json_atomic(workdir / files.SUMMARY, summary)
   except (OSError, ValueError):
     pass
