@@ -1,5 +1,7 @@
 """Profile windows: the HLO grouping, self-time on nested ops, and a real trace's summary."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -122,3 +124,22 @@ def test_window_outside_its_steps_traces_nothing(tmp_path):
     with window.step(n):
       pass
   assert window.trace_path is None and not list(tmp_path.rglob("*.xplane.pb"))
+
+
+def test_run_profiles_its_window_once_and_never_from_past_its_start(tmp_path):
+  from configs.default import get_config
+  from efficiency.train.loop import _profile_window
+  from efficiency.workdir.summary import Summary
+
+  config = get_config()
+  config.profile.start_step, config.profile.steps = 10, 3
+  window = _profile_window(config, tmp_path, 0, Summary())
+  assert (window.first_traced, window.start, window.last, window.steps) == (9, 10, 12, 3)
+  assert _profile_window(config, tmp_path, 8, Summary()).steps == 3  # resumed before it
+  assert _profile_window(config, tmp_path, 9, Summary()).steps == 0  # past its lead-in step
+  done = {"window": {"start_step": 10, "steps": 3}, "top_group": "matmul",
+          "top_group_share": 0.5}
+  (tmp_path / "profile_summary.json").write_text(json.dumps(done))
+  summary = Summary()
+  assert _profile_window(config, tmp_path, 0, summary).steps == 0  # captured already
+  assert (summary.top_op_group, summary.top_op_group_share) == ("matmul", 0.5)
