@@ -83,13 +83,20 @@ def main(argv: list[str]) -> None:
 
   config = resolve(_CONFIG.value, jax.device_count(), jax.process_count())
   try:
-    summary = train_and_evaluate(config, _WORKDIR.value)
+    summary = train_and_evaluate(config, _WORKDIR.value, launched_at=_process_start())
   except Interrupted as e:
     safe = "no checkpoint yet" if e.step is None else f"step {e.step} is saved"
     print(f"interrupted ({e}): {safe} in {_WORKDIR.value}; run again to resume", file=sys.stderr)
     sys.exit(128 + e.signum)
   if jax.process_index() == 0:
     print(_describe(summary))
+
+
+def _process_start() -> float:
+  """When this process started (epoch seconds): the goodput account counts imports too."""
+  import psutil
+
+  return psutil.Process().create_time()
 
 
 def _describe(summary: dict) -> str:

@@ -179,4 +179,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # tokens: every token trained on, in short pieces; sequences (Li et al. 2022): batch_size rows
   # of the piece length each (the rest of every row skipped), so warmup steps train on fewer tokens.
   c.data.seq_len_warmup.fixed = "tokens"
+
+  # A jax.profiler trace of steps start_step..start_step+steps-1 into WORKDIR/tensorboard
+  # (TensorBoard's profile plugin and XProf open it), summarized in profile_summary.json.
+  c.profile = ml_collections.ConfigDict()
+  c.profile.steps = 0  # 0: no trace
+  c.profile.start_step = 5  # after compilation and the first warm steps
+
+  # Experiment tracking besides metrics.jsonl and TensorBoard (efficiency.workdir.wandb_writer).
+  c.log = ml_collections.ConfigDict()
+  c.log.wandb = False  # Weights & Biases (the `wandb` extra); WANDB_MODE=offline writes locally
+  c.log.wandb_project = "efficiency"
+  c.log.wandb_name = ""  # "": the workdir's name
+  c.log.wandb_tags = ""  # comma-separated
   return c

@@ -9,6 +9,7 @@ tokenizer). Checks that need the data itself (a corpus with no files, a tokenize
 the model's vocabulary) happen where the data is read.
 """
 
+import importlib.util
 import os
 
 import jax
@@ -221,6 +222,46 @@ def _check_run(config: ml_collections.ConfigDict) -> None:
       "log_every", "checkpoint_every", "keep_checkpoints",
   )
   _choice("on_nonfinite", config.get("on_nonfinite", "stop"), NONFINITE_POLICIES)
+  _check_profile(config)
+  _check_tracking(config)
+
+
+def _check_profile(config: ml_collections.ConfigDict) -> None:
+  """The profile window lies within the run's steps."""
+  profile = config.get("profile")
+  if profile is None:
+    return
+  for field in ("start_step", "steps"):
+    value = profile[field]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+      raise ConfigError(
+          f"profile.{field}={value!r} is invalid; it must be an integer >= 0"
+          + (" (the first traced step, e.g. 5)" if field == "start_step" else " (0: no trace)")
+      )
+  if profile.steps and profile.start_step < 1:
+    raise ConfigError(
+        f"profile.start_step={profile.start_step} is invalid; steps count from 1 (the first "
+        "steps compile: 5 or later profiles warm steps)"
+    )
+  last = profile.start_step + profile.steps - 1
+  if profile.steps and last > config.steps:
+    raise ConfigError(
+        f"profile.start_step={profile.start_step} with profile.steps={profile.steps} ends at step "
+        f"{last}, past steps={config.steps}; start at most at "
+        f"{max(config.steps - profile.steps + 1, 1)} or trace fewer steps"
+    )
+
+
+def _check_tracking(config: ml_collections.ConfigDict) -> None:
+  """`log.wandb` needs the wandb package (the `wandb` extra)."""
+  log = config.get("log")
+  if log is None or not log.get("wandb", False):
+    return
+  if importlib.util.find_spec("wandb") is None:
+    raise ConfigError(
+        "log.wandb=True needs the wandb package, which is not installed; install the extra "
+        "(pip install -e '.[wandb]') or set log.wandb=False"
+    )
 
 
 def _check_model(config: ml_collections.ConfigDict) -> None:

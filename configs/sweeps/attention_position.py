@@ -7,7 +7,9 @@ Format (see evals/sweep.py): `get_sweep()` returns a dict with
   overrides: {dotted config field: value} applied to every point.
 
 Here: the 6 attention variants x 6 position encodings (36 points) on the default model and
-corpus, shortened to 300 steps so the whole sweep fits a few CPU-hours.
+corpus, shortened to 300 steps so the whole sweep fits a few CPU-hours. Each point profiles
+steps 100-104, so the results table's `top_op_group` / `top_op_group_share` and each workdir's
+profile_summary.json show where each variant's step time goes.
 """
 
 
@@ -18,5 +20,8 @@ def get_sweep() -> dict:
           "model.attention": ["mha", "mqa", "gqa", "mla", "nsa", "sliding"],
           "model.position": ["rope", "sinusoidal", "learned", "relative", "alibi", "none"],
       },
-      overrides={"steps": 300, "eval_every": 25, "target_loss": 5.0},
+      overrides={
+          "steps": 300, "eval_every": 25, "target_loss": 5.0,
+          "profile.start_step": 100, "profile.steps": 5,
+      },
   )

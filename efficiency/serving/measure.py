@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from efficiency.errors import ConfigError
 from efficiency.metrics import study
+from efficiency.metrics.profile import ProfileWindow
 from efficiency.metrics.sampler import Sampler
 from efficiency.serving import export
 from efficiency.serving.generate import generate, kv_cache_bytes
@@ -26,7 +27,7 @@ from efficiency.workdir.restore import restore
 def measure_infer(
     workdir: str | Path, requests: int, interval_s: float, quant_bits: int | None, batch: int,
     prompt_len: int, new_tokens: int, quant_embedding: str = "none",
-    int4_activations: str = "float",
+    int4_activations: str = "float", profile: ProfileWindow | None = None,
 ) -> dict:
   """The `infer` section of efficiency.json: `requests` greedy generations of `new_tokens`
   tokens for `batch` prompts of `prompt_len` tokens from the run's validation split (AMU, PCU,
@@ -34,7 +35,8 @@ def measure_infer(
   rings). With `quant_bits`, MCR is measured against the model in bf16 on the eval batches;
   otherwise it comes from the workdir's quant_report.json, if any. `quant_embedding` stores the
   converted model's embedding table as int8 or int4 (efficiency.quant.table);
-  `int4_activations=int8` serves int4 weights on int8 activations."""
+  `int4_activations=int8` serves int4 weights on int8 activations; `profile` traces its window
+  of the measured requests (numbered from 1)."""
   if min(batch, prompt_len, new_tokens) < 1:
     raise ConfigError(
         f"batch={batch}, prompt_len={prompt_len} and new_tokens={new_tokens} must all be >= 1"
@@ -59,7 +61,8 @@ def measure_infer(
   sampler = Sampler(interval_s).start()
   for i in tqdm(range(requests), desc="measure", unit="request"):
     start = time.perf_counter()
-    generated = sum(len(out) for out in request(i + 1))
+    with (profile or ProfileWindow(workdir, 1, 0)).step(i + 1):
+      generated = sum(len(out) for out in request(i + 1))
     iterations.append(study.Iteration(time.perf_counter() - start, tokens=generated))
   samples = sampler.stop()
 

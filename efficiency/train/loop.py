@@ -21,10 +21,12 @@ from efficiency.attention import attention_impl, kv_cache_bytes_per_token
 from efficiency.errors import DivergedError
 from efficiency.metrics.memory import peak_memory_bytes
 from efficiency.metrics.peak import Mfu, Peak, peak_flops_total
+from efficiency.metrics.profile import ProfileWindow, classify_hlo, summarize, table
 from efficiency.model.flops import flops_per_token
 from efficiency.peft import peft_config
 from efficiency.sharding.mesh import make_mesh, to_global
 from efficiency.train import checkpoint
+from efficiency.train.goodput import Clock, account, settle_lost_work
 from efficiency.train.inputs import Inputs, load_inputs
 from efficiency.train.interrupts import Interrupted, Interrupts
 from efficiency.train.measure import step_temp_bytes
@@ -36,6 +38,7 @@ from efficiency.workdir.restore import load_teacher, restore
 from efficiency.workdir.resume import check_resume, fill_shards
 from efficiency.workdir.storage import as_storage_error, remove_partial_saves
 from efficiency.workdir.summary import Summary
+from efficiency.workdir.wandb_writer import WandbWriter
 from efficiency.workdir.writer import MetricWriter
 
 
@@ -111,9 +114,13 @@ def model_step_flops(config: ml_collections.ConfigDict, seq_len: int) -> int:
   return flops_per_token(config.model, seq_len) * rows_per_step(config, seq_len) * seq_len
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str | Path, launched_at: float | None = None
+) -> dict:
   """Trains a resolved `config` in `workdir`, resuming from its newest checkpoint that restores;
   returns the summary (a rerun of a finished run returns its summary and trains nothing).
+  `launched_at` (epoch seconds, default now) starts this launch's goodput account: train.py
+  gives its process's start, so imports count as start-up.
 
   Holds the workdir's lock for the whole run. Raises `Interrupted` on SIGINT/SIGTERM (after
   saving, with the committed step), DivergedError on a non-finite loss (the finite checkpoints
@@ -121,16 +128,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   leaves summary.json with the run's status.
   """
   started = time.perf_counter()
+  clock = Clock(time.time() if launched_at is None else launched_at)
   workdir = files.make_workdir(workdir)
   is_main = jax.process_index() == 0
   with WorkdirLock(workdir, enabled=is_main), Interrupts() as interrupts:
     try:
-      return _train(config, workdir, interrupts, started)
+      return _train(config, workdir, interrupts, started, clock)
     except Interrupted as e:
       if e.step is None:  # stopped before the loop: the newest checkpoint is what is safe
         steps = files.checkpoint_steps(workdir)
         e.step = steps[-1] if steps else None
-        _set_status(workdir, "interrupted", is_main)
+        _set_status(workdir, "interrupted", is_main, clock.started)
       raise
     except Exception as e:
       error = as_storage_error(e, workdir)
@@ -138,34 +146,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         raise
       if is_main:
         remove_partial_saves(workdir)
-      _set_status(workdir, "failed", is_main)
+      _set_status(workdir, "failed", is_main, clock.started)
       raise error from e
 
 
-def _set_status(workdir: Path, status: str, is_main: bool) -> None:
-  """Sets summary.json's status (writing a new summary if there is none), if it can."""
+def _set_status(workdir: Path, status: str, is_main: bool, launched: float) -> None:
+  """Sets summary.json's status (writing a new summary if there is none), and that of this
+  launch's record (the one started at `launched`) if it wrote one, if it can."""
   if not is_main:
     return
   try:
     summary = files.read_json(workdir / files.SUMMARY) or dataclasses.asdict(Summary())
     summary["status"] = status
+    launches = summary.get("launches") or []
+    if launches and launches[-1]["start"] == launched and launches[-1]["ended"] == "running":
+      launches[-1]["ended"] = status
     files.write_json_atomic(workdir / files.SUMMARY, summary)
   except (OSError, ValueError):
     pass
 
 
 def _train(
-    config: ml_collections.ConfigDict, workdir: Path, interrupts: Interrupts, started: float
+    config: ml_collections.ConfigDict, workdir: Path, interrupts: Interrupts, started: float,
+    clock: Clock,
 ) -> dict:
   is_main = jax.process_index() == 0
   config = ml_collections.ConfigDict(config.to_dict())
   fill_shards(config, workdir, jax.process_count())
   check_resume(config, workdir)
   mesh = make_mesh(config.mesh)
+  clock.charge("startup")
   inputs = load_inputs(config, jax.process_index(), jax.process_count())
+  clock.charge("data_prep")
   training = Training(config, mesh, teacher=load_teacher(config))
 
-  writer = MetricWriter(workdir, enabled=is_main)
+  tracker = WandbWriter(workdir, config) if is_main and config.get("log", {}).get("wandb") else None
+  writer = MetricWriter(workdir, enabled=is_main, tracker=tracker)
   if is_main:
     files.write_json_atomic(workdir / files.CONFIG, config.to_dict())
     files.write_json_atomic(workdir / files.DATA_REPORT, inputs.prepared.report)
@@ -186,18 +202,46 @@ def _train(
       writer.close()
       return finished
 
+  step = int(jax.device_get(state.step))
+  previous = files.read_json(workdir / files.SUMMARY).get("launches") or []
+  clock.start_step = clock.step = step
+  clock.charge("startup")
   compiled_step, compile_time_s = training.compile(inputs.eval_batches[0])
-  summary = _start_summary(config, training, progress, int(jax.device_get(state.step)))
+  clock.charge("compile")
+  summary = _start_summary(config, training, progress, step)
   summary.compile_time_s = compile_time_s
   summary.step_temp_bytes = step_temp_bytes(compiled_step)
   summary.resumed_from_step = None if restored is None else summary.steps
-  loop = Loop(config, training, compiled_step, inputs, writer, manager, summary, progress, started)
+  profile = _profile_window(config, workdir, step, summary)
+  loop = Loop(config, training, compiled_step, inputs, writer, manager, summary, progress, started,
+              clock, settle_lost_work(previous, step), profile)
   try:
     loop.run(state, interrupts)
   finally:
     writer.close()
     manager.close()
   return dataclasses.asdict(summary)
+
+
+def _profile_window(
+    config: ml_collections.ConfigDict, workdir: Path, step: int, summary: Summary
+) -> ProfileWindow:
+  """The run's profile window (`config.profile`), or an empty one when the run has none, when a
+  launch already captured it (its profile_summary.json is there: its top group goes into the
+  summary) or when a resume at `step` is past its start."""
+  window = config.get("profile") or ml_collections.ConfigDict({"start_step": 1, "steps": 0})
+  done = files.read_json(workdir / files.PROFILE_SUMMARY)
+  if done:
+    summary.top_op_group, summary.top_op_group_share = done["top_group"], done["top_group_share"]
+  wanted = {"start_step": window.start_step, "steps": window.steps}
+  profile = ProfileWindow(workdir / files.TENSORBOARD, window.start_step, window.steps)
+  if done.get("window") == wanted:
+    profile.steps = 0
+  elif window.steps and profile.first_traced <= step:
+    logging.warning("Resumed at step %d, past profile.start_step=%d: no profile this launch.",
+                    step, window.start_step)
+    profile.steps = 0
+  return profile
 
 
 def _finished_summary(workdir: Path, step: int, total_steps: int) -> dict | None:
@@ -265,6 +309,9 @@ class Loop:
       summary: Summary,
       progress: Progress,
       started: float,
+      clock: Clock,
+      previous_launches: list[dict],
+      profile: ProfileWindow,
   ):
     self.config, self.training = config, training
     self.train_iterator = inputs.train
@@ -272,6 +319,7 @@ class Loop:
     self.evaluate_state = training.evaluator(np.asarray(inputs.tokenizer.token_bytes, np.float32))
     self.writer, self.manager = writer, manager
     self.summary, self.progress, self.started = summary, progress, started
+    self.clock, self.previous_launches, self.profile = clock, previous_launches, profile
     self.is_main = jax.process_index() == 0
     peak = Peak(summary.peak_flops, summary.peak_flops_source, summary.peak_flops_key,
                 summary.peak_flops_measurement)
@@ -294,9 +342,11 @@ class Loop:
     )
     interrupts.defer()
     step = start_step
+    self.clock.charge("startup")
     try:
       if self.needs_eval(start_step):
         self.evaluate(state, start_step)
+        self.clock.charge("eval")
       self.throughput.reset_interval()
       while step < config.steps:
         step += 1
@@ -308,15 +358,19 @@ class Loop:
           break
       if self.pending is not None:
         self.log_pending()
+      self.clock.charge("train_steps")
     except DivergedError as e:
+      self.clock.charge("train_steps")
       self.end("diverged", step, self._committed())
       raise DivergedError(f"{e}; newest finite checkpoint: {self._safe_step()}") from None
     finally:
       self.bar.close()
+      self.profile.end()
     if step < config.steps:  # stopped on a signal
       logging.warning("Stopping at step %d; saving a checkpoint.", step)
       checkpoint.save(self.manager, state, self.train_iterator, self.checkpoint_progress(),
                       force=True)
+      self.clock.saved(step)
     committed = self._committed()
     if step < config.steps:
       self.end("interrupted", step, committed)
@@ -325,7 +379,9 @@ class Loop:
 
   def _committed(self) -> int | None:
     """Waits for pending saves; the newest committed step."""
-    return checkpoint.committed_step(self.manager)
+    committed = checkpoint.committed_step(self.manager)
+    self.clock.charge("checkpoint")
+    return committed
 
   def _safe_step(self) -> str:
     step = self.manager.latest_step()
@@ -350,16 +406,25 @@ class Loop:
     config = self.config
     t0 = time.perf_counter()
     local_batch = next(self.train_iterator)
+    self.clock.charge("data_wait")
     batch = to_global(local_batch, self.training.rows_sharding)
     seq_len = local_batch["inputs"].shape[1]
     compile_s = 0.0
     if seq_len not in self.compiled_steps:  # a warmup bucket's first step
       self.compiled_steps[seq_len], compile_s = self.training.compile(local_batch, seq_len)
+      self.clock.charge("compile")
       self.summary.compile_time_s += compile_s
       self.throughput.interval_start += compile_s  # log-interval rates leave compiles out too
       warm = False
+    profile_s = 0.0
+    if step == self.profile.first_traced and self.profile.steps:
+      self.profile.begin()
+      profile_s = self.clock.charge("profile")
     t1 = time.perf_counter()
-    state, metrics = self.compiled_steps[seq_len](state, batch, *self.training.step_extras)
+    with self.profile.annotate(step):
+      state, metrics = self.compiled_steps[seq_len](state, batch, *self.training.step_extras)
+      if self.profile.traces(step):  # the annotation spans the step's device work
+        jax.block_until_ready(state)
     if self.pending is not None:
       self.log_pending()  # reads the previous step's metrics while this step runs
     tokens = int(local_batch["weights"].sum()) * jax.process_count()  # for rates only
@@ -371,19 +436,53 @@ class Loop:
       jax.block_until_ready(state)
     flops = model_step_flops(config, seq_len)
     self.progress.flops_seen += flops
-    step_time = time.perf_counter() - t0 - compile_s
+    step_time = time.perf_counter() - t0 - compile_s - profile_s
     self.progress.train_time_s += step_time
-    self.throughput.add_step(tokens, flops, step_time, t1 - t0 - compile_s, warm=warm)
+    self.throughput.add_step(tokens, flops, step_time, t1 - t0 - compile_s - profile_s, warm=warm)
     if self.evaluates(step) or self.saves(step):
       if self.pending is not None:
         self.log_pending()
       self.read_tokens()
       self.check_finite(step, jax.device_get(metrics))  # before anything is saved
+    self.clock.charge("train_steps")
+    self.clock.step = step
+    if step == self.profile.last and self.profile.steps:
+      self.write_profile()
+      self.throughput.reset_interval()
     if self.evaluates(step):
       self.evaluate(state, step)
+      self.clock.charge("eval")
     if self.saves(step):
       checkpoint.save(self.manager, state, self.train_iterator, self.checkpoint_progress())
+      self.clock.saved(step)
+      self.clock.charge("checkpoint")
+      self.write_summary()
     return state
+
+  def write_profile(self) -> None:
+    """Ends the profile window's trace; writes profile_summary.json and prints its table."""
+    path = self.profile.end()
+    if self.is_main and path is not None:
+      groups = classify_hlo(c.as_text() for c in self.compiled_steps.values())
+      result = summarize(path, groups, step_name=self.profile.name)
+      result["window"] = {"start_step": self.profile.start, "steps": self.profile.steps}
+      files.write_json_atomic(self.writer.workdir / files.PROFILE_SUMMARY, result)
+      self.summary.top_op_group = result["top_group"]
+      self.summary.top_op_group_share = result["top_group_share"]
+      tqdm.write(table(result))
+    self.clock.charge("profile")
+
+  def write_summary(self, ended: str = "running", charge: str | None = None) -> None:
+    """Writes summary.json with the goodput account up to now (the time since its last charge
+    charged to `charge`, if given; this launch `ended`)."""
+    if charge is not None:
+      self.clock.charge(charge)
+    launches = [*self.previous_launches, self.clock.record(ended)]
+    result = account(launches)
+    self.summary.launches = launches
+    self.summary.time_breakdown = result["time_breakdown"]
+    self.summary.goodput = result["goodput"]
+    self.writer.write_summary(dataclasses.asdict(self.summary))
 
   def check_finite(self, step: int, metrics: dict) -> None:
     """Raises DivergedError if step `step`'s metrics show a divergence."""
@@ -426,6 +525,8 @@ class Loop:
         loss=f"{metrics['loss']:.3f}", tok_s=f"{rates['tokens_per_sec']:,.0f}", refresh=False
     )
     self.throughput.reset_interval()
+    # Reading the metrics waited for the steps queued on the device: their time, recorded now.
+    self.write_summary(charge="train_steps")
     self.check_finite(step, metrics)
 
   def record_peak(self) -> None:
@@ -461,7 +562,7 @@ class Loop:
     summary.time_to_target_s = progress.time_to_target_s
     summary.final_eval_loss, summary.final_eval_bpb = eval_loss, eval_bpb
     summary.wall_time_s = time.perf_counter() - self.started
-    self.writer.write_summary(dataclasses.asdict(summary))
+    self.write_summary(charge="eval")
     if self.is_main:
       tqdm.write(
           f"step {step}: eval_loss {eval_loss:.4f}  bpb {eval_bpb:.4f}  "
@@ -482,4 +583,6 @@ class Loop:
     summary.flops_seen = self.progress.flops_seen
     summary.peak_memory_bytes, summary.peak_memory_source = peak_memory_bytes()
     summary.wall_time_s = time.perf_counter() - self.started
-    self.writer.write_summary(dataclasses.asdict(summary))
+    self.clock.step = step
+    self.clock.charge("checkpoint")  # the final save's wait, just before
+    self.write_summary(ended=status)

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from efficiency.metrics import study
 from efficiency.metrics.peak import Mfu, peak_flops_total
+from efficiency.metrics.profile import ProfileWindow
 from efficiency.metrics.sampler import Sampler
 from efficiency.model.flops import flops_per_token
 from efficiency.sharding.mesh import to_global
@@ -39,12 +40,14 @@ def step_temp_bytes(compiled: jax.stages.Compiled) -> int:
 
 
 def measure_train(
-    workdir: str | Path, config: ml_collections.ConfigDict, steps: int, interval_s: float
+    workdir: str | Path, config: ml_collections.ConfigDict, steps: int, interval_s: float,
+    profile: ProfileWindow | None = None,
 ) -> dict:
   """The `train` section of efficiency.json for the run in `workdir` (its config resolved for
   these devices): AMU, PCU, AL, TT, ST, AEC and MCR, each with how it was measured. The
   parameters are the workdir's newest checkpoint (fresh when it has none). Steps are measured at
-  full length: sequence-length warmup, which shortens a run's first steps, is left off."""
+  full length: sequence-length warmup, which shortens a run's first steps, is left off.
+  `profile` traces its window of the measured steps (numbered from 1)."""
   workdir = Path(workdir)
   config = ml_collections.ConfigDict(config.to_dict())
   config.data.seq_len_warmup.start = 0
@@ -63,11 +66,14 @@ def measure_train(
 
   iterations = []
   sampler = Sampler(interval_s).start()
-  for _ in tqdm(range(steps), desc="measure", unit="step"):
+  window = profile or ProfileWindow(workdir, 1, 0)
+  window.hlo_texts.append(step_fn.as_text())
+  for i in tqdm(range(steps), desc="measure", unit="step"):
     start = time.perf_counter()
     local = next(inputs.train)
-    state, _ = step_fn(state, to_global(local, training.rows_sharding), *training.step_extras)
-    jax.block_until_ready(state)
+    with window.step(i + 1):
+      state, _ = step_fn(state, to_global(local, training.rows_sharding), *training.step_extras)
+      jax.block_until_ready(state)
     tokens = int(local["weights"].sum()) * jax.process_count()
     iterations.append(study.Iteration(
         time.perf_counter() - start, tokens=tokens, samples=config.batch_size

@@ -5,7 +5,11 @@ and writing them.
   metrics.jsonl      one JSON object per logged step (and per evaluation)
   summary.json       kept current during the run (keys: `efficiency.workdir.summary`)
   data_report.json   what data preparation kept and dropped (`data.prepare`)
-  tensorboard/       TensorBoard event files of the metrics
+  tensorboard/       TensorBoard event files of the metrics, and profile traces under
+                     tensorboard/plugins/profile/<run>/ (config.profile)
+  profile_summary.json  the profile window's XLA op time by group (efficiency.metrics.profile)
+  wandb_run.json     the Weights & Biases run id a resume continues (config.log.wandb)
+  wandb/             W&B's own files (offline runs with WANDB_MODE=offline)
   checkpoints/       Orbax checkpoints, one directory per saved step
   checkpoints_corrupt/  checkpoints a resume could not restore, moved aside (train.checkpoint)
   lock               the running owner's pid and host (efficiency.workdir.lock)
@@ -29,6 +33,8 @@ TENSORBOARD = "tensorboard"
 CHECKPOINTS = "checkpoints"
 EFFICIENCY = "efficiency.json"
 QUANT_REPORT = "quant_report.json"
+PROFILE_SUMMARY = "profile_summary.json"
+WANDB_RUN = "wandb_run.json"
 
 
 def make_workdir(workdir: str | Path, field: str = "workdir") -> Path:

@@ -16,7 +16,7 @@ from efficiency.workdir import files
 RESUMABLE = (
     "steps", "target_loss", "eval_every", "eval_batches", "log_every", "checkpoint_every",
     "keep_checkpoints", "grad_accum_steps", "mesh.*", "model.scan_unroll", "on_nonfinite",
-    "max_nonfinite_skips",
+    "max_nonfinite_skips", "profile.*", "log.*",
     "data.worker_threads", "data.prefetch", "data.data_dir", "data.tfds_data_dir",
 )
 

@@ -52,6 +52,16 @@ class Summary:
   wall_time_s: float | None = None
   resumed_from_step: int | None = None
   checkpoint_step: int | None = None  # the newest committed checkpoint when the run ended
+  # The goodput account over every launch of the run (efficiency.train.goodput): seconds per
+  # part (they add up to the launches' wall time), training-step time over that wall time, and
+  # one record per launch (start, end, how it ended, steps, its parts, lost steps).
+  time_breakdown: dict | None = None
+  goodput: float | None = None
+  launches: list | None = None
+  # From a profile window (profile_summary.json): the XLA op group with the most device time
+  # and its share of the traced step.
+  top_op_group: str | None = None
+  top_op_group_share: float | None = None
 
 
 SUMMARY_KEYS = tuple(f.name for f in dataclasses.fields(Summary))
@@ -61,5 +71,6 @@ RESULT_KEYS = (
     "status", "steps", "tokens_seen", "final_eval_loss", "final_eval_bpb", "tokens_to_target",
     "flops_to_target", "time_to_target_s",
     "tokens_per_sec", "mfu", "peak_memory_bytes", "param_count", "kv_cache_bytes_per_token",
-    "data_wait_fraction", "compile_time_s", "wall_time_s",
+    "data_wait_fraction", "compile_time_s", "wall_time_s", "goodput", "top_op_group",
+    "top_op_group_share",
 )

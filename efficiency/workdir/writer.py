@@ -23,11 +23,13 @@ def _clean(value: Any) -> Any:
 
 
 class MetricWriter:
-  """Appends step metrics to metrics.jsonl and TensorBoard; only process 0 writes."""
+  """Appends step metrics to metrics.jsonl and TensorBoard, and hands them and the summary to
+  `tracker` (an experiment tracker such as `WandbWriter`) if given; only process 0 writes."""
 
-  def __init__(self, workdir: str | Path, enabled: bool = True):
+  def __init__(self, workdir: str | Path, enabled: bool = True, tracker: Any = None):
     self.workdir = Path(workdir)
     self.enabled = enabled
+    self.tracker = tracker if enabled else None
     self._jsonl = None
     self._tb = None
     if enabled:
@@ -64,12 +66,16 @@ class MetricWriter:
     for name, value in metrics.items():
       if isinstance(value, int | float):
         self._tb.add_scalar(name, value, step)
+    if self.tracker is not None:
+      self.tracker.write(step, metrics)
 
   def write_summary(self, summary: dict[str, Any]) -> None:
     if self.enabled:
       files.write_json_atomic(
           self.workdir / files.SUMMARY, {k: _clean(v) for k, v in summary.items()}
       )
+    if self.tracker is not None:
+      self.tracker.write_summary(summary)
 
   def flush(self) -> None:
     if self.enabled:
@@ -80,3 +86,5 @@ class MetricWriter:
     if self.enabled:
       self._jsonl.close()
       self._tb.close()
+    if self.tracker is not None:
+      self.tracker.close()

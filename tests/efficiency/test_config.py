@@ -136,3 +136,30 @@ def test_cli_batch_not_divisible_by_data_parallel(tmp_path):
   assert proc.stderr.strip().splitlines()[-1].startswith(
       "error: batch_size=7 is not divisible by data-parallel size 2"
   )
+
+
+def test_wandb_without_the_package_is_one_line(monkeypatch):
+  import importlib.util
+
+  real = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, "find_spec",
+                      lambda name, *a: None if name == "wandb" else real(name, *a))
+  config = get_config()
+  config.log.wandb = True
+  with pytest.raises(ConfigError, match=r"log.wandb=True needs the wandb package.*log.wandb=False"):
+    resolve(config, 1)
+  config.log.wandb = False
+  resolve(config, 1)  # off: the package is not needed
+
+
+@pytest.mark.parametrize("start, steps, expected", [
+    (-1, 0, r"profile.start_step=-1 is invalid"),
+    (0, 3, r"profile.start_step=0 is invalid; steps count from 1"),
+    (599, 3, r"ends at step 601, past steps=600; start at most at 598"),
+    (5, -2, r"profile.steps=-2 is invalid"),
+])
+def test_profile_window_outside_the_run_is_one_line(start, steps, expected):
+  config = get_config()
+  config.profile.start_step, config.profile.steps = start, steps
+  with pytest.raises(ConfigError, match=expected):
+    resolve(config, 1)

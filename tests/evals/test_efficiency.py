@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from efficiency.model.flops import flops_per_token
 from efficiency.serving.cache import cache_bytes
 from efficiency.workdir.files import load_config
@@ -57,12 +59,22 @@ def test_infer_mode_measures_kv_cache_generation_and_keeps_train_section(sweep_r
   for mode in ("train", "infer"):
     proc = subprocess.run(
         [sys.executable, "-m", "evals.efficiency", f"--workdir={workdir}", f"--mode={mode}",
-         "--steps=3", "--interval=0.01", "--batch=2", "--prompt_len=8", "--new_tokens=5"],
+         "--steps=3", "--interval=0.01", "--batch=2", "--prompt_len=8", "--new_tokens=5",
+         "--profile_start_step=2", "--profile_steps=2"],
         capture_output=True, text=True, timeout=180,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "top op" in proc.stdout  # the profile table
   sections = json.loads((workdir / "efficiency.json").read_text())
   assert set(sections) == {"train", "infer"}
+  # Both modes profiled iterations 2..3: the train step and the decode loop's XLA ops.
+  for mode in ("train", "infer"):
+    profile = sections[mode]["profile"]
+    assert profile["steps"] == 2 and profile["op_time_s"] > 0
+    assert sum(g["time_s"] for g in profile["groups"].values()) == pytest.approx(
+        profile["op_time_s"])
+  assert sections["train"]["profile"]["groups"]["matmul"]["time_s"] > 0
+  assert len(list((workdir / "tensorboard" / "plugins" / "profile").glob("*/*.xplane.pb"))) == 2
   report = sections["infer"]
   metrics = report["metrics"]
   assert set(metrics) == {"AMU", "PCU", "AL", "IT", "AEC", "MCR"}

@@ -17,6 +17,9 @@ def test_failed_point_does_not_stop_the_others(sweep_root):
   assert "model.num_kv_heads=3 does not divide" in rows["num_kv_heads-3"]["error"]
   assert rows["num_kv_heads-1"]["status"] == "completed"
   assert float(rows["num_kv_heads-1"]["final_eval_loss"]) > 0
+  # Per-technique cost: goodput from the run's account; the top op group needs a profile window.
+  assert 0 < float(rows["num_kv_heads-1"]["goodput"]) < 1
+  assert {"top_op_group", "top_op_group_share"} <= set(rows["num_kv_heads-1"])
   assert "| num_kv_heads-2 |" in (sweep_root / "results.md").read_text()
 
 

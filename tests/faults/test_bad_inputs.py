@@ -54,10 +54,14 @@ def _cases(tmp, corpus, data_dir, trained) -> list[tuple[list[str], str]]:
       ("data.filter.max_tokens=0", "data.filter.max_tokens"),
       ("data.name=text", "data.text_glob"), ("data.tokenizer=hf", "data.tokenizer_dir"),
       ("data.corpus_root=/nonexistent/corpus", "data.corpus_root"),
-      ("steps=abc", "steps"),
+      ("steps=abc", "steps"), ("profile.start_step=-1", "profile.start_step"),
       ("nosuchfield=1", "nosuchfield"), ("model.nosuch=1", "nosuch"),
   ]
   cases = [(train(f"--config.{value}"), field) for value, field in config_values]
+  cases += [
+      (train("--config.profile.steps=5", "--config.profile.start_step=39"), "profile.start_step"),
+      (train("--config.profile.steps=2", "--config.profile.start_step=0"), "profile.start_step"),
+  ]
   (tmp / "a_file").write_text("not a directory")
   for kind, content in (("empty", b"  \n"), ("binary", b"\0" * 100_000)):
     (tmp / kind).mkdir()
@@ -119,6 +123,8 @@ def _cases(tmp, corpus, data_dir, trained) -> list[tuple[list[str], str]]:
       (["-m", "evals.generate", workdir, "--prompt=x", "--quant_embedding=int8"],
        "quant_embedding='int8'"),
       (["-m", "evals.efficiency", workdir, "--mode=bogus"], "--mode"),
+      (["-m", "evals.efficiency", workdir, "--steps=3", "--profile_steps=5"], "--profile_steps"),
+      (["-m", "evals.efficiency", workdir, "--profile_start_step=-1"], "--profile_start_step"),
       (["-m", "evals.efficiency", "--workdir=/nonexistent/run"], "workdir"),
       (["-m", "evals.merge_adapters", workdir], "--out"),
       (["-m", "evals.merge_adapters", "--workdir=/nonexistent/run", f"--out={tmp / 'm'}"],

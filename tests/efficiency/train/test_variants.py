@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs.default import get_config
-from efficiency.config import resolve
+from efficiency.config import override, resolve
 from efficiency.sweep import expand, load_sweep_file
 from tests.helpers import ROOT, packed_batch, run_steps, tiny_config, tiny_train_flags
 
@@ -67,6 +67,5 @@ def test_attention_position_sweep_covers_every_pair():
   for point in points:
     config = get_config()
     for field, value in {**sweep["overrides"], **point.overrides}.items():
-      section, _, name = field.rpartition(".")
-      (config.model if section == "model" else config)[name] = value
+      override(config, field, value)
     resolve(config, num_devices=1)
