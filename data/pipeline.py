@@ -12,6 +12,12 @@ curriculum's order) and fills rows [s * B/S, (s+1) * B/S) of every global batch 
 Process p of P owns shards [p * S/P, (p+1) * S/P), so the global batches are the same for any
 process count that divides S.
 
+With a mixture (`data.mixture`), each shard mixes that shard of every source's documents through
+`grain.IterDataset.mix` (keyed by source label, weighted by `data.mixture.*.weight`), and rows
+carry `sources` [rows, seq_len] int32, each token's source id (its index in
+`data.mixture.labels`); the loop takes it out before the batch reaches the model. Eval batches are
+made per source, each as that source alone would make them.
+
 The train iterator's position is the position of each of its shards. `ShardedIterator` saves it
 with `get_state()` (Orbax: `grain.checkpoint.CheckpointSave(iterator)`, one file per process) and
 restores it from the files of any process count with `restore_files`.
@@ -27,7 +33,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from data import packing
+from data import mixture, packing
 from data.curriculum.order import curriculum_order
 from data.prepared import Prepared, Subset, prepare
 from data.seq_len_warmup import SeqLenWarmup
@@ -132,29 +138,47 @@ class ShardedIterator(grain.DatasetIterator):
     self.set_shard_states(states)
 
 
-def _tokenize(record: dict, tokenizer: Tokenizer) -> packing.Row:
-  """A stored document as model inputs and targets."""
+def _tokenize(record: dict, tokenizer: Tokenizer, source: int | None = None) -> packing.Row:
+  """A stored document as model inputs and targets (and, from source `source` of a mixture,
+  each token's source id)."""
   tokens = tokenizer.encode(document_bytes(record).decode("utf-8"))
-  return packing.document_example(tokens, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id)
+  example = packing.document_example(tokens, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id)
+  if source is not None:
+    example["sources"] = np.full(len(example["inputs"]), source, np.int32)
+  return example
+
+
+def _examples(
+    docs: grain.MapDataset,
+    config: ml_collections.ConfigDict,
+    tokenizer: Tokenizer,
+    batch_size: int,
+    source: int | None = None,
+) -> grain.IterDataset:
+  """Documents tokenized in `data.worker_threads` threads."""
+  read_options = grain.ReadOptions(
+      num_threads=config.data.worker_threads, prefetch_buffer_size=batch_size
+  )
+  tokenize = functools.partial(_tokenize, tokenizer=tokenizer, source=source)
+  return docs.map(tokenize).to_iter_dataset(read_options)
 
 
 def _batches(
-    docs: grain.MapDataset,
+    docs: grain.MapDataset | grain.IterDataset,
     config: ml_collections.ConfigDict,
     tokenizer: Tokenizer,
     batch_size: int,
     row_shuffle_seed: int | None,
 ) -> grain.IterDataset:
-  """Tokenizes documents in `data.worker_threads` threads, packs them and batches the rows.
+  """Tokenizes documents (unless `docs` holds tokenized examples already), packs them and
+  batches the rows.
 
   Long documents fill many consecutive rows, so rows are shuffled within windows of
   `data.shuffle_window` rows (when a seed is given) to keep one document from filling a batch.
   """
-  read_options = grain.ReadOptions(
-      num_threads=config.data.worker_threads, prefetch_buffer_size=batch_size
-  )
-  examples = docs.map(functools.partial(_tokenize, tokenizer=tokenizer))
-  rows = packing.pack(examples.to_iter_dataset(read_options), config.seq_len)
+  if isinstance(docs, grain.MapDataset):
+    docs = _examples(docs, config, tokenizer, batch_size)
+  rows = packing.pack(docs, config.seq_len, sources=mixture.is_mixture(config))
   if row_shuffle_seed is not None and config.data.shuffle_window > 1:
     rows = grain.experimental.WindowShuffleIterDataset(
         rows, window_size=config.data.shuffle_window, seed=row_shuffle_seed
@@ -191,25 +215,70 @@ def make_train_iterator(
   shards = shard_count(config, process_count)
   batch_size = config.batch_size // shards
   prepared = prepare(config, tokenizer) if prepared is None else prepared
+  if prepared.sources is not None:
+    return _mixture_train_iterator(config, tokenizer, prepared, process_index, process_count)
   records = load_source(config).train
   if prepared.scores_N is None:
     documents = Subset(records, prepared.train_N)
   else:
     order = curriculum_order(prepared.scores_N, prepared.train_tokens_N, config)
     documents = Subset(records, prepared.train_N[order])
-  row_seed = config.seed if config.data.shuffle else None
   iterators = {}
   for shard in local_shards(config, process_index, process_count):
     docs = _shard(documents, "train", shard, shards)
     if prepared.scores_N is None and config.data.shuffle:
       docs = docs.shuffle(seed=config.seed)
-    batches = _batches(docs.repeat(), config, tokenizer, batch_size, row_seed)
-    if config.data.seq_len_warmup.start:
-      batches = SeqLenWarmup(batches, config)
-    prefetched = grain.experimental.ThreadPrefetchIterDataset(
-        batches, prefetch_buffer_size=config.data.prefetch
-    )
-    iterators[shard] = iter(prefetched)
+    iterators[shard] = _shard_iterator(docs.repeat(), config, tokenizer, batch_size)
+  return ShardedIterator(iterators)
+
+
+def _shard_iterator(
+    docs: grain.MapDataset | grain.IterDataset,
+    config: ml_collections.ConfigDict,
+    tokenizer: Tokenizer,
+    batch_size: int,
+) -> grain.DatasetIterator:
+  """One shard's endless batches, with the warmup and prefetching the config asks for."""
+  row_seed = config.seed if config.data.shuffle else None
+  batches = _batches(docs, config, tokenizer, batch_size, row_seed)
+  if config.data.seq_len_warmup.start:
+    batches = SeqLenWarmup(batches, config)
+  prefetched = grain.experimental.ThreadPrefetchIterDataset(
+      batches, prefetch_buffer_size=config.data.prefetch
+  )
+  return iter(prefetched)
+
+
+def _mixture_train_iterator(
+    config: ml_collections.ConfigDict,
+    tokenizer: Tokenizer,
+    prepared: Prepared,
+    process_index: int,
+    process_count: int,
+) -> ShardedIterator:
+  """A mixture's train batches: in each shard, every source's documents (that shard of them,
+  shuffled with `seed` anew each epoch) mixed by weight. Sources of weight 0 are left out; the
+  mix is keyed by label, so a resume with other weights continues each source where it
+  stopped."""
+  shards = shard_count(config, process_count)
+  batch_size = config.batch_size // shards
+  weights = mixture.weights(config)
+  subs = mixture.source_configs(config)
+  records = {label: load_source(sub).train for label, sub in subs.items()}
+  iterators = {}
+  for shard in local_shards(config, process_index, process_count):
+    parts = {}
+    for source, label in enumerate(subs):
+      if weights[source] == 0:
+        continue
+      kept = Subset(records[label], prepared.sources[label].train_N)
+      docs = _shard(kept, f"train (data.mixture.{label})", shard, shards)
+      if config.data.shuffle:
+        docs = docs.shuffle(seed=config.seed)
+      parts[label] = _examples(docs.repeat(), config, tokenizer, batch_size, source)
+    mixed = grain.IterDataset.mix(parts, {label: float(weights[i]) for i, label in
+                                          enumerate(subs) if label in parts})
+    iterators[shard] = _shard_iterator(mixed, config, tokenizer, batch_size)
   return ShardedIterator(iterators)
 
 
@@ -226,11 +295,18 @@ def make_eval_batches(
   Rows are shuffled in windows of `data.shuffle_window` with a fixed seed, so the batches sample
   the whole split rather than its first few documents.
 
-  If the split is too small to fill them, it is repeated (and a warning says so).
+  If the split is too small to fill them, it is repeated (and a warning says so). A mixture's
+  are every source's `eval_batches` batches, source after source.
   """
   shards = shard_count(config, process_count)
   batch_size = config.batch_size // shards
   prepared = prepare(config, tokenizer) if prepared is None else prepared
+  if prepared.sources is not None:  # a mixture: every source's batches in turn
+    per_source = make_eval_batches_per_source(
+        config, tokenizer, process_index=process_index, process_count=process_count,
+        prepared=prepared,
+    )
+    return [batch for batches in per_source.values() for batch in batches]
   records = Subset(load_source(config).validation, prepared.validation_M)
   per_shard = []
   for shard in local_shards(config, process_index, process_count):
@@ -250,3 +326,22 @@ def make_eval_batches(
       )
     per_shard.append(batches)
   return [_concat(list(step)) for step in zip(*per_shard, strict=True)]
+
+
+def make_eval_batches_per_source(
+    config: ml_collections.ConfigDict,
+    tokenizer: Tokenizer,
+    *,
+    process_index: int,
+    process_count: int,
+    prepared: Prepared,
+) -> dict[str, list[Batch]]:
+  """A mixture's eval batches by source label: each source's own, as the config of that source
+  alone makes them (`make_eval_batches`)."""
+  return {
+      label: make_eval_batches(
+          sub, tokenizer, process_index=process_index, process_count=process_count,
+          prepared=prepared.sources[label],
+      )
+      for label, sub in mixture.source_configs(config).items()
+  }

@@ -52,6 +52,11 @@ class Summary:
   wall_time_s: float | None = None
   resumed_from_step: int | None = None
   checkpoint_step: int | None = None  # the newest committed checkpoint when the run ended
+  # A mixture (data.mixture), by source label: real target tokens trained on, and the newest
+  # eval's loss and bits per byte on each source's validation split alone.
+  tokens_per_source: dict | None = None
+  eval_loss_per_source: dict | None = None
+  eval_bpb_per_source: dict | None = None
 
 
 SUMMARY_KEYS = tuple(f.name for f in dataclasses.fields(Summary))
