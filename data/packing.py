@@ -7,7 +7,6 @@ fills rows back to back: a document longer than the room left in a row continues
 only where the documents run out, that is at the end of a finite epoch.
 
 The packer's state is that of Grain's, made safe to restore from JSON (as Orbax saves it).
-Documents of a mixture also carry `sources` (the source id of every token), packed alongside.
 """
 
 import grain
@@ -28,16 +27,13 @@ def document_example(tokens: np.ndarray, *, bos_id: int, eos_id: int) -> Row:
 def _finish_row(packed: Row) -> Row:
   """Renames the packer's outputs to the batch contract and adds loss weights."""
   segment_ids = packed["inputs_segment_ids"]
-  row = {
+  return {
       "inputs": packed["inputs"],
       "targets": packed["targets"],
       "segment_ids": segment_ids,
       "positions": packed["inputs_positions"],
       "weights": (segment_ids > 0).astype(np.float32),
   }
-  if "sources" in packed:
-    row["sources"] = packed["sources"]
-  return row
 
 
 class _JsonStateIterator(grain.DatasetIterator):
@@ -65,11 +61,9 @@ class _JsonStateDataset(grain.IterDataset):
     return _JsonStateIterator(iter(self._parent))
 
 
-def pack(examples: grain.IterDataset, seq_len: int, sources: bool = False) -> grain.IterDataset:
-  """Packs `document_example`s into rows of `seq_len`: the five int32/float32 features (and
-  `sources`, the examples' per-token source ids, where `sources`)."""
-  features = ("inputs", "targets", "sources") if sources else ("inputs", "targets")
+def pack(examples: grain.IterDataset, seq_len: int) -> grain.IterDataset:
+  """Packs `document_example`s into rows of `seq_len`: the five int32/float32 features."""
   packed = grain.experimental.ConcatThenSplitIterDataset(
-      examples, length_struct=dict.fromkeys(features, seq_len)
+      examples, length_struct={"inputs": seq_len, "targets": seq_len}
   )
   return _JsonStateDataset(packed).map(_finish_row)

@@ -12,11 +12,13 @@ curriculum's order) and fills rows [s * B/S, (s+1) * B/S) of every global batch 
 Process p of P owns shards [p * S/P, (p+1) * S/P), so the global batches are the same for any
 process count that divides S.
 
-With a mixture (`data.mixture`), each shard mixes that shard of every source's documents through
-`grain.IterDataset.mix` (keyed by source label, weighted by `data.mixture.*.weight`), and rows
-carry `sources` [rows, seq_len] int32, each token's source id (its index in
-`data.mixture.labels`); the loop takes it out before the batch reaches the model. Eval batches are
-made per source, each as that source alone would make them.
+With a mixture (`data.mixture`), each shard packs (and shuffles) the rows of every source on its
+own and mixes the rows through `grain.IterDataset.mix` (keyed by source label, weighted by
+`data.mixture.*.weight`: the weights are shares of rows, that is of tokens), just before
+batching: no later stage replays the mix from a saved state, so a resume with other weights
+continues each source exactly where it stopped. Rows carry `sources` [rows, seq_len] int32, the
+row's source id (its index in `mixture.labels`); the loop takes it out before the batch reaches
+the model. Eval batches are made per source, each as that source alone would make them.
 
 The train iterator's position is the position of each of its shards. `ShardedIterator` saves it
 with `get_state()` (Orbax: `grain.checkpoint.CheckpointSave(iterator)`, one file per process) and
@@ -138,51 +140,45 @@ class ShardedIterator(grain.DatasetIterator):
     self.set_shard_states(states)
 
 
-def _tokenize(record: dict, tokenizer: Tokenizer, source: int | None = None) -> packing.Row:
-  """A stored document as model inputs and targets (and, from source `source` of a mixture,
-  each token's source id)."""
+def _tokenize(record: dict, tokenizer: Tokenizer) -> packing.Row:
+  """A stored document as model inputs and targets."""
   tokens = tokenizer.encode(document_bytes(record).decode("utf-8"))
-  example = packing.document_example(tokens, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id)
-  if source is not None:
-    example["sources"] = np.full(len(example["inputs"]), source, np.int32)
-  return example
+  return packing.document_example(tokens, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id)
 
 
-def _examples(
+def _rows(
     docs: grain.MapDataset,
-    config: ml_collections.ConfigDict,
-    tokenizer: Tokenizer,
-    batch_size: int,
-    source: int | None = None,
-) -> grain.IterDataset:
-  """Documents tokenized in `data.worker_threads` threads."""
-  read_options = grain.ReadOptions(
-      num_threads=config.data.worker_threads, prefetch_buffer_size=batch_size
-  )
-  tokenize = functools.partial(_tokenize, tokenizer=tokenizer, source=source)
-  return docs.map(tokenize).to_iter_dataset(read_options)
-
-
-def _batches(
-    docs: grain.MapDataset | grain.IterDataset,
     config: ml_collections.ConfigDict,
     tokenizer: Tokenizer,
     batch_size: int,
     row_shuffle_seed: int | None,
 ) -> grain.IterDataset:
-  """Tokenizes documents (unless `docs` holds tokenized examples already), packs them and
-  batches the rows.
+  """Tokenizes documents in `data.worker_threads` threads and packs them into rows.
 
   Long documents fill many consecutive rows, so rows are shuffled within windows of
   `data.shuffle_window` rows (when a seed is given) to keep one document from filling a batch.
   """
-  if isinstance(docs, grain.MapDataset):
-    docs = _examples(docs, config, tokenizer, batch_size)
-  rows = packing.pack(docs, config.seq_len, sources=mixture.is_mixture(config))
+  read_options = grain.ReadOptions(
+      num_threads=config.data.worker_threads, prefetch_buffer_size=batch_size
+  )
+  examples = docs.map(functools.partial(_tokenize, tokenizer=tokenizer))
+  rows = packing.pack(examples.to_iter_dataset(read_options), config.seq_len)
   if row_shuffle_seed is not None and config.data.shuffle_window > 1:
     rows = grain.experimental.WindowShuffleIterDataset(
         rows, window_size=config.data.shuffle_window, seed=row_shuffle_seed
     )
+  return rows
+
+
+def _batches(
+    docs: grain.MapDataset,
+    config: ml_collections.ConfigDict,
+    tokenizer: Tokenizer,
+    batch_size: int,
+    row_shuffle_seed: int | None,
+) -> grain.IterDataset:
+  """The packed rows of `docs` (see `_rows`) in batches of `batch_size`."""
+  rows = _rows(docs, config, tokenizer, batch_size, row_shuffle_seed)
   return rows.batch(batch_size, drop_remainder=True)
 
 
@@ -228,25 +224,27 @@ def make_train_iterator(
     docs = _shard(documents, "train", shard, shards)
     if prepared.scores_N is None and config.data.shuffle:
       docs = docs.shuffle(seed=config.seed)
-    iterators[shard] = _shard_iterator(docs.repeat(), config, tokenizer, batch_size)
+    row_seed = config.seed if config.data.shuffle else None
+    batches = _batches(docs.repeat(), config, tokenizer, batch_size, row_seed)
+    iterators[shard] = _prefetched(batches, config)
   return ShardedIterator(iterators)
 
 
-def _shard_iterator(
-    docs: grain.MapDataset | grain.IterDataset,
-    config: ml_collections.ConfigDict,
-    tokenizer: Tokenizer,
-    batch_size: int,
+def _prefetched(
+    batches: grain.IterDataset, config: ml_collections.ConfigDict
 ) -> grain.DatasetIterator:
   """One shard's endless batches, with the warmup and prefetching the config asks for."""
-  row_seed = config.seed if config.data.shuffle else None
-  batches = _batches(docs, config, tokenizer, batch_size, row_seed)
   if config.data.seq_len_warmup.start:
     batches = SeqLenWarmup(batches, config)
   prefetched = grain.experimental.ThreadPrefetchIterDataset(
       batches, prefetch_buffer_size=config.data.prefetch
   )
   return iter(prefetched)
+
+
+def _with_source(row: packing.Row, source: int) -> packing.Row:
+  """A row of a mixture with `sources`: its source's id at every position."""
+  return {**row, "sources": np.full(row["inputs"].shape, source, np.int32)}
 
 
 def _mixture_train_iterator(
@@ -256,9 +254,9 @@ def _mixture_train_iterator(
     process_index: int,
     process_count: int,
 ) -> ShardedIterator:
-  """A mixture's train batches: in each shard, every source's documents (that shard of them,
-  shuffled with `seed` anew each epoch) mixed by weight. Sources of weight 0 are left out; the
-  mix is keyed by label, so a resume with other weights continues each source where it
+  """A mixture's train batches: in each shard, every source's rows (from that shard of its
+  documents, shuffled with `seed` anew each epoch) mixed by weight. Sources of weight 0 are left
+  out; the mix is keyed by label, so a resume with other weights continues each source where it
   stopped."""
   shards = shard_count(config, process_count)
   batch_size = config.batch_size // shards
@@ -275,10 +273,12 @@ def _mixture_train_iterator(
       docs = _shard(kept, f"train (data.mixture.{label})", shard, shards)
       if config.data.shuffle:
         docs = docs.shuffle(seed=config.seed)
-      parts[label] = _examples(docs.repeat(), config, tokenizer, batch_size, source)
+      row_seed = config.seed if config.data.shuffle else None
+      rows = _rows(docs.repeat(), config, tokenizer, batch_size, row_seed)
+      parts[label] = rows.map(functools.partial(_with_source, source=source))
     mixed = grain.IterDataset.mix(parts, {label: float(weights[i]) for i, label in
                                           enumerate(subs) if label in parts})
-    iterators[shard] = _shard_iterator(mixed, config, tokenizer, batch_size)
+    iterators[shard] = _prefetched(mixed.batch(batch_size, drop_remainder=True), config)
   return ShardedIterator(iterators)
 
 

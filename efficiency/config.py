@@ -341,6 +341,11 @@ def _check_mixture(config: ml_collections.ConfigDict) -> None:
         f"data.curriculum.difficulty={config.data.curriculum.difficulty!r} does not work with "
         "data.mixture (the mixture decides the order); valid choices: none"
     )
+  if config.data.seq_len_warmup.start:
+    raise ConfigError(
+        f"data.seq_len_warmup.start={config.data.seq_len_warmup.start} does not work with "
+        "data.mixture yet; set it to 0"
+    )
   for label, sub in source_configs(config).items():
     try:
       _check_data(sub)
