@@ -148,7 +148,7 @@ def check_text(record: dict, text_field: str, path: str, index: int) -> str:
   text = record[text_field]
   if not isinstance(text, str):
     raise ConfigError(
-        f"data.text_field={text_field!r} of the record at {path}:{index} is a "
+        f"data.text_field={text_field!r} of the record at {path}:{index} is of type "
         f"{type(text).__name__}, not a string"
     )
   return text
