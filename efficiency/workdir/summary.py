@@ -68,3 +68,6 @@ RESULT_KEYS = (
     "tokens_per_sec", "mfu", "peak_memory_bytes", "param_count", "kv_cache_bytes_per_token",
     "data_wait_fraction", "compile_time_s", "wall_time_s",
 )
+
+# A mixture's keys by source label, shown in sweep tables as one column per source.
+PER_SOURCE_KEYS = ("tokens_per_source", "eval_loss_per_source", "eval_bpb_per_source")
