@@ -15,5 +15,8 @@ def keep(docs: Documents) -> np.ndarray:
         f"data.filter.field={f.field!r} is not a field of the records; valid choices: "
         f"{', '.join(sorted(k for k in first if k != 'text'))}"
     )
-  values = np.array([float(docs.records[int(i)][f.field]) for i in docs.indices])
+  try:
+    values = np.array([float(docs.records[int(i)][f.field]) for i in docs.indices])
+  except ValueError as e:
+    raise ConfigError(f"data.filter.field={f.field!r} is not a numeric field ({e})") from None
   return (values >= f.field_min) & (values <= f.field_max)
