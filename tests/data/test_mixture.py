@@ -174,3 +174,16 @@ def test_tokenizer_trains_on_every_source(shards, data_dir):
   tokenizer = tokenizer_lib.get_tokenizer(config)
   assert (Path(source.cache_dir) / "tokenizers" / "sentencepiece_bpe_300.model").exists()
   assert len(tokenizer.encode("0123456789")) < 10  # source b's digit runs became pieces
+
+
+def test_mixture_config_resolves_and_only_weights_may_change_on_resume():
+  from configs.mixture import get_config
+  from efficiency.config import resolve
+  from efficiency.workdir.resume import resumable
+
+  config = resolve(get_config(), 1)
+  assert mixture.labels(config) == ["code", "tests"]
+  np.testing.assert_allclose(mixture.weights(config), [0.75, 0.25])
+  assert mixture.source_config(config, "tests").data.name == "stdlib_tests"
+  assert resumable("data.mixture.code.weight")
+  assert not resumable("data.mixture.code.name") and not resumable("data.mixture.code.files")
