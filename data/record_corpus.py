@@ -191,7 +191,7 @@ def _convert(value: Any, kind: str) -> Any:
     return value if isinstance(value, str) else default
   if _kind(value) not in ("int", "float"):
     return default
-  if kind == "int" and float(value) != int(value):
+  if kind == "int" and not float(value).is_integer():  # a fraction, NaN or infinity
     return default
   return dtype(value)
 

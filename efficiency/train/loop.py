@@ -280,10 +280,10 @@ class Loop:
     if mixture.is_mixture(config):
       self.source_tokens = SourceTokens(mixture.labels(config), progress.tokens_per_source)
       self.host_eval_sources = inputs.eval_sources
-      self.eval_sources = {
-          label: [to_global(b, training.rows_sharding) for b in batches]
-          for label, batches in inputs.eval_sources.items()
-      }
+      self.eval_sources, start = {}, 0  # the eval batches again, by source (same arrays)
+      for label, batches in inputs.eval_sources.items():
+        self.eval_sources[label] = self.eval_batches[start : start + len(batches)]
+        start += len(batches)
     self.writer, self.manager = writer, manager
     self.summary, self.progress, self.started = summary, progress, started
     self.is_main = jax.process_index() == 0
