@@ -219,12 +219,12 @@ def make_train_iterator(
   else:
     order = curriculum_order(prepared.scores_N, prepared.train_tokens_N, config)
     documents = Subset(records, prepared.train_N[order])
+  row_seed = config.seed if config.data.shuffle else None
   iterators = {}
   for shard in local_shards(config, process_index, process_count):
     docs = _shard(documents, "train", shard, shards)
     if prepared.scores_N is None and config.data.shuffle:
       docs = docs.shuffle(seed=config.seed)
-    row_seed = config.seed if config.data.shuffle else None
     batches = _batches(docs.repeat(), config, tokenizer, batch_size, row_seed)
     iterators[shard] = _prefetched(batches, config)
   return ShardedIterator(iterators)
@@ -263,6 +263,7 @@ def _mixture_train_iterator(
   weights = mixture.weights(config)
   subs = mixture.source_configs(config)
   records = {label: load_source(sub).train for label, sub in subs.items()}
+  row_seed = config.seed if config.data.shuffle else None
   iterators = {}
   for shard in local_shards(config, process_index, process_count):
     parts = {}
@@ -273,7 +274,6 @@ def _mixture_train_iterator(
       docs = _shard(kept, f"train (data.mixture.{label})", shard, shards)
       if config.data.shuffle:
         docs = docs.shuffle(seed=config.seed)
-      row_seed = config.seed if config.data.shuffle else None
       rows = _rows(docs.repeat(), config, tokenizer, batch_size, row_seed)
       parts[label] = rows.map(functools.partial(_with_source, source=source))
     mixed = grain.IterDataset.mix(parts, {label: float(weights[i]) for i, label in
