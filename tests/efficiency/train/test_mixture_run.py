@@ -3,6 +3,10 @@ metrics.jsonl, each source's eval loss equal to evaluating that source alone, an
 other weights that keeps counting each source."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import ml_collections
@@ -16,8 +20,9 @@ from efficiency.config import resolve
 from efficiency.evaluation import Evaluator
 from efficiency.train.inputs import tokenizer_of
 from efficiency.train.loop import train_and_evaluate
+from efficiency.workdir import files
 from efficiency.workdir.restore import restore
-from tests.helpers import tiny_train_flags
+from tests.helpers import ROOT, assert_same_run, tiny_train_flags
 
 
 def _config(tmp_path, steps: int, weights: tuple[float, float]) -> ml_collections.ConfigDict:
@@ -51,7 +56,6 @@ def shards(tmp_path):
   return tmp_path
 
 
-@pytest.mark.slow
 def test_mixture_run_reports_each_source_and_resumes_with_other_weights(shards):
   workdir = shards / "run"
   first = train_and_evaluate(_config(shards, 10, (0.5, 0.5)), workdir)
@@ -80,3 +84,35 @@ def test_mixture_run_reports_each_source_and_resumes_with_other_weights(shards):
   assert [r["step"] for r in evals] == [0, 10, 20]
   assert evals[-1]["eval_loss_per_source"] == losses
   assert evals[-1]["tokens_per_source"] == second["tokens_per_source"]
+
+
+def test_mixture_run_killed_resumes_bitwise(shards):
+  config = _config(shards, 20, (0.7, 0.3))
+  config.checkpoint_every = 5
+  reference = shards / "reference"
+  train_and_evaluate(config, reference)
+  (shards / "config.json").write_text(json.dumps(config.to_dict()))
+  saved = str(shards / "config.json")
+  (shards / "mixture_config.py").write_text(
+      "import json\nimport ml_collections\n\n\ndef get_config(arg=None):\n"
+      f"  return ml_collections.ConfigDict(json.loads(open({saved!r}).read()))\n"
+  )
+  workdir = shards / "killed"
+  proc = subprocess.Popen(
+      [sys.executable, "train.py", f"--workdir={workdir}",
+       f"--config={shards / 'mixture_config.py'}"],
+      cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+  )
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if files.checkpoint_steps(workdir):
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait(timeout=60)
+  assert files.checkpoint_steps(workdir) and files.checkpoint_steps(workdir)[-1] < 20
+  summary = train_and_evaluate(config, workdir)
+  assert_same_run(workdir, reference)
+  expected = json.loads((reference / "summary.json").read_text())
+  for key in ("tokens_per_source", "eval_loss_per_source", "eval_bpb_per_source"):
+    assert summary[key] == expected[key], key
