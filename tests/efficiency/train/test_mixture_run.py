@@ -1,6 +1,7 @@
 """A mixture trained end to end: tokens and eval losses per source in summary.json and
-metrics.jsonl, each source's eval loss equal to evaluating that source alone, and a resume with
-other weights that keeps counting each source."""
+metrics.jsonl, each source's eval loss equal to evaluating that source alone, a resume with
+other weights that keeps counting each source, and a run killed with SIGKILL that resumes bit for
+bit."""
 
 import json
 import signal
