@@ -147,6 +147,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.prefetch = 4
   c.data.tfds_data_dir = ""  # TFDS names (lm1b, c4/en, ...): "" = TFDS's default data dir
   c.data.text_glob = ""  # text: a folder or glob of text files, built once into ArrayRecord
+  c.data.files = ""  # jsonl | parquet: a glob of shards (.jsonl, .jsonl.gz, .jsonl.zst, .parquet)
+  c.data.text_field = "text"  # jsonl | parquet: the field holding the text; scalar fields are kept
   c.data.max_doc_bytes = 4 * 2**20  # longer documents are dropped (and counted) as absurd
   # Filters, applied in order when data is prepared (python -m data.prepare): comma-separated
   # names from data.filters registry: length, exact_dedup, near_dup, quality, perplexity.
@@ -162,6 +164,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.filter.max_line_chars = 1000  # quality: longest line
   c.data.filter.max_repeated_line_ratio = 0.5  # quality: share of lines that repeat another
   c.data.filter.keep_fraction = 0.5  # perplexity: keep this share, lowest reference loss first
+  c.data.filter.field = ""  # metadata: a numeric field of the records (jsonl, parquet)
+  c.data.filter.field_min = float("-inf")  # metadata: keep field >= field_min
+  c.data.filter.field_max = float("inf")  # metadata: keep field <= field_max
+  # A weighted mixture of sources: {label: {"weight": w, and the data.* settings of that source,
+  # e.g. "name": "text", "text_glob": ...}}; empty: the single source above (configs/mixture.py).
+  c.data.mixture = ml_collections.ConfigDict()
   c.data.reference_workdir = ""  # perplexity / reference_loss: a finished train.py workdir
   c.data.curriculum = ml_collections.ConfigDict()
   c.data.curriculum.difficulty = "none"  # none | length | compression | reference_loss | field

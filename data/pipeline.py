@@ -12,6 +12,14 @@ curriculum's order) and fills rows [s * B/S, (s+1) * B/S) of every global batch 
 Process p of P owns shards [p * S/P, (p+1) * S/P), so the global batches are the same for any
 process count that divides S.
 
+With a mixture (`data.mixture`), each shard packs (and shuffles) the rows of every source on its
+own and mixes the rows through `grain.IterDataset.mix` (keyed by source label, weighted by
+`data.mixture.*.weight`: the weights are shares of rows, that is of tokens), just before
+batching: no later stage replays the mix from a saved state, so a resume with other weights
+continues each source exactly where it stopped. Rows carry `sources` [rows, seq_len] int32, the
+row's source id (its index in `mixture.labels`); the loop takes it out before the batch reaches
+the model. Eval batches are made per source, each as that source alone would make them.
+
 The train iterator's position is the position of each of its shards. `ShardedIterator` saves it
 with `get_state()` (Orbax: `grain.checkpoint.CheckpointSave(iterator)`, one file per process) and
 restores it from the files of any process count with `restore_files`.
@@ -27,7 +35,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from data import packing
+from data import mixture, packing
 from data.curriculum.order import curriculum_order
 from data.prepared import Prepared, Subset, prepare
 from data.seq_len_warmup import SeqLenWarmup
@@ -138,14 +146,14 @@ def _tokenize(record: dict, tokenizer: Tokenizer) -> packing.Row:
   return packing.document_example(tokens, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id)
 
 
-def _batches(
+def _rows(
     docs: grain.MapDataset,
     config: ml_collections.ConfigDict,
     tokenizer: Tokenizer,
     batch_size: int,
     row_shuffle_seed: int | None,
 ) -> grain.IterDataset:
-  """Tokenizes documents in `data.worker_threads` threads, packs them and batches the rows.
+  """Tokenizes documents in `data.worker_threads` threads and packs them into rows.
 
   Long documents fill many consecutive rows, so rows are shuffled within windows of
   `data.shuffle_window` rows (when a seed is given) to keep one document from filling a batch.
@@ -159,6 +167,18 @@ def _batches(
     rows = grain.experimental.WindowShuffleIterDataset(
         rows, window_size=config.data.shuffle_window, seed=row_shuffle_seed
     )
+  return rows
+
+
+def _batches(
+    docs: grain.MapDataset,
+    config: ml_collections.ConfigDict,
+    tokenizer: Tokenizer,
+    batch_size: int,
+    row_shuffle_seed: int | None,
+) -> grain.IterDataset:
+  """The packed rows of `docs` (see `_rows`) in batches of `batch_size`."""
+  rows = _rows(docs, config, tokenizer, batch_size, row_shuffle_seed)
   return rows.batch(batch_size, drop_remainder=True)
 
 
@@ -191,6 +211,8 @@ def make_train_iterator(
   shards = shard_count(config, process_count)
   batch_size = config.batch_size // shards
   prepared = prepare(config, tokenizer) if prepared is None else prepared
+  if prepared.sources is not None:
+    return _mixture_train_iterator(config, tokenizer, prepared, process_index, process_count)
   records = load_source(config).train
   if prepared.scores_N is None:
     documents = Subset(records, prepared.train_N)
@@ -204,12 +226,59 @@ def make_train_iterator(
     if prepared.scores_N is None and config.data.shuffle:
       docs = docs.shuffle(seed=config.seed)
     batches = _batches(docs.repeat(), config, tokenizer, batch_size, row_seed)
-    if config.data.seq_len_warmup.start:
-      batches = SeqLenWarmup(batches, config)
-    prefetched = grain.experimental.ThreadPrefetchIterDataset(
-        batches, prefetch_buffer_size=config.data.prefetch
-    )
-    iterators[shard] = iter(prefetched)
+    iterators[shard] = _prefetched(batches, config)
+  return ShardedIterator(iterators)
+
+
+def _prefetched(
+    batches: grain.IterDataset, config: ml_collections.ConfigDict
+) -> grain.DatasetIterator:
+  """One shard's endless batches, with the warmup and prefetching the config asks for."""
+  if config.data.seq_len_warmup.start:
+    batches = SeqLenWarmup(batches, config)
+  prefetched = grain.experimental.ThreadPrefetchIterDataset(
+      batches, prefetch_buffer_size=config.data.prefetch
+  )
+  return iter(prefetched)
+
+
+def _with_source(row: packing.Row, source: int) -> packing.Row:
+  """A row of a mixture with `sources`: its source's id at every position."""
+  return {**row, "sources": np.full(row["inputs"].shape, source, np.int32)}
+
+
+def _mixture_train_iterator(
+    config: ml_collections.ConfigDict,
+    tokenizer: Tokenizer,
+    prepared: Prepared,
+    process_index: int,
+    process_count: int,
+) -> ShardedIterator:
+  """A mixture's train batches: in each shard, every source's rows (from that shard of its
+  documents, shuffled with `seed` anew each epoch) mixed by weight. Sources of weight 0 are left
+  out; the mix is keyed by label, so a resume with other weights continues each source where it
+  stopped."""
+  shards = shard_count(config, process_count)
+  batch_size = config.batch_size // shards
+  weights = mixture.weights(config)
+  subs = mixture.source_configs(config)
+  records = {label: load_source(sub).train for label, sub in subs.items()}
+  row_seed = config.seed if config.data.shuffle else None
+  iterators = {}
+  for shard in local_shards(config, process_index, process_count):
+    parts = {}
+    for source, label in enumerate(subs):
+      if weights[source] == 0:
+        continue
+      kept = Subset(records[label], prepared.sources[label].train_N)
+      docs = _shard(kept, f"train (data.mixture.{label})", shard, shards)
+      if config.data.shuffle:
+        docs = docs.shuffle(seed=config.seed)
+      rows = _rows(docs.repeat(), config, tokenizer, batch_size, row_seed)
+      parts[label] = rows.map(functools.partial(_with_source, source=source))
+    mixed = grain.IterDataset.mix(parts, {label: float(weights[i]) for i, label in
+                                          enumerate(subs) if label in parts})
+    iterators[shard] = _prefetched(mixed.batch(batch_size, drop_remainder=True), config)
   return ShardedIterator(iterators)
 
 
@@ -226,11 +295,18 @@ def make_eval_batches(
   Rows are shuffled in windows of `data.shuffle_window` with a fixed seed, so the batches sample
   the whole split rather than its first few documents.
 
-  If the split is too small to fill them, it is repeated (and a warning says so).
+  If the split is too small to fill them, it is repeated (and a warning says so). A mixture's
+  are every source's `eval_batches` batches, source after source.
   """
   shards = shard_count(config, process_count)
   batch_size = config.batch_size // shards
   prepared = prepare(config, tokenizer) if prepared is None else prepared
+  if prepared.sources is not None:  # a mixture: every source's batches in turn
+    per_source = make_eval_batches_per_source(
+        config, tokenizer, process_index=process_index, process_count=process_count,
+        prepared=prepared,
+    )
+    return [batch for batches in per_source.values() for batch in batches]
   records = Subset(load_source(config).validation, prepared.validation_M)
   per_shard = []
   for shard in local_shards(config, process_index, process_count):
@@ -250,3 +326,22 @@ def make_eval_batches(
       )
     per_shard.append(batches)
   return [_concat(list(step)) for step in zip(*per_shard, strict=True)]
+
+
+def make_eval_batches_per_source(
+    config: ml_collections.ConfigDict,
+    tokenizer: Tokenizer,
+    *,
+    process_index: int,
+    process_count: int,
+    prepared: Prepared,
+) -> dict[str, list[Batch]]:
+  """A mixture's eval batches by source label: each source's own, as the config of that source
+  alone makes them (`make_eval_batches`)."""
+  return {
+      label: make_eval_batches(
+          sub, tokenizer, process_index=process_index, process_count=process_count,
+          prepared=prepared.sources[label],
+      )
+      for label, sub in mixture.source_configs(config).items()
+  }

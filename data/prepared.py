@@ -7,6 +7,8 @@
 - the validation documents that survive the bad-data checks (validation is never filtered, so
   eval losses compare across filter setups);
 - the data report (see `data.prepare`).
+A mixture (`data.mixture`) prepares each source on its own, with its own settings and filters and
+the mixture's tokenizer, and reports each under `mixture` besides the totals.
 The result is cached under the corpus's cache dir, keyed by everything it depends on, so
 `python -m data.prepare` and `train.py` share one computation and train on the same data. The
 perplexity filter and the reference-loss difficulty score documents with the `scorer` the caller
@@ -27,7 +29,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from data import filters, storage
+from data import filters, mixture, storage
 from data.curriculum import difficulty
 from data.filters.documents import Scorer
 from data.sources import BAD_KINDS, Records, Source, document_bytes, document_text, load_source
@@ -60,6 +62,9 @@ class Prepared:
   scores_N: np.ndarray | None  # float64 difficulty of each, or None without a curriculum
   validation_M: np.ndarray  # int64 record indices of kept validation documents
   report: dict
+  # A mixture's sources by label (the arrays above then concatenate theirs, each indexing its
+  # own source's records); None for a single source.
+  sources: dict[str, "Prepared"] | None = None
 
 
 def uses_reference(config: ml_collections.ConfigDict) -> bool:
@@ -85,7 +90,8 @@ def cache_key(config: ml_collections.ConfigDict, scorer: Scorer | None = None) -
       "field": c.field if c.difficulty == "field" else "",
       "reference": scorer.key if uses_reference(config) and scorer is not None else None,
   }
-  for field in ("tokenizer_from", "tokenizer_dir"):  # Whose vocabulary, when not the corpus's.
+  for field in ("tokenizer_from", "tokenizer_dir", "tokenizer_corpus"):  # Whose vocabulary, when
+    # not the corpus's own (tokenizer_corpus: the mixture a source's tokenizer was trained on).
     if d.get(field):
       key[field] = d[field]
   return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
@@ -174,6 +180,7 @@ def _compute(
   valid_tokens_M = np.array([len(t) for t in valid_tokens], np.int64)
   report = {
       "source": d.name,
+      **source.report,
       "tokenizer": {"name": d.tokenizer, "vocab_size": tokenizer.vocab_size},
       "bad_documents": {"train": train_bad, "validation": valid_bad},
       "filters": filter_stats,
@@ -205,6 +212,8 @@ def prepare(
   if uses_reference(config) and scorer is None:
     raise ValueError("preparing data with the perplexity filter or reference_loss needs a scorer")
   source = load_source(config)
+  if mixture.is_mixture(config):
+    return _prepare_mixture(config, tokenizer, source, scorer, progress)
   directory = os.path.join(source.cache_dir, "prepared", cache_key(config, scorer))
   path = os.path.join(directory, "prepared.npz")
   if not os.path.exists(path):
@@ -229,3 +238,39 @@ def prepare(
         validation_M=arrays["validation_M"],
         report=report,
     )
+
+
+def _prepare_mixture(
+    config: ml_collections.ConfigDict,
+    tokenizer: Tokenizer,
+    source: Source,
+    scorer: Scorer | None,
+    progress: bool,
+) -> Prepared:
+  """Each source of the mixture prepared alone (cached like any source, keyed also by the
+  mixture the tokenizer came from), and a report of the totals with each source's under
+  `mixture`."""
+  parts = {}
+  for label, sub in mixture.source_configs(config).items():
+    sub.data.tokenizer_corpus = source.cache_dir
+    parts[label] = prepare(sub, tokenizer, scorer, progress)
+  cat = lambda name: np.concatenate([getattr(p, name) for p in parts.values()])
+  splits = {
+      split: {
+          total: sum(p.report["splits"][split][total] for p in parts.values())
+          for total in ("documents", "tokens", "bytes")
+      }
+      for split in ("train_before_filters", "train", "validation")
+  }
+  weights = dict(zip(parts, mixture.weights(config).tolist(), strict=True))
+  train_tokens_N = cat("train_tokens_N")
+  report = {
+      "source": "mixture",
+      "tokenizer": {"name": config.data.tokenizer, "vocab_size": tokenizer.vocab_size},
+      "mixture": {label: {"weight": weights[label], **p.report} for label, p in parts.items()},
+      "splits": splits,
+      "bytes_per_token": splits["train"]["bytes"] / max(splits["train"]["tokens"], 1),
+      "packing": packing_report(train_tokens_N, config.seq_len),
+      "curriculum": None,
+  }
+  return Prepared(cat("train_N"), train_tokens_N, None, cat("validation_M"), report, parts)

@@ -1,12 +1,14 @@
 """Corpora by `data.name`: each prepares its dataset once and returns random-access splits.
 
-`stdlib`, `stdlib_tests` (its held-out test suite, for fine-tuning) and `text` are built here
-through TFDS builders; any other name is a TFDS dataset
+`stdlib`, `stdlib_tests` (its held-out test suite, for fine-tuning), `text`, `jsonl` and `parquet`
+are built here through TFDS builders; a `data.mixture` combines several of them (`data.mixture`);
+any other name is a TFDS dataset
 (`lm1b`, `c4/en`, ...) read from `data.tfds_data_dir`, where it must be prepared as ArrayRecord.
 """
 
 import dataclasses
 import hashlib
+import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -14,7 +16,7 @@ from typing import Any
 import ml_collections
 import tensorflow_datasets as tfds
 
-from data import storage, text_corpus
+from data import mixture, record_corpus, storage, text_corpus
 from data.stdlib_corpus import StdlibCorpus, default_root, make_config
 from efficiency.errors import ConfigError, MissingPathError
 
@@ -28,6 +30,7 @@ class Source:
   train: Records
   validation: Records
   cache_dir: str  # For artifacts derived from this corpus, such as trained tokenizers.
+  report: dict = dataclasses.field(default_factory=dict)  # what preparing it dropped, if anything
 
 
 def _prepared(make: Callable[[], tfds.core.DatasetBuilder], data_dir: str) -> Source:
@@ -106,15 +109,63 @@ def _tfds(config: ml_collections.ConfigDict, data_dir: str) -> Source:
   return Source(train=train, validation=valid, cache_dir=cache_dir)
 
 
+def _records(config: ml_collections.ConfigDict, data_dir: str) -> Source:
+  """The JSONL or Parquet shards `data.files` names, built once into ArrayRecord by TFDS; the
+  JSONL lines dropped as malformed are kept in `malformed.json` beside the build."""
+  d = config.data
+  builder_config = record_corpus.make_config(
+      d.files, d.name, d.text_field, d.validation_percent
+  )
+  make = lambda: record_corpus.RecordCorpus(
+      config=builder_config, data_dir=data_dir, file_format="array_record"
+  )
+  if not make().is_prepared():
+    with storage.locked(data_dir):
+      builder = make()
+      if not builder.is_prepared():
+        builder.download_and_prepare()
+        malformed = dataclasses.asdict(builder.malformed)
+        path = os.path.join(builder.data_dir, "malformed.json")
+        with open(path + ".tmp", "w") as f:
+          json.dump(malformed, f, indent=2)
+        os.replace(path + ".tmp", path)
+  source = _prepared(make, data_dir)
+  path = os.path.join(source.cache_dir, "malformed.json")
+  malformed = dataclasses.asdict(record_corpus.Malformed())
+  if os.path.exists(path):
+    with open(path) as f:
+      malformed = json.load(f)
+  return dataclasses.replace(source, report={"malformed_lines": malformed})
+
+
 SOURCES: dict[str, Callable[[ml_collections.ConfigDict, str], Source]] = {
     "stdlib": _stdlib,
     "stdlib_tests": _stdlib_tests,
     "text": _text,
+    "jsonl": _records,
+    "parquet": _records,
 }
 
 
 def load_source(config: ml_collections.ConfigDict) -> Source:
-  """The corpus named by `data.name` (a built-in one, else TFDS), prepared on first use."""
+  """The corpus named by `data.name` (a built-in one, else TFDS), prepared on first use; with a
+  `data.mixture`, all its sources' records interleaved (what the tokenizer trains on)."""
+  if mixture.is_mixture(config):
+    parts = {}
+    for label, sub in mixture.source_configs(config).items():
+      try:
+        parts[label] = load_source(sub)
+      except ConfigError as e:
+        raise type(e)(f"data.mixture.{label}: {e}") from None
+    key = hashlib.sha1(
+        json.dumps([[label, part.cache_dir] for label, part in parts.items()]).encode()
+    ).hexdigest()[:10]
+    return Source(
+        train=mixture.Interleaved([part.train for part in parts.values()]),
+        validation=mixture.Interleaved([part.validation for part in parts.values()]),
+        cache_dir=os.path.join(storage.data_dir(config), "mixtures", key),
+        report={label: part.report for label, part in parts.items()},
+    )
   return SOURCES.get(config.data.name, _tfds)(config, storage.data_dir(config))
 
 

@@ -18,6 +18,7 @@ import ml_collections
 from data.curriculum.difficulty import DIFFICULTIES
 from data.curriculum.pacing import PACINGS
 from data.filters import FILTERS, parse_chain
+from data.mixture import is_mixture, source_configs, weights
 from data.prepared import uses_reference
 from data.seq_len_warmup import WARMUP_FIXED, bucket_lengths
 from data.sources import SOURCES
@@ -396,9 +397,31 @@ def _check_quant(config: ml_collections.ConfigDict, backend: str) -> None:
   check_table(config.model.d_model, q.get("group_size", 0), embedding)
 
 
+def _check_mixture(config: ml_collections.ConfigDict) -> None:
+  """A mixture's weights, and each of its sources' settings as a config of its own."""
+  weights(config)
+  if config.data.curriculum.difficulty != "none":
+    raise ConfigError(
+        f"data.curriculum.difficulty={config.data.curriculum.difficulty!r} does not work with "
+        "data.mixture (the mixture decides the order); valid choices: none"
+    )
+  if config.data.seq_len_warmup.start:
+    raise ConfigError(
+        f"data.seq_len_warmup.start={config.data.seq_len_warmup.start} does not work with "
+        "data.mixture yet; set it to 0"
+    )
+  for label, sub in source_configs(config).items():
+    try:
+      _check_data(sub)
+    except ConfigError as e:
+      raise type(e)(f"data.mixture.{label}: {e}") from None
+
+
 def _check_data(config: ml_collections.ConfigDict) -> None:
-  """The corpus, tokenizer, filters, curriculum and sequence-length warmup."""
+  """The corpus (or mixture), tokenizer, filters, curriculum and sequence-length warmup."""
   d = config.data
+  if is_mixture(config):
+    _check_mixture(config)
   if not d.name:
     raise ConfigError(
         f"data.name is empty; valid choices: {', '.join(sorted(SOURCES))} or a TFDS dataset"
@@ -409,6 +432,10 @@ def _check_data(config: ml_collections.ConfigDict) -> None:
     )
   if d.name == "text" and not d.text_glob:
     raise ConfigError("data.name='text' needs data.text_glob: a folder or a glob of text files")
+  if d.name in ("jsonl", "parquet") and not d.get("files"):
+    raise ConfigError(f"data.name={d.name!r} needs data.files: a glob of {d.name} shards")
+  if d.name in ("jsonl", "parquet") and not d.text_field:
+    raise ConfigError(f"data.text_field is empty; data.name={d.name!r} needs the text's field")
   if not d.get("tokenizer_from"):
     _known("data.tokenizer", d.tokenizer, sorted(TOKENIZERS))
     if d.tokenizer == "bytes" and config.model.vocab_size < ByteTokenizer.vocab_size:
@@ -437,6 +464,8 @@ def _check_data(config: ml_collections.ConfigDict) -> None:
     )
   if "perplexity" in chain:
     _fraction("data.filter.keep_fraction", f.keep_fraction)
+  if "metadata" in chain and not f.get("field"):
+    raise ConfigError("data.filters=metadata needs data.filter.field: a numeric record field")
   c = d.curriculum
   _known("data.curriculum.difficulty", c.difficulty, ["none", *sorted(DIFFICULTIES)])
   if c.difficulty != "none":

@@ -45,6 +45,29 @@ def batch_sums(
   return sums
 
 
+def pooled(
+    results: dict[str, dict[str, float]],
+    batches: dict[str, Sequence[Batch]],
+    token_bytes_V: np.ndarray,
+) -> dict[str, float]:
+  """eval_loss and eval_bpb of all groups' batches together, from each group's results and its
+  (host) batches: losses weighted by each group's real targets, bits over all their bytes.
+  Accuracy likewise."""
+  loss_sum = byte_sum = weight_sum = correct_sum = 0.0
+  for name, result in results.items():
+    weights = sum(float(np.sum(b["weights"])) for b in batches[name])
+    nbytes = sum(float(np.sum(token_bytes_V[b["targets"]] * b["weights"])) for b in batches[name])
+    loss_sum += result["eval_loss"] * weights
+    correct_sum += result["accuracy"] * weights
+    weight_sum += weights
+    byte_sum += nbytes
+  return {
+      "eval_loss": loss_sum / max(weight_sum, 1.0),
+      "accuracy": correct_sum / max(weight_sum, 1.0),
+      "eval_bpb": loss_sum / math.log(2) / max(byte_sum, 1.0),
+  }
+
+
 def summarize(totals: Sums) -> dict[str, float]:
   """eval_loss, accuracy and (with byte counts) eval_bpb from summed totals."""
   totals = jax.device_get(totals)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from efficiency.errors import ConfigError, MissingPathError
 from efficiency.workdir.runs import load_run
-from efficiency.workdir.summary import RESULT_KEYS
+from efficiency.workdir.summary import PER_SOURCE_KEYS, RESULT_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]  # where train.py is
 
@@ -137,6 +137,8 @@ def write_results(root: Path, points: list[Point], errors: dict[str, str]) -> li
     summary = load_run(root / point.name).summary
     row = {"point": point.name, **{k: _format_value(v) for k, v in point.overrides.items()}}
     row.update({k: summary.get(k) for k in RESULT_KEYS})
+    for key in PER_SOURCE_KEYS:  # a mixture's: one column per source
+      row.update({f"{key}.{label}": v for label, v in (summary.get(key) or {}).items()})
     if point.name in errors:
       row["status"] = "failed"
       row["error"] = errors[point.name]

@@ -6,7 +6,7 @@ A filter maps the surviving `Documents` to a boolean keep mask; its parameters l
 
 import numpy as np
 
-from data.filters import exact_dedup, length, near_dup, perplexity, quality
+from data.filters import exact_dedup, length, metadata, near_dup, perplexity, quality
 from data.filters.documents import Documents, Filter
 from efficiency.errors import ConfigError
 
@@ -16,6 +16,7 @@ FILTERS: dict[str, Filter] = {
     "near_dup": near_dup.keep,
     "quality": quality.keep,
     "perplexity": perplexity.keep,
+    "metadata": metadata.keep,
 }
 
 # Filters that score documents with the reference model of `data.reference_workdir`.

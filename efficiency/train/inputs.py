@@ -12,7 +12,12 @@ import numpy as np
 from tqdm import tqdm
 
 from data.packing import document_example
-from data.pipeline import Batch, make_eval_batches, make_train_iterator
+from data.pipeline import (
+    Batch,
+    make_eval_batches,
+    make_eval_batches_per_source,
+    make_train_iterator,
+)
 from data.prepared import Prepared, prepare, uses_reference
 from data.tokenizer import Tokenizer, get_tokenizer
 from efficiency.errors import ConfigError
@@ -99,6 +104,7 @@ class Inputs:
   prepared: Prepared
   train: grain.DatasetIterator | None
   eval_batches: list[Batch]
+  eval_sources: dict[str, list[Batch]] | None = None  # a mixture's eval batches by source
 
 
 def load_inputs(
@@ -118,9 +124,16 @@ def load_inputs(
     )
   prepared = prepared_of(config, tokenizer)
   shard = dict(process_index=process_index, process_count=process_count, prepared=prepared)
+  eval_sources = None
+  if evaluation and prepared.sources is not None:
+    eval_sources = make_eval_batches_per_source(config, tokenizer, **shard)
+    eval_batches = [batch for batches in eval_sources.values() for batch in batches]
+  else:
+    eval_batches = make_eval_batches(config, tokenizer, **shard) if evaluation else []
   return Inputs(
       tokenizer=tokenizer,
       prepared=prepared,
       train=make_train_iterator(config, tokenizer, **shard) if train else None,
-      eval_batches=make_eval_batches(config, tokenizer, **shard) if evaluation else [],
+      eval_batches=eval_batches,
+      eval_sources=eval_sources,
   )

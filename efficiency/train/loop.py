@@ -16,9 +16,11 @@ import orbax.checkpoint as ocp
 from absl import logging
 from tqdm import tqdm
 
+from data import mixture
 from data.seq_len_warmup import rows_per_step
 from efficiency.attention import attention_impl, kv_cache_bytes_per_token
 from efficiency.errors import DivergedError
+from efficiency.evaluation import pooled
 from efficiency.metrics.memory import peak_memory_bytes
 from efficiency.metrics.peak import Mfu, Peak, peak_flops_total
 from efficiency.metrics.profile import ProfileWindow, classify_hlo, summarize, table
@@ -31,6 +33,7 @@ from efficiency.train.inputs import Inputs, load_inputs
 from efficiency.train.interrupts import Interrupted, Interrupts
 from efficiency.train.measure import step_temp_bytes
 from efficiency.train.setup import Training
+from efficiency.train.source_tokens import SourceTokens
 from efficiency.train.state import TrainState
 from efficiency.workdir import files
 from efficiency.workdir.lock import WorkdirLock
@@ -106,6 +109,7 @@ class Progress:
   final_eval_loss: float | None = None
   final_eval_bpb: float | None = None
   eval_step: int | None = None  # the step final_eval_loss was measured at
+  tokens_per_source: dict | None = None  # a mixture's tokens_seen by source label
 
 
 def model_step_flops(config: ml_collections.ConfigDict, seq_len: int) -> int:
@@ -269,6 +273,7 @@ def _start_summary(
       time_to_target_s=progress.time_to_target_s,
       final_eval_loss=progress.final_eval_loss,
       final_eval_bpb=progress.final_eval_bpb,
+      tokens_per_source=progress.tokens_per_source,
       flops_per_token=flops_per_token(config.model, config.seq_len),
       kv_cache_bytes_per_token=kv_cache_bytes_per_token(config.model),
       attention_impl=attention_impl(config),
@@ -316,7 +321,16 @@ class Loop:
     self.config, self.training = config, training
     self.train_iterator = inputs.train
     self.eval_batches = [to_global(b, training.rows_sharding) for b in inputs.eval_batches]
-    self.evaluate_state = training.evaluator(np.asarray(inputs.tokenizer.token_bytes, np.float32))
+    self.token_bytes_V = np.asarray(inputs.tokenizer.token_bytes, np.float32)
+    self.evaluate_state = training.evaluator(self.token_bytes_V)
+    self.source_tokens = self.eval_sources = None
+    if mixture.is_mixture(config):
+      self.source_tokens = SourceTokens(mixture.labels(config), progress.tokens_per_source)
+      self.host_eval_sources = inputs.eval_sources
+      self.eval_sources, start = {}, 0  # the eval batches again, by source (same arrays)
+      for label, batches in inputs.eval_sources.items():
+        self.eval_sources[label] = self.eval_batches[start : start + len(batches)]
+        start += len(batches)
     self.writer, self.manager = writer, manager
     self.summary, self.progress, self.started = summary, progress, started
     self.clock, self.previous_launches, self.profile = clock, previous_launches, profile
@@ -407,6 +421,8 @@ class Loop:
     t0 = time.perf_counter()
     local_batch = next(self.train_iterator)
     self.clock.charge("data_wait")
+    if self.source_tokens is not None:
+      local_batch = self.source_tokens.take(local_batch)  # counts and removes `sources`
     batch = to_global(local_batch, self.training.rows_sharding)
     seq_len = local_batch["inputs"].shape[1]
     compile_s = 0.0
@@ -509,6 +525,8 @@ class Loop:
 
   def checkpoint_progress(self) -> dict:
     self.read_tokens()
+    if self.source_tokens is not None:
+      self.progress.tokens_per_source = self.source_tokens.read()
     return dataclasses.asdict(self.progress)
 
   def log_pending(self) -> None:
@@ -539,11 +557,22 @@ class Loop:
 
   def evaluate(self, state: TrainState, step: int) -> None:
     """Eval loss and bits per byte on the fixed eval batches, into metrics and the summary."""
-    result = self.evaluate_state(state, self.eval_batches)
+    per_source = {}
+    if self.eval_sources is None:
+      result = self.evaluate_state(state, self.eval_batches)
+    else:  # a mixture: each source alone, and all of them pooled
+      results = {label: self.evaluate_state(state, b) for label, b in self.eval_sources.items()}
+      result = pooled(results, self.host_eval_sources, self.token_bytes_V)
+      self.summary.tokens_per_source = self.source_tokens.read()
+      self.summary.eval_loss_per_source = {k: r["eval_loss"] for k, r in results.items()}
+      self.summary.eval_bpb_per_source = {k: r["eval_bpb"] for k, r in results.items()}
+      per_source = {k: getattr(self.summary, k) for k in (
+          "tokens_per_source", "eval_loss_per_source", "eval_bpb_per_source")}
     eval_loss, eval_bpb = result["eval_loss"], result["eval_bpb"]
     self.writer.write(step, {
         "tokens_seen": self.progress.tokens_seen, "flops_seen": self.progress.flops_seen,
         "train_time_s": self.progress.train_time_s, "eval_loss": eval_loss, "eval_bpb": eval_bpb,
+        **per_source,
     })
     if not math.isfinite(eval_loss):
       raise DivergedError(f"training diverged: eval_loss is {eval_loss} at step {step}")
@@ -580,6 +609,8 @@ class Loop:
     summary.steps = step
     summary.checkpoint_step = committed
     summary.tokens_seen = self.read_tokens()
+    if self.source_tokens is not None:
+      summary.tokens_per_source = self.source_tokens.read()
     summary.flops_seen = self.progress.flops_seen
     summary.peak_memory_bytes, summary.peak_memory_source = peak_memory_bytes()
     summary.wall_time_s = time.perf_counter() - self.started

@@ -11,13 +11,14 @@ from efficiency.errors import ConfigError
 from efficiency.workdir import files
 
 # Fields a resumed run may change (globs over dotted names): its length and cadence, its
-# logging, the mesh, how the layer scan is compiled and how data is read. The learning-rate
-# schedule follows `steps`.
+# logging, the mesh, how the layer scan is compiled and how data is read, and a mixture's weights
+# (each source continues where it stopped). The learning-rate schedule follows `steps`.
 RESUMABLE = (
     "steps", "target_loss", "eval_every", "eval_batches", "log_every", "checkpoint_every",
     "keep_checkpoints", "grad_accum_steps", "mesh.*", "model.scan_unroll", "on_nonfinite",
     "max_nonfinite_skips", "profile.*", "log.*",
     "data.worker_threads", "data.prefetch", "data.data_dir", "data.tfds_data_dir",
+    "data.mixture.*.weight",
 )
 
 

@@ -62,6 +62,11 @@ class Summary:
   # and its share of the traced step.
   top_op_group: str | None = None
   top_op_group_share: float | None = None
+  # A mixture (data.mixture), by source label: real target tokens trained on, and the newest
+  # eval's loss and bits per byte on each source's validation split alone.
+  tokens_per_source: dict | None = None
+  eval_loss_per_source: dict | None = None
+  eval_bpb_per_source: dict | None = None
 
 
 SUMMARY_KEYS = tuple(f.name for f in dataclasses.fields(Summary))
@@ -74,3 +79,6 @@ RESULT_KEYS = (
     "data_wait_fraction", "compile_time_s", "wall_time_s", "goodput", "top_op_group",
     "top_op_group_share",
 )
+
+# A mixture's keys by source label, shown in sweep tables as one column per source.
+PER_SOURCE_KEYS = ("tokens_per_source", "eval_loss_per_source", "eval_bpb_per_source")

@@ -14,7 +14,8 @@ def test_unknown_data_name(config):
   config.data.name = "no_such_corpus"
   with pytest.raises(
       ValueError,
-      match=r"^data.name='no_such_corpus' is unknown; valid choices: stdlib, stdlib_tests, text ",
+      match=r"^data.name=.no_such_corpus. is unknown; valid choices: jsonl, parquet, stdlib, "
+      r"stdlib_tests, text ",
   ):
     sources.load_source(config)
 

@@ -94,6 +94,7 @@ def _cases(tmp, corpus, data_dir, trained) -> list[tuple[list[str], str]]:
        "data.filters"),
       (["-m", "data.prepare"], "workdir"),
   ]
+  cases += _corpus_cases(tmp, train)
   (tmp / "no_get_sweep.py").write_text("SWEEP = {}\n")
   (tmp / "bad_points.py").write_text(
       "def get_sweep():\n  return {'base': 'configs/default.py', "
@@ -173,6 +174,37 @@ def _bad_hf_folders(tmp) -> list[tuple[list[str], str]]:
     path = folder(name, source, config, drop)
     cases.append((["-m", "evals.convert", f"--from_hf={path}", f"--workdir={tmp / name}"], field))
   return cases
+
+def _corpus_cases(tmp, train) -> list[tuple[list[str], str]]:
+  """JSONL and Parquet sources and mixtures."""
+  shards = tmp / "shards"
+  shards.mkdir()
+  good = [json.dumps({"text": f"document {i}", "score": i}) for i in range(1100)]
+  (shards / "notes.txt").write_text("plain text\n")
+  (shards / "garbage.jsonl").write_bytes(b"\x00\x01 not json\n{{{\n")
+  (shards / "fake.parquet").write_text("not parquet")
+  (shards / "content.jsonl").write_text(json.dumps({"content": "no text field"}) + "\n")
+  (shards / "late.jsonl").write_text("\n".join([*good, json.dumps({"text": 5})]) + "\n")
+  records = lambda name, files: train(
+      f"--config.data.name={name}", f"--config.data.files={files}",
+      f"--config.data.data_dir={tmp / 'data'}",
+  )
+  mix = lambda *flags: ["train.py", "--config=configs/mixture.py", f"--workdir={tmp / 'w'}",
+                        *flags]
+  return [
+      (train("--config.data.name=jsonl"), "data.files"),
+      (records("jsonl", shards / "none" / "*.jsonl"), "data.files"),
+      (records("jsonl", shards / "notes.txt"), "notes.txt"),
+      (records("jsonl", shards / "garbage.jsonl"), "garbage.jsonl"),
+      (records("parquet", shards / "fake.parquet"), "fake.parquet"),
+      (records("jsonl", shards / "content.jsonl"), "data.text_field"),
+      (records("jsonl", shards / "late.jsonl"), "late.jsonl:1101"),
+      (mix("--config.data.mixture.code.weight=-1"), "data.mixture.code.weight"),
+      (mix("--config.data.mixture.code.weight=0", "--config.data.mixture.tests.weight=0"),
+       "data.mixture"),
+      (mix("--config.data.mixture.code.name=bogus", f"--config.data.data_dir={tmp / 'data'}"),
+       "data.mixture.code"),
+  ]
 
 
 @pytest.fixture(scope="module")
