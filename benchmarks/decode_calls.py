@@ -4,7 +4,7 @@
       [--cache 256] [--calls 32] [--rounds 9]
 
 A decode step is 1 token per row, a speculative verification gamma + 1, a batch more rows. Each
-shape runs `--calls` cached calls of the model's decode form (efficiency.serving.unpack) chained
+shape runs `--calls` cached calls of the model's decode form (efficiency.serving.weights) chained
 in one jitted loop over a cache of `--cache` slots, so no dispatch or transfer is timed. Two
 forms of the attention products take turns, compiled in one process: dots throughout
 (`REDUCE_QUERIES` = 0) and the default, where calls with at most `REDUCE_QUERIES` queries per KV
@@ -25,9 +25,9 @@ from configs.default import get_config
 from efficiency.attention import dot_product
 from efficiency.model.transformer import make_model
 from efficiency.serving.cache import init_cache
+from efficiency.serving.forward import cached_forward
 from efficiency.serving.loading import load_model
-from efficiency.serving.runner import cached_forward
-from efficiency.serving.unpack import decode_form
+from efficiency.serving.weights import decode_form
 
 
 def model_and_params(workdir: str | None) -> tuple[nn.Module, dict]:

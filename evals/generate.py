@@ -3,6 +3,7 @@
   python -m evals.generate --workdir=DIR --prompt=TEXT [--prompt=TEXT ...]
       [--max_new_tokens=64 --temperature=1 --top_k=0 --top_p=1 --seed=0 --batch=8]
       [--draft=DIR2 --gamma=5] [--quant=8|4|4a8] [--report=FILE] [--stream=N]
+      [--truncate_prompt]
 
 Prompts are decoded in batches of --batch rows (right-padded; each row at its own positions),
 each batch one jitted program on device (prefill, generation and sampling; rows stop at EOS) and
@@ -14,6 +15,9 @@ the target's. With --quant, the target is converted to int8 (AQT serving) or pac
 acceptance and the calls per model as JSON.
 --stream=N prints each batch's text as it decodes, N tokens at a time (one read of the device
 per N tokens; rows of a batch as `[i] text` lines); it takes neither --draft nor --report.
+A prompt longer than the model's context (its training seq_len) is refused in one line, or with
+--truncate_prompt cut to its last tokens with a warning; a request whose KV cache and logits
+would not fit the device's memory is refused in one line naming the bytes.
 """
 
 import json
@@ -24,15 +28,15 @@ from absl import flags
 
 from efficiency import cli
 from efficiency.errors import ConfigError
-from efficiency.serving.generate import check_context, run, stream
+from efficiency.serving.generate import run, stream
 from efficiency.serving.loading import (
   QUANT_CHOICES,
   check_same_tokenizer,
   load_model,
   quant_setting,
 )
+from efficiency.serving.request import check_gamma, fit_prompts
 from efficiency.serving.sampling import Sampling
-from efficiency.serving.speculation import check_gamma
 from efficiency.serving.speculative import speculate
 from efficiency.train.inputs import tokenizer_of
 
@@ -52,6 +56,9 @@ _QUANT_EMBEDDING = flags.DEFINE_string(
     "quant_embedding", "none", "With --quant: the target's embedding table as none, int8, int4.")
 _REPORT = flags.DEFINE_string("report", None, "Write tokens/s (and acceptance) as JSON here.")
 _STREAM = flags.DEFINE_integer("stream", 0, "Print text every N new tokens as it decodes; 0: off.")
+_TRUNCATE = flags.DEFINE_bool(
+    "truncate_prompt", False, "Cut a prompt longer than the model's context to its last tokens "
+    "(with a warning) instead of refusing it.")
 flags.mark_flag_as_required("workdir")
 
 
@@ -73,7 +80,7 @@ def main(argv: list[str]) -> None:
   prompts = [tokenizer.encode(p) for p in _PROMPT.value]
   if any(len(p) == 0 for p in prompts):
     raise ConfigError("a --prompt encodes to no tokens")
-  check_context(_MAX_NEW.value, target.config.seq_len)
+  prompts = fit_prompts(prompts, _MAX_NEW.value, target.config.seq_len, _TRUNCATE.value)
   draft = None
   if _DRAFT.value:
     draft = load_model(_DRAFT.value)

@@ -172,7 +172,7 @@ class Projection(nn.Module):
 
   def _on_int8_activations(self, x: jnp.ndarray) -> jnp.ndarray:
     """The int4 kernel's product on int8 activations (`quant.int4_activations=int8`): its codes
-    as int8 values, `kernel_s8` in the decode form (serving.unpack), else unpacked here."""
+    as int8 values, `kernel_s8` in the decode form (serving.weights), else unpacked here."""
     scale = self._int4_scale()
     if self.has_variable("params", "kernel_s8"):
       codes_KM = self.get_variable("params", "kernel_s8")
@@ -187,7 +187,7 @@ class Projection(nn.Module):
   def _int4_kernel(self) -> jnp.ndarray:
     """The kernel dequantized from packed int4 values `kernel_int4` and `kernel_scale`, or
     from the jnp.int4 (`kernel_s4`) or int8 (`kernel_s8`) values the decode form holds instead
-    (serving.unpack)."""
+    (serving.weights)."""
     k, m = matrix_shape(self.spec, tuple(self.kernel_shape))
     scale = self._int4_scale()
     held = [n for n in ("kernel_s4", "kernel_s8") if self.has_variable("params", n)]

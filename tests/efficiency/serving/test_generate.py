@@ -13,15 +13,17 @@ import pytest
 from scipy import stats
 
 from efficiency.errors import ConfigError
-from efficiency.serving import device_sampling, export
+from efficiency.serving import export
 from efficiency.serving import generate as generate_lib
+from efficiency.serving import sampling as device_sampling
 from efficiency.serving.cache import init_cache
-from efficiency.serving.collaborative import Single
-from efficiency.serving.generate import check_context, generate, run, stream
-from efficiency.serving.runner import cached_forward
-from efficiency.serving.sampling import Sampling, distribution
+from efficiency.serving.forward import cached_forward
+from efficiency.serving.generate import generate, run, stream
+from efficiency.serving.request import check_context, pad_prompts
+from efficiency.serving.sampling import Sampling
+from efficiency.serving.targets import Single
 from tests.efficiency.serving.exactness import ALPHA, analytic, chi_square_p
-from tests.efficiency.serving.host_decode import host_generate
+from tests.efficiency.serving.reference import distribution, host_generate
 from tests.efficiency.serving.test_cache import make_model
 from tests.helpers import quant_config, tiny_model, trained_model
 
@@ -152,7 +154,7 @@ def test_one_jitted_loop_and_one_transfer(model_11, monkeypatch):
   """The whole request is one compiled program with a while loop; no implicit transfer, and the
   host reads the device once."""
   model, params = model_11
-  tokens_BP, lengths_B = generate_lib.pad_prompts(PROMPTS)
+  tokens_BP, lengths_B = pad_prompts(PROMPTS)
   jitted = generate_lib.program(model, GREEDY, 12, tokens_BP.shape[1] + 12)
   hlo = jitted.lower(params, tokens_BP, lengths_B, np.int32(-2), np.int32(0),
                      np.arange(3, dtype=np.int32))
@@ -183,7 +185,7 @@ def test_scanned_layers_decode_layer_by_layer(model_11):
   (Its tokens equal the scanned model's host loop: test_greedy_equals_host_decode.)"""
   model, params = model_11
   assert model.config.scan_layers and params["layers"]["mlp"]["down"]["kernel"].shape[0] == 2
-  tokens_BP, lengths_B = generate_lib.pad_prompts(PROMPTS)
+  tokens_BP, lengths_B = pad_prompts(PROMPTS)
   jitted = generate_lib.program(model, GREEDY, 6, tokens_BP.shape[1] + 6)
   closed = jax.make_jaxpr(jitted)(params, tokens_BP, lengths_B, np.int32(-2), np.int32(0),
                                   np.arange(3, dtype=np.int32))
@@ -210,7 +212,7 @@ def test_decode_steps_read_kernels_and_caches_as_stored():
   k = model.config.num_kv_heads
   assert n != h and k > 1
   prompts = PROMPTS[:2]
-  tokens_BP, lengths_B = generate_lib.pad_prompts(prompts)
+  tokens_BP, lengths_B = pad_prompts(prompts)
   s = tokens_BP.shape[1] + 6
   jitted = generate_lib.program(model, GREEDY, 6, s)
   hlo = jitted.lower(params, tokens_BP, lengths_B, np.int32(-2), np.int32(0),
@@ -231,7 +233,7 @@ def test_prefill_computes_logits_at_the_last_prompt_tokens_only():
   no [B, P, V] logits are made, and the first tokens equal the host loop's (the greedy tests
   above); `logits_at_BK` equals the full logits at those positions."""
   model, params = make_model("gqa", "rope")
-  tokens_BP, lengths_B = generate_lib.pad_prompts(PROMPTS[:2])
+  tokens_BP, lengths_B = pad_prompts(PROMPTS[:2])
   b, p = tokens_BP.shape
   v = model.config.vocab_size
   s = p + 6

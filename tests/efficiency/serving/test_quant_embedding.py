@@ -23,7 +23,7 @@ from efficiency.serving.sampling import Sampling
 from efficiency.serving.speculative import speculate
 from efficiency.workdir.restore import TrainedModel
 from tests.efficiency.quant.int8_reference import int8_logits_reference
-from tests.efficiency.serving.host_decode import host_generate
+from tests.efficiency.serving.reference import host_generate
 from tests.helpers import quant_batch, quant_config, tiny_model_config, trained_model
 
 GREEDY = Sampling(temperature=0.0)

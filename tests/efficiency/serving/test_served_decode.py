@@ -10,9 +10,9 @@ import pytest
 
 from efficiency.serving import export
 from efficiency.serving import generate as generate_lib
-from efficiency.serving.runner import Runner
+from efficiency.serving.request import pad_prompts
 from efficiency.serving.sampling import Sampling
-from tests.efficiency.serving.host_decode import host_generate
+from tests.efficiency.serving.reference import Runner, host_generate
 from tests.helpers import quant_config, trained_model
 
 ATOL = 1e-4  # float32 logits; cached and full passes reduce in different orders
@@ -60,7 +60,7 @@ def test_int4_unpacks_once_per_request_not_per_token(form):
   as int8 codes (`int8`, on int8 activations), and its int4 embedding table as a float one
   (int8 codes under `int8`), all made once per request before the loop."""
   served = _int4_model(form)
-  tokens_BP, lengths_B = generate_lib.pad_prompts([np.array([3, 5, 7], np.int32)])
+  tokens_BP, lengths_B = pad_prompts([np.array([3, 5, 7], np.int32)])
   jitted = generate_lib.program(served.model, Sampling(0.0), 6, tokens_BP.shape[1] + 6)
   closed = jax.make_jaxpr(jitted)(served.params, tokens_BP, lengths_B, np.int32(-2),
                                   np.int32(0), np.arange(1, dtype=np.int32))
