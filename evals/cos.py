@@ -37,6 +37,7 @@ from efficiency.serving.loading import check_same_tokenizer, load_model, validat
 from efficiency.serving.request import fit_prompts
 from efficiency.serving.sampling import Sampling
 from efficiency.serving.targets import collaboration
+from efficiency.serving.weights import to_decode_form
 from efficiency.train.inputs import tokenizer_of
 
 _MODELS = flags.DEFINE_list("models", None, "Workdirs of the models (2 or more).")
@@ -83,7 +84,7 @@ def main(argv: list[str]) -> None:
     prompts = validation_prompts(configs[0], tokenizer, _NUM_PROMPTS.value, _PROMPT_TOKENS.value)
   prompts = fit_prompts(prompts, _MAX_NEW.value, min(c.seq_len for c in configs),
                         _TRUNCATE.value)
-  members = [(m.model, m.params) for m in loaded]
+  members = [to_decode_form(m.model, m.params) for m in loaded]  # once: requests only read them
   # The first proposer: the amateur for cd, the first model for we.
   proposer = 1 if _METHOD.value == "cd" else 0
   report = compare(collab, members, prompts, _MAX_NEW.value, gamma, proposer, _SEED.value,

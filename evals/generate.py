@@ -38,6 +38,7 @@ from efficiency.serving.loading import (
 from efficiency.serving.request import check_gamma, fit_prompts
 from efficiency.serving.sampling import Sampling
 from efficiency.serving.speculative import speculate
+from efficiency.serving.weights import to_decode_form
 from efficiency.train.inputs import tokenizer_of
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A train.py workdir with a checkpoint.")
@@ -75,6 +76,7 @@ def main(argv: list[str]) -> None:
     raise ConfigError("--stream takes neither --draft nor --report; run without it for those")
   quant_bits, int4_activations = quant_setting(_QUANT.value)
   target = load_model(_WORKDIR.value, quant_bits, _QUANT_EMBEDDING.value, int4_activations)
+  target_mp = to_decode_form(target.model, target.params)  # once: requests only read it
   tokenizer = tokenizer_of(target.config)
   sampling = Sampling(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value)
   prompts = [tokenizer.encode(p) for p in _PROMPT.value]
@@ -85,17 +87,18 @@ def main(argv: list[str]) -> None:
   if _DRAFT.value:
     draft = load_model(_DRAFT.value)
     check_same_tokenizer([target.config, draft.config], [_WORKDIR.value, _DRAFT.value])
+    draft = to_decode_form(draft.model, draft.params)
   if _STREAM.value:
-    _print_streamed(target, tokenizer, prompts, sampling)
+    _print_streamed(target_mp, tokenizer, prompts, sampling)
     return
   outputs, tokens, seconds, rounds, verified, accepted = [], 0, 0.0, 0, 0, 0
   for start in range(0, len(prompts), _BATCH.value):
     chunk = prompts[start : start + _BATCH.value]
     if draft is None:
-      result = run(target.model, target.params, chunk, _MAX_NEW.value, sampling,
+      result = run(*target_mp, chunk, _MAX_NEW.value, sampling,
                    tokenizer.eos_id, seed=_SEED.value, first_row=start)
     else:
-      result = speculate((target.model, target.params), (draft.model, draft.params), chunk,
+      result = speculate(target_mp, draft, chunk,
                          _MAX_NEW.value, sampling, _GAMMA.value, tokenizer.eos_id,
                          seed=_SEED.value, first_row=start)
       rounds, verified = rounds + result.rounds, verified + result.verified
@@ -125,7 +128,7 @@ def _print_streamed(target, tokenizer, prompts: list, sampling: Sampling) -> Non
     shown = ["" for _ in chunk]
     if len(chunk) == 1:
       print(texts[0], end="", flush=True)
-    for pieces in stream(target.model, target.params, chunk, _MAX_NEW.value, sampling,
+    for pieces in stream(*target, chunk, _MAX_NEW.value, sampling,
                          tokenizer.eos_id, _STREAM.value, seed=_SEED.value, first_row=start):
       for b, piece in enumerate(pieces):
         new[b] += [int(t) for t in piece if t != tokenizer.eos_id]

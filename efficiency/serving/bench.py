@@ -35,6 +35,7 @@ from efficiency.serving.collaborate import METHODS, collaborate
 from efficiency.serving.generate import Generated, kv_cache_bytes, run
 from efficiency.serving.loading import check_embedding
 from efficiency.serving.sampling import Sampling
+from efficiency.serving.weights import to_decode_form
 from efficiency.train.inputs import load_inputs
 from efficiency.train.step import Batch
 from efficiency.workdir import files
@@ -55,6 +56,7 @@ def decode_speed(
   (windowed entries as rings); also returns the tokens [B, new_tokens]."""
   prompts = list(np.asarray(prompt_BP, np.int32))
   greedy = Sampling(temperature=0.0)
+  model, params = to_decode_form(model, params)  # once, outside the timed requests
   run_once = lambda: run(model, params, prompts, new_tokens, greedy, eos_id=None)
   out = run_once().tokens
   best = min(run_once().decode_s for _ in range(repeats))
@@ -202,10 +204,11 @@ def measure_infer(
   if rows.shape[1] < prompt_len:
     raise ConfigError(f"prompt_len={prompt_len} exceeds the run's seq_len={rows.shape[1]}")
   greedy = Sampling(temperature=0.0)
+  decoded = to_decode_form(served.model, served.params)  # once, outside the timed requests
 
   def request(i: int) -> Generated:
     chosen = [rows[(i * batch + j) % len(rows), :prompt_len] for j in range(batch)]
-    return run(served.model, served.params, chosen, new_tokens, greedy, eos_id=None)
+    return run(*decoded, chosen, new_tokens, greedy, eos_id=None)
 
   request(0)  # compiles prefill and decode shapes
   iterations = []
@@ -284,6 +287,7 @@ def compare(
   totals = {name: {"tokens": 0, "decode_s": 0.0, "verified": 0, "accepted": 0, "calls": 0}
             for name in METHODS}
   outputs = {name: [] for name in METHODS}
+  members = [to_decode_form(m, p) for m, p in members]  # once, outside the timed requests
   for i, prompt in enumerate(tqdm(prompts, desc="prompts", leave=False)):
     for name in METHODS:
       out = collaborate(collab, members, [prompt], max_new_tokens, name, eos_id, gamma,

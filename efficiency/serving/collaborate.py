@@ -57,7 +57,7 @@ from efficiency.serving.request import (
   trim,
 )
 from efficiency.serving.targets import Collaboration, proposal_probs, target_probs
-from efficiency.serving.weights import decode_form
+from efficiency.serving.weights import to_decode_form
 
 METHODS = ("standard", "cos")
 
@@ -238,14 +238,10 @@ def program(models: tuple, collab: Collaboration, method: str, gammas: tuple[int
             proposer: int, max_new_tokens: int, max_len: int):
   """The jitted decoding: (params tuple, tokens_BP, lengths_B, eos_id, seed, rows_B) -> (new
   tokens [B, max_new_tokens], [rounds or steps, verified, accepted, model calls])."""
-  forms = [decode_form(m) for m in models]
-  models = tuple(m for m, _ in forms)
   if method == "standard":
-    core = functools.partial(_standard, models, collab, max_new_tokens, max_len)
-  else:
-    core = functools.partial(_cos, models, collab, gammas, proposer, max_new_tokens, max_len)
-  return jax.jit(lambda params, *args: core(
-      tuple(unpack(p) for (_, unpack), p in zip(forms, params, strict=True)), *args))
+    return jax.jit(functools.partial(_standard, models, collab, max_new_tokens, max_len))
+  return jax.jit(functools.partial(_cos, models, collab, gammas, proposer, max_new_tokens,
+                                   max_len))
 
 
 @dataclasses.dataclass
@@ -306,6 +302,7 @@ def collaborate(
   bound = 0 if method == "standard" else cos_rollback(gammas)
   check_memory(sum(cache_bytes(m.config, len(prompts), max_len, bound) for m, _ in members),
                len(prompts), len(members) * (max(gammas) + 2), members[0][0].config.vocab_size)
+  members = [to_decode_form(m, p) for m, p in members]
   models = tuple(m for m, _ in members)
   jitted = program(models, collab, method, gammas, proposer, max_new_tokens, max_len)
   args = jax.device_put((tuple(p for _, p in members), tokens_BP, lengths_B, eos_arg(eos_id),

@@ -37,7 +37,7 @@ from efficiency.serving.request import (
   trim,
 )
 from efficiency.serving.sampling import Sampling
-from efficiency.serving.weights import decode_form
+from efficiency.serving.weights import to_decode_form
 
 ROLLBACK = 0  # no position at or past a call's start is written before it (serving.cache)
 
@@ -100,22 +100,19 @@ def _generate(
 
 @functools.cache
 def program(model: nn.Module, sampling: Sampling, max_new_tokens: int, max_len: int):
-  """The jitted generation of `model` for these settings: (params, tokens_BP, lengths_B,
-  eos_id, seed, rows_B) -> new tokens [B, max_new_tokens]."""
-  model, unpack = decode_form(model)
-  core = functools.partial(_generate, model, sampling, max_new_tokens, max_len)
-  return jax.jit(lambda params, *args: core(unpack(params), *args))
+  """The jitted generation of `model` (in its decode form, `weights.to_decode_form`) for these
+  settings: (params, tokens_BP, lengths_B, eos_id, seed, rows_B) -> new tokens
+  [B, max_new_tokens]. It only reads the params."""
+  return jax.jit(functools.partial(_generate, model, sampling, max_new_tokens, max_len))
 
 
 @functools.cache
 def stream_programs(model: nn.Module, sampling: Sampling, max_new_tokens: int, max_len: int,
                     chunk: int):
-  """The jitted pieces of a streamed generation: `unpack` (params -> the decode form's params,
-  once per request), `start` (decode params, tokens_BP, lengths_B, eos_id, seed, rows_B) ->
-  state, and `advance` (decode params, lengths_B, eos_id, state, until) -> (state, the
-  [B, chunk] tokens ending at the step reached, that step, whether every row is done), the
-  state donated."""
-  model, unpack = decode_form(model)
+  """The jitted pieces of a streamed generation of `model` (in its decode form): `start`
+  (params, tokens_BP, lengths_B, eos_id, seed, rows_B) -> state, and `advance` (params,
+  lengths_B, eos_id, state, until) -> (state, the [B, chunk] tokens ending at the step reached,
+  that step, whether every row is done), the state donated."""
 
   def advance(params, lengths_B, eos_id, state, until):
     state = _advance(model, sampling, params, lengths_B, eos_id, state, until)
@@ -123,8 +120,7 @@ def stream_programs(model: nn.Module, sampling: Sampling, max_new_tokens: int, m
     chunk_BC = jax.lax.dynamic_slice_in_dim(out_BN, jnp.maximum(step - chunk, 0), chunk, axis=1)
     return state, chunk_BC, step, done_B.all()
 
-  return (jax.jit(unpack),
-          jax.jit(functools.partial(_start, model, sampling, max_new_tokens, max_len)),
+  return (jax.jit(functools.partial(_start, model, sampling, max_new_tokens, max_len)),
           jax.jit(advance, donate_argnums=3))
 
 
@@ -136,17 +132,18 @@ def kv_cache_bytes(model: nn.Module, batch: int, prompt_len: int, max_new_tokens
 def _request(
     model: nn.Module, params: dict, prompts: list[np.ndarray], max_new_tokens: int,
     eos_id: int | None, seed: int, first_row: int,
-) -> tuple[tuple, int]:
-  """The checked request on device as the programs take it (params, tokens_BP, lengths_B,
-  eos_id, seed, rows_B), and its cache length; refused before anything is allocated when its
-  cache and logits would not fit the device."""
+) -> tuple[nn.Module, tuple, int]:
+  """The model in its decode form, the checked request on device as the programs take it
+  (params, tokens_BP, lengths_B, eos_id, seed, rows_B), and its cache length; refused before
+  anything is allocated when its cache and logits would not fit the device."""
   check_request(prompts, max_new_tokens)
   tokens_BP, lengths_B = pad_prompts(prompts)
   check_memory(kv_cache_bytes(model, len(prompts), tokens_BP.shape[1], max_new_tokens),
                len(prompts), 1, model.config.vocab_size)
+  model, params = to_decode_form(model, params)
   args = jax.device_put((params, tokens_BP, lengths_B, eos_arg(eos_id), np.int32(seed),
                          row_ids(first_row, len(prompts))))
-  return args, tokens_BP.shape[1] + max_new_tokens
+  return model, args, tokens_BP.shape[1] + max_new_tokens
 
 
 @dataclasses.dataclass
@@ -172,8 +169,10 @@ def run(
     seed: int = 0,
     first_row: int = 0,
 ) -> Generated:
-  """Decodes every prompt in one batch on device; see the module docstring."""
-  args, max_len = _request(model, params, prompts, max_new_tokens, eos_id, seed, first_row)
+  """Decodes every prompt in one batch on device; see the module docstring. A model not in its
+  decode form is converted first (`weights.to_decode_form`; load it converted to do that once)."""
+  model, args, max_len = _request(model, params, prompts, max_new_tokens, eos_id, seed,
+                                  first_row)
   compiled, compile_s = executable(program(model, sampling, max_new_tokens, max_len), *args)
   out_BN, decode_s = timed(compiled, *args)  # the request's one device-to-host transfer
   return Generated([trim(row, eos_id) for row in out_BN], decode_s, compile_s)
@@ -209,11 +208,11 @@ def stream(
   (none once a row has stopped), one device-to-host transfer each."""
   if chunk < 1:
     raise ConfigError(f"stream chunk={chunk} must be >= 1 token")
-  args, max_len = _request(model, params, prompts, max_new_tokens, eos_id, seed, first_row)
+  model, args, max_len = _request(model, params, prompts, max_new_tokens, eos_id, seed,
+                                  first_row)
   chunk = min(chunk, max_new_tokens)
-  unpack, start, advance = stream_programs(model, sampling, max_new_tokens, max_len, chunk)
+  start, advance = stream_programs(model, sampling, max_new_tokens, max_len, chunk)
   params, tokens_BP, lengths_B, eos, seed_arg, rows_B = args
-  params = unpack(params)  # once per request
   state = start(params, tokens_BP, lengths_B, eos, seed_arg, rows_B)
   stopped = np.zeros(len(prompts), bool)
   sent, done = 0, False

@@ -48,7 +48,7 @@ from efficiency.serving.request import (
   trim,
 )
 from efficiency.serving.sampling import Sampling
-from efficiency.serving.weights import decode_form
+from efficiency.serving.weights import to_decode_form
 
 
 def rollback(gamma: int) -> int:
@@ -144,14 +144,11 @@ def program(
     target: nn.Module, draft: nn.Module, sampling: Sampling, draft_sampling: Sampling,
     gamma: int, max_new_tokens: int, max_len: int,
 ):
-  """The jitted speculative generation: (target_params, draft_params, tokens_BP, lengths_B,
-  eos_id, seed, rows_B) -> (new tokens [B, max_new_tokens], [rounds, verified, accepted])."""
-  (target, unpack_target), (draft, unpack_draft) = decode_form(target), decode_form(draft)
-  core = functools.partial(
-      _speculate, target, draft, sampling, draft_sampling, gamma, max_new_tokens, max_len
-  )
-  return jax.jit(lambda target_params, draft_params, *args: core(
-      unpack_target(target_params), unpack_draft(draft_params), *args))
+  """The jitted speculative generation of two models in their decode forms: (target_params,
+  draft_params, tokens_BP, lengths_B, eos_id, seed, rows_B) -> (new tokens
+  [B, max_new_tokens], [rounds, verified, accepted])."""
+  return jax.jit(functools.partial(
+      _speculate, target, draft, sampling, draft_sampling, gamma, max_new_tokens, max_len))
 
 
 @dataclasses.dataclass
@@ -194,7 +191,8 @@ def speculate(
     draft_sampling: Sampling | None = None,
 ) -> Speculated:
   """Decodes every prompt in one batch: the target's distribution under `sampling`, with
-  `draft` proposing `gamma` tokens per round (under `draft_sampling`, default `sampling`)."""
+  `draft` proposing `gamma` tokens per round (under `draft_sampling`, default `sampling`).
+  Models not in their decode forms are converted first (`weights.to_decode_form`)."""
   check_request(prompts, max_new_tokens)
   check_gamma(gamma)
   check_vocabularies((target[0], draft[0]), "speculative decoding")
@@ -203,6 +201,7 @@ def speculate(
   check_memory(sum(cache_bytes(m.config, len(prompts), max_len, rollback(gamma))
                    for m in (target[0], draft[0])),
                len(prompts), 2 * (gamma + 2), target[0].config.vocab_size)
+  target, draft = to_decode_form(*target), to_decode_form(*draft)
   jitted = program(target[0], draft[0], sampling, draft_sampling or sampling, gamma,
                    max_new_tokens, max_len)
   args = jax.device_put((target[1], draft[1], tokens_BP, lengths_B, eos_arg(eos_id),
