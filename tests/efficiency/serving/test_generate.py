@@ -22,6 +22,7 @@ from efficiency.serving.generate import generate, run, stream
 from efficiency.serving.request import check_context, pad_prompts
 from efficiency.serving.sampling import Sampling
 from efficiency.serving.targets import Single
+from efficiency.serving.weights import to_decode_form
 from tests.efficiency.serving.exactness import ALPHA, analytic, chi_square_p
 from tests.efficiency.serving.reference import distribution, host_generate
 from tests.efficiency.serving.test_cache import make_model
@@ -183,8 +184,11 @@ def test_scanned_layers_decode_layer_by_layer(model_11):
   no layer scan (which sliced every kernel out of the stacked params in each step), and each
   layer's kernels and cache enter the loop as their own arrays, none stacked over layers.
   (Its tokens equal the scanned model's host loop: test_greedy_equals_host_decode.)"""
-  model, params = model_11
-  assert model.config.scan_layers and params["layers"]["mlp"]["down"]["kernel"].shape[0] == 2
+  stored, stored_params = model_11
+  assert stored.config.scan_layers
+  assert stored_params["layers"]["mlp"]["down"]["kernel"].shape[0] == 2
+  model, params = to_decode_form(stored, stored_params)  # split once, at load
+  assert not model.config.scan_layers and "layers" not in params
   tokens_BP, lengths_B = pad_prompts(PROMPTS)
   jitted = generate_lib.program(model, GREEDY, 6, tokens_BP.shape[1] + 6)
   closed = jax.make_jaxpr(jitted)(params, tokens_BP, lengths_B, np.int32(-2), np.int32(0),
@@ -195,7 +199,7 @@ def test_scanned_layers_decode_layer_by_layer(model_11):
   body = loop.params["body_jaxpr"].jaxpr
   assert "scan" not in _primitives(body)
   assert generate_lib.program(model, GREEDY, 6, tokens_BP.shape[1] + 6) is jitted  # model intact
-  kernel_shape = params["layers"]["mlp"]["down"]["kernel"].shape[1:]
+  kernel_shape = stored_params["layers"]["mlp"]["down"]["kernel"].shape[1:]
   inputs = [v.aval.shape for v in body.invars]
   assert inputs.count(kernel_shape) == 2  # each layer's down kernel
   assert not any(s[:1] == (2,) and s[1:] == kernel_shape for s in inputs)
@@ -209,6 +213,7 @@ def test_decode_steps_read_kernels_and_caches_as_stored():
   step)."""
   model, params = make_model("gqa", "rope")
   n, h, d = params["layers"]["attn"]["out"]["kernel"].shape[1:]
+  model, params = to_decode_form(model, params)
   k = model.config.num_kv_heads
   assert n != h and k > 1
   prompts = PROMPTS[:2]
@@ -218,7 +223,7 @@ def test_decode_steps_read_kernels_and_caches_as_stored():
   hlo = jitted.lower(params, tokens_BP, lengths_B, np.int32(-2), np.int32(0),
                      np.arange(2, dtype=np.int32)).compile().as_text()
   made = set(re.findall(r"= f32\[([0-9,]*)\]", hlo))  # every float shape an instruction makes
-  assert "transpose(" in hlo and f"2,{n},{h},{d}" in made  # the stacked kernels come in
+  assert f"2,{n},{h},{d}" not in made  # layers split at load, not in the request
   assert f"{h},{n},{d}" not in made
   assert f"2,{k},{s},{h}" in made and f"2,{k},{h},{s}" in made  # values, keys
   assert f"2,{s},{k},{h}" not in made

@@ -115,7 +115,7 @@ def test_logits_equal_the_model_holding_the_dequantized_table(bits, embedding, g
 
 @pytest.mark.parametrize(CASE_NAMES, CASES)
 def test_on_device_greedy_decode_equals_host_loop(bits, embedding, group_size, activations):
-  """The on-device loop (an int4 table unpacked once per request: to float, or to int8 codes
+  """The on-device loop (an int4 table unpacked once, at load: to float, or to int8 codes
   on int8 activations) against the host loop, which runs the served model's quantized lookup
   and logits at every step."""
   quantized = served(bits, embedding, group_size, activations)
