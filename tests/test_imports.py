@@ -12,8 +12,9 @@ from tests.helpers import ROOT
 # (layer, module-name prefixes in it), low to high. The most specific prefix decides.
 LAYERS = [
     ("errors", ["efficiency", "efficiency.errors"]),
-    ("core", ["efficiency.model", "efficiency.attention", "efficiency.position", "efficiency.quant",
-              "efficiency.sharding", "efficiency.metrics"]),
+    ("core", ["efficiency.backends", "efficiency.model", "efficiency.attention",
+              "efficiency.position", "efficiency.quant", "efficiency.sharding",
+              "efficiency.metrics"]),
     ("data", ["data"]),
     ("training", ["efficiency.train", "efficiency.peft", "efficiency.workdir", "efficiency.hf",
                   "efficiency.evaluation"]),

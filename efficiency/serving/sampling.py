@@ -13,6 +13,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from efficiency.backends.cpu import argmax
 from efficiency.errors import ConfigError
 
 
@@ -31,18 +32,6 @@ class Sampling:
       raise ConfigError(f"top_k={self.top_k} must be >= 0 (0 keeps every token)")
     if not 0 < self.top_p <= 1:
       raise ConfigError(f"top_p={self.top_p} must be in (0, 1] (1 keeps every token)")
-
-
-def argmax(x_BV: jnp.ndarray) -> jnp.ndarray:
-  """jnp.argmax over the last axis (the first index of the maximum, or of the first NaN), int32,
-  as two plain reductions: the maximum, then the least index holding it. XLA's CPU backend runs
-  jnp.argmax's (value, index) reduction as a scalar loop: over a [8, 4096] row block it took
-  250 us, these two reductions 44 us, and at one row 39 us against 4 us, a third of a batch-1
-  decode step of the default model (BENCHMARKS.md, Decoding)."""
-  max_B1 = jnp.max(x_BV, axis=-1, keepdims=True)
-  index_BV = jax.lax.broadcasted_iota(jnp.int32, x_BV.shape, x_BV.ndim - 1)
-  hit_BV = (x_BV == max_B1) | jnp.isnan(x_BV)
-  return jnp.min(jnp.where(hit_BV, index_BV, x_BV.shape[-1]), axis=-1)
 
 
 def truncate(probs_BV: jnp.ndarray, top_k: int, top_p: float) -> jnp.ndarray:

@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from efficiency.backends.cpu import int4_decode_form
 from efficiency.model.layers import Projection
 from efficiency.quant import table
 from efficiency.quant.einsum import on_int8_activations
@@ -54,7 +55,7 @@ def int4_form(quant: ml_collections.ConfigDict, backend: str | None = None) -> s
   form = quant.get("int4_decode", "auto")
   if form != "auto":
     return form
-  return "float" if (backend or jax.default_backend()) == "cpu" else "s4"
+  return int4_decode_form(backend or jax.default_backend())
 
 
 @functools.cache
