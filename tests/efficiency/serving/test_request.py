@@ -34,8 +34,8 @@ def test_a_prompt_longer_than_the_context_is_refused_or_cut(capsys):
 
 @pytest.fixture
 def small_device(monkeypatch):
-  """A device with 1000 free bytes, and no transfer allowed (nothing may be allocated)."""
-  monkeypatch.setattr(request, "device_bytes_free", lambda: 1000)
+  """A device with 100 free bytes, and no transfer allowed (nothing may be allocated)."""
+  monkeypatch.setattr(request, "device_bytes_free", lambda: 100)
 
   def no_transfer(*args, **kwargs):
     raise AssertionError("allocated before the request was checked")
@@ -55,6 +55,6 @@ def test_a_request_that_does_not_fit_is_refused_before_allocating(small_device):
   for name, call in calls.items():
     with pytest.raises(ConfigError, match=r"the request needs [\d,]+ bytes \([\d,]+ of KV cache "
                                           r"and [\d,]+ of logits for batch=1\) but the device "
-                                          r"has 1,000 free"):
+                                          r"has 100 free"):
       call()
     print(name, "refused")
