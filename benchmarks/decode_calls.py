@@ -4,11 +4,11 @@
       [--cache 256] [--calls 32] [--rounds 9]
 
 A decode step is 1 token per row, a speculative verification gamma + 1, a batch more rows. Each
-shape runs `--calls` cached calls of the model's decode form (efficiency.serving.unpack) chained
+shape runs `--calls` cached calls of the model's decode form (efficiency.serving.weights) chained
 in one jitted loop over a cache of `--cache` slots, so no dispatch or transfer is timed. Two
-forms of the attention products take turns, compiled in one process: dots throughout
-(`REDUCE_QUERIES` = 0) and the default, where calls with at most `REDUCE_QUERIES` queries per KV
-head multiply-reduce over the heads-major cache (efficiency.attention.dot_product). Prints ms
+arms take turns, compiled in one process: plain XLA (`EFFICIENCY_CPU_TWEAKS=0`, dots throughout)
+and the default, with the XLA:CPU tweaks (efficiency.backends.cpu; among them, calls with at
+most `REDUCE_QUERIES` queries per KV head multiply-reduce over the heads-major cache). Prints ms
 per call (medians over `--rounds`), each shape's cost over a 1 x 1 call, and the speedup of the
 default. Without --workdir: configs/default.py at the 4-layer d_model 256 shape, random weights.
 """
@@ -22,12 +22,12 @@ import jax
 import jax.numpy as jnp
 
 from configs.default import get_config
-from efficiency.attention import dot_product
+from efficiency.backends import cpu
 from efficiency.model.transformer import make_model
 from efficiency.serving.cache import init_cache
+from efficiency.serving.forward import cached_forward
 from efficiency.serving.loading import load_model
-from efficiency.serving.runner import cached_forward
-from efficiency.serving.unpack import decode_form
+from efficiency.serving.weights import decode_form
 
 
 def model_and_params(workdir: str | None) -> tuple[nn.Module, dict]:
@@ -84,14 +84,11 @@ def main() -> None:
   args = parser.parse_args()
   model, params = model_and_params(args.workdir)
   shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes]
-  default_queries = dot_product.REDUCE_QUERIES
-  forms = {"dots": 0, "default": default_queries}
   compiled = {}
-  for form, queries in forms.items():
-    dot_product.REDUCE_QUERIES = queries  # read when the loop is traced
-    for shape in shapes:
-      compiled[form, shape] = chained_calls(model, params, *shape, args.cache, args.calls)
-  dot_product.REDUCE_QUERIES = default_queries
+  for form, tweaks in (("dots", False), ("default", True)):
+    with cpu.switched(tweaks):  # read when the loop is traced
+      for shape in shapes:
+        compiled[form, shape] = chained_calls(model, params, *shape, args.cache, args.calls)
   ms = ms_per_call(compiled, params, args.rounds, args.calls)
   base = ms["default", shapes[0]]
   print(f"| rows x tokens | dots ms/call | default ms/call | default / {args.shapes[0]} call "

@@ -6,8 +6,7 @@
        --target_embedding none|int8|int4 --out decoding.json]
 
 - `limit`: default model, greedy: the on-device generation (one jitted program per request,
-  prefill included) at batch 1 and 8, against the host loop it replaced (one jitted step per
-  token, logits read to the host, argmax there), streaming (`serving.generate.stream`, one read
+  prefill included) at batch 1 and 8, streaming (`serving.generate.stream`, one read
   every 16 tokens) and the jitted one-token cached step of the decode form alone (chained on
   device, read once: the floor of any per-token loop), also against the loop's tokens after
   the first (the request less a one-token request: the prefill and first sample); batch 8 over
@@ -36,8 +35,6 @@
   members' order (default first: `1:5` has default propose 1 token, small 5). CoS starts with
   small proposing. `we3` (with `--third`): the uniform weighted ensemble of default, small and
   third, small proposing first, then default, then third.
-- `host_cos` (not in the default parts): the host engine (numpy acceptance, batch 1) on CD T=0
-  gamma 5, for what the machinery used to cost.
 """
 
 import argparse
@@ -52,17 +49,15 @@ import ml_collections
 import numpy as np
 
 from efficiency.serving import export
+from efficiency.serving.cache import init_cache
 from efficiency.serving.collaborate import collaborate
-from efficiency.serving.collaborative import Contrastive, WeightedEnsemble
-from efficiency.serving.compare import compare
+from efficiency.serving.forward import cached_forward
 from efficiency.serving.generate import run, stream
-from efficiency.serving.loading import check_same_tokenizer, load_model
-from efficiency.serving.prompts import validation_prompts
-from efficiency.serving.runner import Runner, compiled_forward
+from efficiency.serving.loading import check_same_tokenizer, load_model, validation_prompts
 from efficiency.serving.sampling import Sampling
-from efficiency.serving.speculation import Engine
 from efficiency.serving.speculative import speculate
-from efficiency.serving.unpack import decode_form
+from efficiency.serving.targets import Contrastive, WeightedEnsemble
+from efficiency.serving.weights import decode_form
 from efficiency.train.inputs import tokenizer_of
 
 GREEDY = Sampling(0.0)
@@ -93,26 +88,19 @@ def interleaved(rounds: int, b: int, prompts: list[np.ndarray], methods: dict) -
 
 
 def limit(model, params, prompt: np.ndarray, new: int, rounds: int) -> dict:
-  """Tokens/s of the on-device loop (batch 1, 8), the host loop and the bare step."""
-  def host_loop():
-    runner = Runner(model, params, 1, len(prompt) + new + 32)
-    logits = runner.feed(prompt[None], np.zeros(1, np.int32))[:, -1]
-    for i in range(new - 1):
-      token = np.argmax(logits, -1).astype(np.int32)[:, None]
-      logits = runner.feed(token, np.array([len(prompt) + i], np.int32))[:, 0]
-
+  """Tokens/s of the on-device loop (batch 1, 8) and the bare step."""
   step_model, unpack = decode_form(model)  # the step the on-device loop runs
-  forward = compiled_forward(step_model)
+  forward = jax.jit(lambda *a: cached_forward(step_model, *a), donate_argnums=2)
   step_params = jax.jit(unpack)(params)
-  step_runner = Runner(step_model, step_params, 1, len(prompt) + new + 32)
+  state = {"cache": init_cache(step_model.config, 1, len(prompt) + new + 32)}
   token = jax.device_put(np.ones((1, 1), np.int32))
   starts = [jax.device_put(np.array([len(prompt) + i], np.int32)) for i in range(new)]
 
   def step_alone():
-    cache = step_runner.cache
+    cache = state["cache"]
     for start in starts:
       logits, cache = forward(step_params, token, cache, start)
-    step_runner.cache = cache
+    state["cache"] = cache
     jax.block_until_ready(logits)
 
   def timed(fn):
@@ -128,7 +116,6 @@ def limit(model, params, prompt: np.ndarray, new: int, rounds: int) -> dict:
       "prefill_b8": lambda: run(model, params, [prompt] * 8, 1, GREEDY, None).decode_s,
       "stream16_b1": lambda: timed(lambda: list(stream(model, params, [prompt], new, GREEDY, None,
                                                        16))) / new,
-      "host_loop_b1": lambda: timed(host_loop) / new,
       "step_alone_b1": lambda: timed(step_alone) / new,
   }
   times = {name: [] for name in measures}
@@ -147,7 +134,6 @@ def limit(model, params, prompt: np.ndarray, new: int, rounds: int) -> dict:
       prefill_share=prefill / (seconds["device_b1"] * new),
       device_over_step_alone=seconds["step_alone_b1"] / seconds["device_b1"],
       loop_over_step_alone=seconds["step_alone_b1"] / loop,
-      device_over_host_loop=seconds["host_loop_b1"] / seconds["device_b1"],
       stream16_over_device=seconds["device_b1"] / seconds["stream16_b1"],
       batch8_over_batch1=seconds["device_b1"] / seconds["device_b8"],
       prefill_b8_over_b1=prefill_b8 / prefill,
@@ -254,13 +240,6 @@ def cos(pairs: dict, prompts, new: int, eos: int, rounds: int, gammas) -> list[d
   return rows
 
 
-def host_cos(collab, members, proposer, prompts, new: int, eos: int, max_len: int) -> dict:
-  """The host engine (batch 1, numpy acceptance) on the same setting, for the machinery's cost."""
-  report = compare(Engine(collab, members, max_len), prompts, new, 5, proposer, 0, eos)
-  return {name: {k: report[name][k] for k in ("tokens_per_s", "speedup", "acceptance")}
-          for name in ("standard", "naive", "cos")}
-
-
 def parse_gammas(text: str) -> list:
   """`--cos_gammas`: comma-separated gammas, each an int or `a:b[:c]` (one per model)."""
   return [tuple(int(g) for g in x.split(":")) if ":" in x else int(x) for x in text.split(",")]
@@ -328,10 +307,6 @@ def main() -> None:
                                 [target, draft, third], 1)}
       pairs = {k: v for k, v in pairs.items() if k.split()[0] in settings}
       results["cos"] += cos(pairs, prompts, new, eos, args.rounds, gammas)
-  if "host_cos" in parts:
-    results["host_cos"] = host_cos(Contrastive(0.1, Sampling(0.0)), [target, draft], 1,
-                                   prompts, new, eos, args.prompt_tokens + new + 48)
-    print(json.dumps(results["host_cos"]), flush=True)
   Path(args.out).write_text(json.dumps(results, indent=2))
 
 

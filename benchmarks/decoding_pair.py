@@ -52,8 +52,7 @@ def train(workdir: Path, steps: int, fields: dict) -> None:
 
 def agreement(target_dir: Path, draft_dir: Path, prompts: int, new: int) -> dict:
   """Acceptance of the draft's tokens by the target at gamma 5, temperatures 0 and 1."""
-  from efficiency.serving.loading import check_same_tokenizer, load_model
-  from efficiency.serving.prompts import validation_prompts
+  from efficiency.serving.loading import check_same_tokenizer, load_model, validation_prompts
   from efficiency.serving.sampling import Sampling
   from efficiency.serving.speculative import speculate
   from efficiency.train.inputs import tokenizer_of

@@ -25,8 +25,7 @@ import numpy as np
 
 from efficiency.hf.convert import export_checkpoint
 from efficiency.serving.generate import run
-from efficiency.serving.loading import load_model
-from efficiency.serving.prompts import validation_prompts
+from efficiency.serving.loading import load_model, validation_prompts
 from efficiency.serving.sampling import Sampling
 from efficiency.train.inputs import tokenizer_of
 

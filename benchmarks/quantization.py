@@ -20,8 +20,7 @@ import jax.numpy as jnp
 from tqdm import tqdm
 
 from efficiency.serving import export
-from efficiency.serving.quant_report import quality
-from efficiency.serving.timing import METHOD, decode_speed
+from efficiency.serving.bench import METHOD, decode_speed, quality
 from efficiency.train.inputs import load_inputs
 from efficiency.workdir import files
 from efficiency.workdir.restore import restore

@@ -106,7 +106,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # set by evals.quantize --embedding: none | int8 | int4, the token table of a converted model
   # (per-row scales; int4 per quant.group_size entries of a row when > 0)
   c.quant.embedding = "none"
-  # how packed int4 kernels decode (efficiency.serving.unpack): s4 (jnp.int4, dequantized in every
+  # how packed int4 kernels decode (efficiency.serving.weights): s4 (jnp.int4, dequantized in every
   # step) | float (unpacked once per request) | auto (float on CPU, s4 on GPU and TPU)
   c.quant.int4_decode = "auto"
   # set by evals.quantize --int4_activations: float (int4 weight-only) | int8 (W4A8: int8

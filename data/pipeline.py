@@ -49,11 +49,6 @@ Batch = dict[str, np.ndarray]
 EVAL_ROW_SEED = 0
 
 
-def local_batch_size(config: ml_collections.ConfigDict, process_count: int) -> int:
-  """Rows of the global batch that each process loads."""
-  return config.batch_size // process_count
-
-
 def shard_count(config: ml_collections.ConfigDict, process_count: int) -> int:
   """`data.shards`, or the process count where it is 0 (a config not yet resolved)."""
   return config.data.get("shards", 0) or process_count

@@ -34,7 +34,7 @@ from efficiency.quant import MODE_BACKENDS, QUANT_MODES
 from efficiency.quant.einsum import INT4_ACTIVATIONS, SERVE_MODES
 from efficiency.quant.table import check_mode, check_table
 from efficiency.serving.loading import check_same_tokenizer
-from efficiency.serving.unpack import INT4_FORMS
+from efficiency.serving.weights import INT4_FORMS
 from efficiency.sharding.mesh import mesh_shape
 from efficiency.train.distill import distill_config
 from efficiency.train.optimizer import OPTIMIZERS, SCHEDULES

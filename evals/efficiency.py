@@ -28,8 +28,8 @@ from absl import flags
 from efficiency import cli
 from efficiency.config import resolve
 from efficiency.metrics.profile import ProfileWindow, classify_hlo, summarize, table
+from efficiency.serving.bench import measure_infer
 from efficiency.serving.loading import QUANT_CHOICES, quant_setting
-from efficiency.serving.measure import measure_infer
 from efficiency.train.measure import measure_train
 from efficiency.workdir import files
 

@@ -3,6 +3,7 @@
   python -m evals.generate --workdir=DIR --prompt=TEXT [--prompt=TEXT ...]
       [--max_new_tokens=64 --temperature=1 --top_k=0 --top_p=1 --seed=0 --batch=8]
       [--draft=DIR2 --gamma=5] [--quant=8|4|4a8] [--report=FILE] [--stream=N]
+      [--truncate_prompt]
 
 Prompts are decoded in batches of --batch rows (right-padded; each row at its own positions),
 each batch one jitted program on device (prefill, generation and sampling; rows stop at EOS) and
@@ -14,6 +15,9 @@ the target's. With --quant, the target is converted to int8 (AQT serving) or pac
 acceptance and the calls per model as JSON.
 --stream=N prints each batch's text as it decodes, N tokens at a time (one read of the device
 per N tokens; rows of a batch as `[i] text` lines); it takes neither --draft nor --report.
+A prompt longer than the model's context (its training seq_len) is refused in one line, or with
+--truncate_prompt cut to its last tokens with a warning; a request whose KV cache and logits
+would not fit the device's memory is refused in one line naming the bytes.
 """
 
 import json
@@ -24,16 +28,17 @@ from absl import flags
 
 from efficiency import cli
 from efficiency.errors import ConfigError
-from efficiency.serving.generate import check_context, run, stream
+from efficiency.serving.generate import run, stream
 from efficiency.serving.loading import (
   QUANT_CHOICES,
   check_same_tokenizer,
   load_model,
   quant_setting,
 )
+from efficiency.serving.request import check_gamma, fit_prompts
 from efficiency.serving.sampling import Sampling
-from efficiency.serving.speculation import check_gamma
 from efficiency.serving.speculative import speculate
+from efficiency.serving.weights import to_decode_form
 from efficiency.train.inputs import tokenizer_of
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A train.py workdir with a checkpoint.")
@@ -52,6 +57,9 @@ _QUANT_EMBEDDING = flags.DEFINE_string(
     "quant_embedding", "none", "With --quant: the target's embedding table as none, int8, int4.")
 _REPORT = flags.DEFINE_string("report", None, "Write tokens/s (and acceptance) as JSON here.")
 _STREAM = flags.DEFINE_integer("stream", 0, "Print text every N new tokens as it decodes; 0: off.")
+_TRUNCATE = flags.DEFINE_bool(
+    "truncate_prompt", False, "Cut a prompt longer than the model's context to its last tokens "
+    "(with a warning) instead of refusing it.")
 flags.mark_flag_as_required("workdir")
 
 
@@ -68,27 +76,29 @@ def main(argv: list[str]) -> None:
     raise ConfigError("--stream takes neither --draft nor --report; run without it for those")
   quant_bits, int4_activations = quant_setting(_QUANT.value)
   target = load_model(_WORKDIR.value, quant_bits, _QUANT_EMBEDDING.value, int4_activations)
+  target_mp = to_decode_form(target.model, target.params)  # once: requests only read it
   tokenizer = tokenizer_of(target.config)
   sampling = Sampling(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value)
   prompts = [tokenizer.encode(p) for p in _PROMPT.value]
   if any(len(p) == 0 for p in prompts):
     raise ConfigError("a --prompt encodes to no tokens")
-  check_context(_MAX_NEW.value, target.config.seq_len)
+  prompts = fit_prompts(prompts, _MAX_NEW.value, target.config.seq_len, _TRUNCATE.value)
   draft = None
   if _DRAFT.value:
     draft = load_model(_DRAFT.value)
     check_same_tokenizer([target.config, draft.config], [_WORKDIR.value, _DRAFT.value])
+    draft = to_decode_form(draft.model, draft.params)
   if _STREAM.value:
-    _print_streamed(target, tokenizer, prompts, sampling)
+    _print_streamed(target_mp, tokenizer, prompts, sampling)
     return
   outputs, tokens, seconds, rounds, verified, accepted = [], 0, 0.0, 0, 0, 0
   for start in range(0, len(prompts), _BATCH.value):
     chunk = prompts[start : start + _BATCH.value]
     if draft is None:
-      result = run(target.model, target.params, chunk, _MAX_NEW.value, sampling,
+      result = run(*target_mp, chunk, _MAX_NEW.value, sampling,
                    tokenizer.eos_id, seed=_SEED.value, first_row=start)
     else:
-      result = speculate((target.model, target.params), (draft.model, draft.params), chunk,
+      result = speculate(target_mp, draft, chunk,
                          _MAX_NEW.value, sampling, _GAMMA.value, tokenizer.eos_id,
                          seed=_SEED.value, first_row=start)
       rounds, verified = rounds + result.rounds, verified + result.verified
@@ -118,7 +128,7 @@ def _print_streamed(target, tokenizer, prompts: list, sampling: Sampling) -> Non
     shown = ["" for _ in chunk]
     if len(chunk) == 1:
       print(texts[0], end="", flush=True)
-    for pieces in stream(target.model, target.params, chunk, _MAX_NEW.value, sampling,
+    for pieces in stream(*target, chunk, _MAX_NEW.value, sampling,
                          tokenizer.eos_id, _STREAM.value, seed=_SEED.value, first_row=start):
       for b, piece in enumerate(pieces):
         new[b] += [int(t) for t in piece if t != tokenizer.eos_id]

@@ -28,7 +28,7 @@ from absl import flags
 
 from efficiency import cli
 from efficiency.serving import export
-from efficiency.serving.quant_report import quant_report
+from efficiency.serving.bench import quant_report
 from efficiency.train.inputs import load_inputs
 from efficiency.workdir import files
 from efficiency.workdir.restore import restore

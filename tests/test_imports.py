@@ -12,8 +12,9 @@ from tests.helpers import ROOT
 # (layer, module-name prefixes in it), low to high. The most specific prefix decides.
 LAYERS = [
     ("errors", ["efficiency", "efficiency.errors"]),
-    ("core", ["efficiency.model", "efficiency.attention", "efficiency.position", "efficiency.quant",
-              "efficiency.sharding", "efficiency.metrics"]),
+    ("core", ["efficiency.backends", "efficiency.model", "efficiency.attention",
+              "efficiency.position", "efficiency.quant", "efficiency.sharding",
+              "efficiency.metrics"]),
     ("data", ["data"]),
     ("training", ["efficiency.train", "efficiency.peft", "efficiency.workdir", "efficiency.hf",
                   "efficiency.evaluation"]),
@@ -127,3 +128,34 @@ def test_the_checks_find_a_cycle_and_an_upward_import():
       "efficiency.model.layers (core) -> efficiency.serving.export (serving)",
   ]
   assert layer_of("data.prepare") == len(LAYERS) - 1 and layer_of("data.pipeline") == 2
+
+
+def private_imports(root: Path) -> list[str]:
+  """'module: from other import _name' for every private name a module takes from another."""
+  modules = project_modules(root)
+  found = []
+  for name, path in sorted(modules.items()):
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.ImportFrom) and node.module in modules and not node.level:
+        found += [f"{name}: from {node.module} import {alias.name}" for alias in node.names
+                  if alias.name.startswith("_")]
+  return found
+
+
+def test_no_module_imports_a_private_name_and_serving_is_one_module_per_role():
+  assert private_imports(ROOT) == []
+  serving = sorted(p.stem for p in (ROOT / "efficiency" / "serving").glob("*.py"))
+  assert len(serving) - 1 <= 13, serving  # __init__ aside
+  library = [n for n, p in project_modules(ROOT).items()
+             if any(i.startswith("tests") for i in _raw_imports(p))]
+  assert library == []  # the numpy references and the host engine stay in tests/
+
+
+def _raw_imports(path: Path) -> set[str]:
+  names = set()
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.Import):
+      names |= {alias.name for alias in node.names}
+    elif isinstance(node, ast.ImportFrom) and node.module:
+      names.add(node.module)
+  return names

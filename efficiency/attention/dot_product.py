@@ -6,12 +6,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from efficiency.backends.cpu import reduce_queries
 from efficiency.quant.einsum import attention_einsum
 
 NEG_INF = -1e30
-# A cached call with at most this many queries per KV head (T x group; decode steps) computes its
-# score and value products over a heads-major cache as fused multiply-reduce loops, not as dots.
-REDUCE_QUERIES = 8
 
 
 def _reduce_products(q_BTKGH: jnp.ndarray, keys: jnp.ndarray, v_BKSH: jnp.ndarray,
@@ -65,7 +63,7 @@ def grouped_attention(
   g = n // k
   scale = h**-0.5 if scale is None else scale
   q_BTKGH = q_BTNH.reshape(b, t, k, g, h)
-  if heads_major and quant is None and t * g <= REDUCE_QUERIES:
+  if heads_major and quant is None and reduce_queries(t * g):
     scores_BKGTS, attend = _reduce_products(q_BTKGH, keys, values, scale, keys_slots_last)
   else:
     scores_BKGTS = einsum(f"btkgh,{key_spec}->bkgts", q_BTKGH, keys).astype(jnp.float32) * scale

@@ -270,11 +270,6 @@ def _busy_source(entry: dict, what: str) -> str:
           f"MFU may be overstated")
 
 
-def cpu_peak_flops(refresh: bool = False) -> float:
-  """Measured CPU matmul FLOP/s of this process (see `cpu_peak`)."""
-  return cpu_peak(refresh).flops
-
-
 def peak_flops_total(dtype: str = "float32", refresh: bool = False) -> Peak:
   """Peak FLOP/s of all devices of the job together, and how it was obtained."""
   device = jax.devices()[0]

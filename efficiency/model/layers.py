@@ -1,6 +1,5 @@
 """Building blocks with logically partitioned parameters: projections, RMSNorm, embedding, MLP."""
 
-import math
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
@@ -8,13 +7,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from efficiency.backends.cpu import merged_contraction_einsum, on_merged_tokens, two_rows_on_cpu
 from efficiency.model import adapter
 from efficiency.quant import int8_activations, table
 from efficiency.quant.einsum import (
   int32_einsum,
   make_einsum,
   on_int8_activations,
-  two_rows_on_cpu,
   weight_storage,
 )
 from efficiency.quant.pack import (
@@ -29,58 +28,6 @@ from efficiency.quant.pack import (
 Dtype = jnp.dtype
 Quant = ml_collections.FrozenConfigDict | None
 Einsum = Callable[[str, jnp.ndarray, jnp.ndarray], jnp.ndarray]
-
-
-def tokens_merged(spec: str) -> str | None:
-  """`spec` with the batch and length axes ("bt") of input and output merged into one ("t"), or
-  None where they are not both leading or the kernel has them."""
-  lhs, rest = spec.split(",")
-  rhs, out = rest.split("->")
-  if not (lhs.startswith("bt") and out.startswith("bt")) or {"b", "t"} & set(rhs):
-    return None
-  return f"{lhs[1:]},{rhs}->{out[1:]}"
-
-
-def on_merged_tokens(spec: str, x: jnp.ndarray, fn: Callable[[str, jnp.ndarray], jnp.ndarray]):
-  """fn(spec, x), computed over one token axis where `tokens_merged` allows.
-
-  A kernel's gradient contracts over every token; with two such axes XLA's CPU backend takes
-  about twice as long over it as over one (BENCHMARKS.md, "Our train step against PyTorch").
-  """
-  flat = tokens_merged(spec)
-  if flat is None:
-    return fn(spec, x)
-  b, t = x.shape[:2]
-  y = fn(flat, x.reshape(b * t, *x.shape[2:]))
-  return y.reshape(b, t, *y.shape[1:])
-
-
-def contraction_merged(spec: str) -> str | None:
-  """`spec` with its contracted axes merged into one ("Z"), or None where there are fewer than
-  two or they are not the input's trailing and the kernel's leading axes, in one order."""
-  lhs, rest = spec.split(",")
-  rhs, out = rest.split("->")
-  contracted = "".join(a for a in lhs if a in rhs and a not in out)
-  if len(contracted) < 2 or not (lhs.endswith(contracted) and rhs.startswith(contracted)):
-    return None
-  return f"{lhs[: -len(contracted)]}Z,Z{rhs[len(contracted):]}->{out}"
-
-
-def merged_contraction_einsum(spec: str, x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
-  """jnp.einsum(spec, x, kernel) over one contracted axis where `contraction_merged` allows.
-
-  Given the attention output projection "tnh,nhd->td" as is, XLA's CPU backend transposed the
-  [N, H, D] kernel in every decode step, a copy of the whole kernel per layer and token that took
-  a sixth of a batch-1 decode step (BENCHMARKS.md, Decoding); over "tZ,Zd->td" it reads the
-  kernel as stored. Training steps are unchanged (same speed within noise).
-  """
-  flat = contraction_merged(spec)
-  if flat is None:
-    return jnp.einsum(spec, x, kernel)
-  n = len(spec.split(",")[0]) - len(flat.split(",")[0]) + 1  # the axes merged into "Z"
-  k = math.prod(kernel.shape[:n])
-  x = x.reshape(*x.shape[: x.ndim - n], k)
-  return jnp.einsum(flat, x, kernel.reshape(k, *kernel.shape[n:]))
 
 
 def token_major(einsum: Einsum) -> Einsum:
@@ -172,7 +119,7 @@ class Projection(nn.Module):
 
   def _on_int8_activations(self, x: jnp.ndarray) -> jnp.ndarray:
     """The int4 kernel's product on int8 activations (`quant.int4_activations=int8`): its codes
-    as int8 values, `kernel_s8` in the decode form (serving.unpack), else unpacked here."""
+    as int8 values, `kernel_s8` in the decode form (serving.weights), else unpacked here."""
     scale = self._int4_scale()
     if self.has_variable("params", "kernel_s8"):
       codes_KM = self.get_variable("params", "kernel_s8")
@@ -187,7 +134,7 @@ class Projection(nn.Module):
   def _int4_kernel(self) -> jnp.ndarray:
     """The kernel dequantized from packed int4 values `kernel_int4` and `kernel_scale`, or
     from the jnp.int4 (`kernel_s4`) or int8 (`kernel_s8`) values the decode form holds instead
-    (serving.unpack)."""
+    (serving.weights)."""
     k, m = matrix_shape(self.spec, tuple(self.kernel_shape))
     scale = self._int4_scale()
     held = [n for n in ("kernel_s4", "kernel_s8") if self.has_variable("params", n)]

@@ -14,8 +14,9 @@ int4 codes: efficiency.quant.int8_activations). `int8_convert` and `int4_convert
 that read the float kernels and write those trees (see efficiency.serving.export).
 
 On CPU a served int8 product of a single row (a batch-1 decode step) runs over that row twice
-(`two_rows_on_cpu`): XLA's CPU backend computes a one-row int8 product by converting the whole
-int8 kernel to int32 in every call, and a product of two or more rows with YNNPACK's int8
+(`efficiency.backends.cpu.two_rows_on_cpu`, one of the XLA:CPU tweaks behind
+`EFFICIENCY_CPU_TWEAKS`): XLA's CPU backend computes a one-row int8 product by converting the
+whole int8 kernel to int32 in every call, and a product of two or more rows with YNNPACK's int8
 kernel, which reads the kernel as stored (BENCHMARKS.md, "Served int8 on CPU").
 """
 
@@ -23,13 +24,13 @@ import fnmatch
 from collections.abc import Callable
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import ml_collections
 from aqt.jax.v2 import aqt_dot_general
 from aqt.jax.v2 import config as aqt_config
 from aqt.jax.v2.flax import aqt_flax
 
+from efficiency.backends import cpu
 from efficiency.quant import QUANT_MODES
 
 Einsum = Callable[[str, jnp.ndarray, jnp.ndarray], jnp.ndarray]
@@ -99,7 +100,7 @@ def make_einsum(
         rhs_freeze_mode=aqt_flax.FreezerMode.CALIBRATION_AND_VALUE,
         quant_collection="params", name="aqt",
     )
-    return two_rows_on_cpu(einsum) if storage == "int8" else einsum
+    return cpu.two_rows_on_cpu(einsum) if storage == "int8" else einsum
   prng_name = "quant" if module.has_rng("quant") else None
   return aqt_flax.AqtEinsum(cfg, prng_name=prng_name, name="aqt")
 
@@ -107,20 +108,6 @@ def make_einsum(
 def int32_einsum(spec: str, x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
   """An einsum of integer operands (int8 codes) summed and returned in int32."""
   return jnp.einsum(spec, x, kernel, preferred_element_type=jnp.int32)
-
-
-def two_rows_on_cpu(einsum: Einsum) -> Einsum:
-  """`einsum` where, on CPU, an input of one row over a leading token axis ("t...", as layers
-  call it after merging batch and length) is computed as that row twice and the first result
-  kept. Each row is quantized on its own (per-row scales), so the kept row is the same
-  computation; only the kernel XLA picks changes (see the module docstring)."""
-
-  def run(spec: str, x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
-    if jax.default_backend() != "cpu" or not spec.startswith("t") or x.shape[0] != 1:
-      return einsum(spec, x, kernel)
-    return einsum(spec, jnp.concatenate([x, x]), kernel)[:1]
-
-  return run
 
 
 def quantizes_attention(quant: ml_collections.ConfigDict | None) -> bool:

@@ -1,28 +1,27 @@
-"""Serving trained models: KV-cache decoding (plain, speculative, collaborative and CoS),
-quantized export, and what decoding costs. It reaches trained models only through the workdir
-loader (`efficiency.workdir.restore`).
+"""Serving trained models on device: KV-cache decoding (plain, speculative, collaborative and
+CoS), quantized export, and what decoding costs. It reaches trained models only through the
+workdir loader (`efficiency.workdir.restore`). One module per role:
 
 - `cache`: allocate a model's cache from its attention variant's `kv_cache_spec` (windowed
   entries as ring buffers sized by the decoder's rollback bound), and its size in bytes.
-- `runner`: one model's cached forward pass (prefill and decode steps alike), and a host-side
-  runner of it (the host engine's).
-- `sampling`: temperature, top-k and top-p as explicit float64 distributions (the reference).
-- `device_sampling`: the same distributions and draws on device (JAX).
-- `generate`: batched generation on device: one jitted program per request (prefill, a while
-  loop of cached steps, sampling, per-row EOS), one host read of its tokens.
-- `speculative`: batched speculative decoding on device (draft scan, one verification call,
-  per-row acceptance and rollback).
-- `collaborative`: the target distribution r of several models' logits (float64 reference);
-  `device_collaborative` the same on device.
-- `collaborate`: collaborative decoding on device, batched: standard, and CoS of two models.
-- `speculation`: acceptance and residual math, and the host engine behind standard, naive and
-  alternate (CoS) decoding of any number of models, batch 1.
-- `compare`: decoding methods side by side on the same prompts (the CoS benchmark).
-- `prompts`: prompts cut from a run's validation documents.
-- `export`: int8 (AQT) and packed int4 conversion of a trained model (and of its embedding
-  table, `quant.embedding`).
-- `quant_report`: a conversion's size, quality and decode speed against bf16.
-- `timing`: greedy decode latency and tokens/s.
-- `measure`: the efficiency study's inference metrics (evals.efficiency --mode=infer).
-- `loading`: the one function that loads a workdir's model for decoding.
+- `forward`: one model's cached forward pass (prefill and decode steps alike).
+- `request`: what every request shares: its checks, padded prompts, row keys, the executable
+  compiled once per shape, and the one timing path (`timed`).
+- `sampling`: sampling settings and the next-token distributions and draws on device.
+- `targets`: the decoding targets r (one model, weighted ensemble, contrastive) and each
+  model's proposal q, on device.
+- `acceptance`: speculative acceptance and residual draws on device.
+- `generate`: plain generation (`run`, `generate`, `stream`): one jitted program per request.
+- `speculative`: speculative decoding with a draft model (`speculate`), batched, on device.
+- `collaborate`: collaborative decoding (`collaborate`): standard, and CoS of any number of
+  models, batched, on device.
+- `weights`: a model's decode form (scanned layers split, int4 kernels unpacked).
+- `export`: int8 (AQT) and packed int4 conversion of a trained model (and of its embedding).
+- `loading`: the one function that loads a workdir's model for decoding, and prompts cut from
+  its validation documents.
+- `bench`: what decoding costs: decode speed, quant_report.json, the efficiency study's
+  inference metrics and standard against CoS side by side.
+
+The float64 numpy references and the host engine the tests check against live in
+`tests/efficiency/serving/reference.py`.
 """

@@ -29,7 +29,6 @@ from n'-1 >= n).
 
 import dataclasses
 import functools
-import time
 
 import flax.linen as nn
 import jax
@@ -37,12 +36,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from efficiency.errors import ConfigError
-from efficiency.serving import device_sampling
-from efficiency.serving.cache import init_cache
-from efficiency.serving.device_collaborative import Collaboration, proposal_probs, target_probs
-from efficiency.serving.generate import (
+from efficiency.serving import sampling as sampling_lib
+from efficiency.serving.acceptance import accept
+from efficiency.serving.cache import cache_bytes, init_cache
+from efficiency.serving.forward import cached_forward
+from efficiency.serving.request import (
   NO_TOKEN,
+  check_gamma,
+  check_memory,
   check_request,
+  check_vocabularies,
   eos_arg,
   executable,
   new_tokens,
@@ -50,12 +53,11 @@ from efficiency.serving.generate import (
   row_ids,
   row_keys,
   step_keys,
+  timed,
   trim,
 )
-from efficiency.serving.runner import cached_forward
-from efficiency.serving.speculation import check_gamma
-from efficiency.serving.speculative import accept
-from efficiency.serving.unpack import decode_form
+from efficiency.serving.targets import Collaboration, proposal_probs, target_probs
+from efficiency.serving.weights import to_decode_form
 
 METHODS = ("standard", "cos")
 
@@ -97,7 +99,7 @@ def _standard(
   keys_B = row_keys(seed, rows_B)
   last, caches = _prefill(models, params, tokens_BP, lengths_B, max_len, rollback=0)
   greedy = collab.sampling.temperature == 0
-  first_B = device_sampling.draw(step_keys(keys_B, 0), target_probs(collab, last), greedy)
+  first_B = sampling_lib.draw(step_keys(keys_B, 0), target_probs(collab, last), greedy)
   out_BN = jnp.full((b, max_new_tokens), NO_TOKEN, jnp.int32).at[:, 0].set(first_B)
 
   def cond(state):
@@ -110,7 +112,7 @@ def _standard(
       x_B1V, c = cached_forward(m, p, jnp.maximum(last_B, 0)[:, None], c, lengths_B + step - 1)
       logits.append(x_B1V[:, 0])
       new_caches.append(c)
-    next_B = device_sampling.draw(step_keys(keys_B, step), target_probs(collab, logits), greedy)
+    next_B = sampling_lib.draw(step_keys(keys_B, step), target_probs(collab, logits), greedy)
     next_B = jnp.where(done_B, NO_TOKEN, next_B)
     out_BN = jax.lax.dynamic_update_index_in_dim(out_BN, next_B, step, axis=1)
     return step + 1, new_caches, out_BN, next_B, done_B | (next_B == eos_id)
@@ -145,7 +147,7 @@ def _cos(
     logits_B3V, cache = cached_forward(models[pi], params[pi], feed_B3, cache, start_B)
     at_n_BV = logits_B3V[rows, n_B - 1 - start_B]
     first_BV = jnp.where(carry_B[:, None], logits_B3V[rows, n_B - start_B], at_n_BV)
-    first_B = device_sampling.draw(step_keys(round_keys_B, 0),
+    first_B = sampling_lib.draw(step_keys(round_keys_B, 0),
                                    proposal_probs(collab, pi, first_BV), greedy)
     h_B = carry_B.astype(jnp.int32)
 
@@ -153,7 +155,7 @@ def _cos(
       cache, last_B = state
       x_B1V, cache = cached_forward(models[pi], params[pi], last_B[:, None], cache,
                                     n_B + h_B + i - 1)
-      token_B = device_sampling.draw(step_keys(round_keys_B, i),
+      token_B = sampling_lib.draw(step_keys(round_keys_B, i),
                                      proposal_probs(collab, pi, x_B1V[:, 0]), greedy)
       return (cache, token_B), (token_B, x_B1V[:, 0])
 
@@ -192,7 +194,7 @@ def _cos(
     q_BGV = proposal_probs(collab, pi, proposer_BGV)
     a_B, next_B = accept(round_keys_B, pending_BG, q_BGV, r_BGV, m_B, greedy)
     kept_all_B = a_B == m_B
-    carried_B = device_sampling.draw(
+    carried_B = sampling_lib.draw(
         step_keys(round_keys_B, g + 2), proposal_probs(collab, last, verifier_BHV[rows, m_B]),
         greedy)
     new_BG = jnp.where(window < a_B[:, None], pending_BG, next_B[:, None])
@@ -236,14 +238,10 @@ def program(models: tuple, collab: Collaboration, method: str, gammas: tuple[int
             proposer: int, max_new_tokens: int, max_len: int):
   """The jitted decoding: (params tuple, tokens_BP, lengths_B, eos_id, seed, rows_B) -> (new
   tokens [B, max_new_tokens], [rounds or steps, verified, accepted, model calls])."""
-  forms = [decode_form(m) for m in models]
-  models = tuple(m for m, _ in forms)
   if method == "standard":
-    core = functools.partial(_standard, models, collab, max_new_tokens, max_len)
-  else:
-    core = functools.partial(_cos, models, collab, gammas, proposer, max_new_tokens, max_len)
-  return jax.jit(lambda params, *args: core(
-      tuple(unpack(p) for (_, unpack), p in zip(forms, params, strict=True)), *args))
+    return jax.jit(functools.partial(_standard, models, collab, max_new_tokens, max_len))
+  return jax.jit(functools.partial(_cos, models, collab, gammas, proposer, max_new_tokens,
+                                   max_len))
 
 
 @dataclasses.dataclass
@@ -296,24 +294,21 @@ def collaborate(
     raise ConfigError(f"{len(members)} models given; the target needs {collab.num_models}")
   if method == "cos" and len(members) < 2:
     raise ConfigError(f"method=cos needs 2 or more models; got {len(members)}")
-  vocabs = [m.config.vocab_size for m, _ in members]
-  if len(set(vocabs)) > 1:
-    raise ConfigError(
-        f"models have different vocabularies (vocab_size {vocabs}); collaborative decoding "
-        "needs one shared tokenizer"
-    )
+  check_vocabularies([m for m, _ in members], "collaborative decoding")
   if proposer not in range(len(members)):
     raise ConfigError(f"proposer={proposer} is invalid; valid choices: 0..{len(members) - 1}")
   tokens_BP, lengths_B = pad_prompts(prompts)
   max_len = tokens_BP.shape[1] + max_new_tokens + max(gammas) + 3
+  bound = 0 if method == "standard" else cos_rollback(gammas)
+  check_memory(sum(cache_bytes(m.config, len(prompts), max_len, bound) for m, _ in members),
+               len(prompts), len(members) * (max(gammas) + 2), members[0][0].config.vocab_size)
+  members = [to_decode_form(m, p) for m, p in members]
   models = tuple(m for m, _ in members)
   jitted = program(models, collab, method, gammas, proposer, max_new_tokens, max_len)
   args = jax.device_put((tuple(p for _, p in members), tokens_BP, lengths_B, eos_arg(eos_id),
                          np.int32(seed), row_ids(first_row, len(prompts))))
   compiled, compile_s = executable(jitted, *args)
-  start = time.perf_counter()
-  out_BN, (rounds, verified, accepted, calls) = jax.device_get(compiled(*args))  # one transfer
-  decode_s = time.perf_counter() - start
+  (out_BN, (rounds, verified, accepted, calls)), decode_s = timed(compiled, *args)  # one transfer
   return Collaborated([trim(row, eos_id) for row in out_BN], method, int(rounds), gammas,
                       len(members), int(verified), int(accepted), int(calls), decode_s,
                       compile_s)

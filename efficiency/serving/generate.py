@@ -3,8 +3,8 @@ right-padded prompts and the whole generation (a `lax.while_loop` of cached one-
 each row at its own position), samples on device from a `jax.random` key per row, and stops each
 row at EOS. The host sends the prompts once and reads the tokens back once per request.
 
-Row b of a request draws its tokens from `fold_in(key(seed), first_row + b)`, so a prompt gets
-the same tokens whatever batch it decodes in.
+Row b of a request draws its tokens from `fold_in(key(seed), first_row + b)` (see
+`efficiency.serving.request`).
 
 Each call starts at its row's pointer and the prompt padding is not written into ring buffers,
 so windowed cache entries are rings of `window` slots (`ROLLBACK` = 0) whatever the context.
@@ -12,7 +12,6 @@ so windowed cache entries are rings of `window` slots (`ROLLBACK` = 0) whatever 
 
 import dataclasses
 import functools
-import time
 from collections.abc import Iterator
 
 import flax.linen as nn
@@ -21,75 +20,26 @@ import jax.numpy as jnp
 import numpy as np
 
 from efficiency.errors import ConfigError
-from efficiency.serving import device_sampling
+from efficiency.serving import sampling as sampling_lib
 from efficiency.serving.cache import cache_bytes, init_cache
-from efficiency.serving.runner import bucket, cached_forward
+from efficiency.serving.forward import bucket, cached_forward
+from efficiency.serving.request import (
+  NO_TOKEN,
+  check_memory,
+  check_request,
+  eos_arg,
+  executable,
+  pad_prompts,
+  row_ids,
+  row_keys,
+  step_keys,
+  timed,
+  trim,
+)
 from efficiency.serving.sampling import Sampling
-from efficiency.serving.unpack import decode_form
+from efficiency.serving.weights import to_decode_form
 
-NO_TOKEN = -1  # fills the output after a row stops
-NEVER = -2  # the EOS id when there is none (no sampled token equals it)
 ROLLBACK = 0  # no position at or past a call's start is written before it (serving.cache)
-
-
-def check_request(prompts: list[np.ndarray], max_new_tokens: int) -> None:
-  """At least one prompt, each with a token, and at least one new token."""
-  if not prompts or any(len(p) == 0 for p in prompts):
-    raise ConfigError("every prompt needs at least one token")
-  if max_new_tokens < 1:
-    raise ConfigError(f"max_new_tokens={max_new_tokens} must be >= 1")
-
-
-def check_context(max_new_tokens: int, context: int) -> None:
-  """New tokens fit the model's context (the sequence length it trained at)."""
-  if max_new_tokens > context:
-    raise ConfigError(
-        f"max_new_tokens={max_new_tokens} exceeds the model's context of {context} tokens"
-    )
-
-
-def pad_prompts(prompts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-  """Right-padded prompts [B, bucket(max length)] (few shapes compile) and their lengths [B]."""
-  lengths_B = np.array([len(p) for p in prompts], np.int32)
-  tokens_BP = np.zeros((len(prompts), bucket(int(lengths_B.max()))), np.int32)
-  for i, p in enumerate(prompts):
-    tokens_BP[i, : len(p)] = p
-  return tokens_BP, lengths_B
-
-
-def row_ids(first_row: int, batch: int) -> np.ndarray:
-  """The rows' indices in the whole request list, which pick their keys (see `row_keys`)."""
-  return np.arange(first_row, first_row + batch, dtype=np.int32)
-
-
-def row_keys(seed: jnp.ndarray, rows_B: jnp.ndarray) -> jnp.ndarray:
-  """One key per row: fold_in(key(seed), rows_B[b]) (traced under jit)."""
-  return jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(seed), rows_B)
-
-
-def step_keys(keys_B: jnp.ndarray, step: jnp.ndarray) -> jnp.ndarray:
-  """Each row's key for one decode step."""
-  return jax.vmap(jax.random.fold_in, (0, None))(keys_B, step)
-
-
-def new_tokens(seq_BL: jax.Array, lengths_B: jax.Array, ends_B: jax.Array,
-               max_new_tokens: int) -> jax.Array:
-  """[B, max_new_tokens]: each row's tokens after its prompt (which ends at `lengths_B`), up to
-  its end `ends_B`, then NO_TOKEN."""
-  out_BN = jax.vmap(lambda s, i: jax.lax.dynamic_slice_in_dim(s, i, max_new_tokens))(
-      seq_BL, lengths_B
-  )
-  return jnp.where(jnp.arange(max_new_tokens) < (ends_B - lengths_B)[:, None], out_BN, NO_TOKEN)
-
-
-def trim(tokens_N: np.ndarray, eos_id: int | None) -> np.ndarray:
-  """A row's new tokens: up to the first NO_TOKEN, and up to and including EOS."""
-  stop = np.flatnonzero(tokens_N == NO_TOKEN)
-  tokens_N = tokens_N[: stop[0]] if len(stop) else tokens_N
-  if eos_id is not None:
-    eos = np.flatnonzero(tokens_N == eos_id)
-    tokens_N = tokens_N[: eos[0] + 1] if len(eos) else tokens_N
-  return tokens_N.astype(np.int32)
 
 
 def _start(
@@ -106,7 +56,7 @@ def _start(
       model, params, tokens_BP, cache, jnp.zeros(b, jnp.int32), lengths_B,
       logits_at_BK=(lengths_B - 1)[:, None],
   )
-  first_B = device_sampling.sample(step_keys(keys_B, 0), logits_B1V[:, 0], sampling)
+  first_B = sampling_lib.sample(step_keys(keys_B, 0), logits_B1V[:, 0], sampling)
   out_BN = jnp.full((b, max_new_tokens), NO_TOKEN, jnp.int32).at[:, 0].set(first_B)
   return jnp.int32(1), cache, out_BN, first_B, first_B == eos_id, keys_B
 
@@ -128,7 +78,7 @@ def _advance(
     logits_B1V, cache = cached_forward(
         model, params, jnp.maximum(last_B, 0)[:, None], cache, positions_B
     )
-    next_B = device_sampling.sample(step_keys(keys_B, step), logits_B1V[:, 0], sampling)
+    next_B = sampling_lib.sample(step_keys(keys_B, step), logits_B1V[:, 0], sampling)
     next_B = jnp.where(done_B, NO_TOKEN, next_B)
     out_BN = jax.lax.dynamic_update_index_in_dim(out_BN, next_B, step, axis=1)
     return step + 1, cache, out_BN, next_B, done_B | (next_B == eos_id), keys_B
@@ -150,22 +100,19 @@ def _generate(
 
 @functools.cache
 def program(model: nn.Module, sampling: Sampling, max_new_tokens: int, max_len: int):
-  """The jitted generation of `model` for these settings: (params, tokens_BP, lengths_B,
-  eos_id, seed, rows_B) -> new tokens [B, max_new_tokens]."""
-  model, unpack = decode_form(model)
-  core = functools.partial(_generate, model, sampling, max_new_tokens, max_len)
-  return jax.jit(lambda params, *args: core(unpack(params), *args))
+  """The jitted generation of `model` (in its decode form, `weights.to_decode_form`) for these
+  settings: (params, tokens_BP, lengths_B, eos_id, seed, rows_B) -> new tokens
+  [B, max_new_tokens]. It only reads the params."""
+  return jax.jit(functools.partial(_generate, model, sampling, max_new_tokens, max_len))
 
 
 @functools.cache
 def stream_programs(model: nn.Module, sampling: Sampling, max_new_tokens: int, max_len: int,
                     chunk: int):
-  """The jitted pieces of a streamed generation: `unpack` (params -> the decode form's params,
-  once per request), `start` (decode params, tokens_BP, lengths_B, eos_id, seed, rows_B) ->
-  state, and `advance` (decode params, lengths_B, eos_id, state, until) -> (state, the
-  [B, chunk] tokens ending at the step reached, that step, whether every row is done), the
-  state donated."""
-  model, unpack = decode_form(model)
+  """The jitted pieces of a streamed generation of `model` (in its decode form): `start`
+  (params, tokens_BP, lengths_B, eos_id, seed, rows_B) -> state, and `advance` (params,
+  lengths_B, eos_id, state, until) -> (state, the [B, chunk] tokens ending at the step reached,
+  that step, whether every row is done), the state donated."""
 
   def advance(params, lengths_B, eos_id, state, until):
     state = _advance(model, sampling, params, lengths_B, eos_id, state, until)
@@ -173,8 +120,7 @@ def stream_programs(model: nn.Module, sampling: Sampling, max_new_tokens: int, m
     chunk_BC = jax.lax.dynamic_slice_in_dim(out_BN, jnp.maximum(step - chunk, 0), chunk, axis=1)
     return state, chunk_BC, step, done_B.all()
 
-  return (jax.jit(unpack),
-          jax.jit(functools.partial(_start, model, sampling, max_new_tokens, max_len)),
+  return (jax.jit(functools.partial(_start, model, sampling, max_new_tokens, max_len)),
           jax.jit(advance, donate_argnums=3))
 
 
@@ -183,37 +129,21 @@ def kv_cache_bytes(model: nn.Module, batch: int, prompt_len: int, max_new_tokens
   return cache_bytes(model.config, batch, bucket(prompt_len) + max_new_tokens, ROLLBACK)
 
 
-def eos_arg(eos_id: int | None) -> np.int32:
-  """The EOS id as the programs take it (NEVER when there is none)."""
-  return np.int32(NEVER if eos_id is None else eos_id)
-
-
-_EXECUTABLES: dict = {}
-
-
-def executable(jitted, *args) -> tuple:
-  """The compiled executable of `jitted` for these arguments' shapes (compiled once, cached) and
-  the seconds its compilation took now (0 when cached)."""
-  leaves, treedef = jax.tree.flatten(args)
-  key = (jitted, treedef, tuple((x.shape, x.dtype) for x in leaves))
-  if key in _EXECUTABLES:
-    return _EXECUTABLES[key], 0.0
-  start = time.perf_counter()
-  _EXECUTABLES[key] = jitted.lower(*args).compile()
-  return _EXECUTABLES[key], time.perf_counter() - start
-
-
 def _request(
-    params: dict, prompts: list[np.ndarray], max_new_tokens: int, eos_id: int | None, seed: int,
-    first_row: int,
-) -> tuple[tuple, int]:
-  """The checked request on device as the programs take it (params, tokens_BP, lengths_B,
-  eos_id, seed, rows_B), and its cache length."""
+    model: nn.Module, params: dict, prompts: list[np.ndarray], max_new_tokens: int,
+    eos_id: int | None, seed: int, first_row: int,
+) -> tuple[nn.Module, tuple, int]:
+  """The model in its decode form, the checked request on device as the programs take it
+  (params, tokens_BP, lengths_B, eos_id, seed, rows_B), and its cache length; refused before
+  anything is allocated when its cache and logits would not fit the device."""
   check_request(prompts, max_new_tokens)
   tokens_BP, lengths_B = pad_prompts(prompts)
+  check_memory(kv_cache_bytes(model, len(prompts), tokens_BP.shape[1], max_new_tokens),
+               len(prompts), 1, model.config.vocab_size)
+  model, params = to_decode_form(model, params)
   args = jax.device_put((params, tokens_BP, lengths_B, eos_arg(eos_id), np.int32(seed),
                          row_ids(first_row, len(prompts))))
-  return args, tokens_BP.shape[1] + max_new_tokens
+  return model, args, tokens_BP.shape[1] + max_new_tokens
 
 
 @dataclasses.dataclass
@@ -239,12 +169,12 @@ def run(
     seed: int = 0,
     first_row: int = 0,
 ) -> Generated:
-  """Decodes every prompt in one batch on device; see the module docstring."""
-  args, max_len = _request(params, prompts, max_new_tokens, eos_id, seed, first_row)
+  """Decodes every prompt in one batch on device; see the module docstring. A model not in its
+  decode form is converted first (`weights.to_decode_form`; load it converted to do that once)."""
+  model, args, max_len = _request(model, params, prompts, max_new_tokens, eos_id, seed,
+                                  first_row)
   compiled, compile_s = executable(program(model, sampling, max_new_tokens, max_len), *args)
-  start = time.perf_counter()
-  out_BN = jax.device_get(compiled(*args))  # the request's one device-to-host transfer
-  decode_s = time.perf_counter() - start
+  out_BN, decode_s = timed(compiled, *args)  # the request's one device-to-host transfer
   return Generated([trim(row, eos_id) for row in out_BN], decode_s, compile_s)
 
 
@@ -278,11 +208,11 @@ def stream(
   (none once a row has stopped), one device-to-host transfer each."""
   if chunk < 1:
     raise ConfigError(f"stream chunk={chunk} must be >= 1 token")
-  args, max_len = _request(params, prompts, max_new_tokens, eos_id, seed, first_row)
+  model, args, max_len = _request(model, params, prompts, max_new_tokens, eos_id, seed,
+                                  first_row)
   chunk = min(chunk, max_new_tokens)
-  unpack, start, advance = stream_programs(model, sampling, max_new_tokens, max_len, chunk)
+  start, advance = stream_programs(model, sampling, max_new_tokens, max_len, chunk)
   params, tokens_BP, lengths_B, eos, seed_arg, rows_B = args
-  params = unpack(params)  # once per request
   state = start(params, tokens_BP, lengths_B, eos, seed_arg, rows_B)
   stopped = np.zeros(len(prompts), bool)
   sent, done = 0, False

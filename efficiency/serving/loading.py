@@ -1,15 +1,19 @@
-"""Loads the models that decode together (one function, so every decoding CLI loads alike)."""
+"""What a decoding CLI loads from a run: its models (one function, so every CLI loads alike),
+checked to share a tokenizer, and prompts cut from its validation documents."""
 
 import hashlib
 from pathlib import Path
 
 import ml_collections
+import numpy as np
 
-from data.tokenizer import HFTokenizer
+from data.prepared import Subset
+from data.sources import document_bytes, load_source
+from data.tokenizer import HFTokenizer, Tokenizer
 from efficiency.errors import ConfigError
 from efficiency.quant import table
 from efficiency.serving import export
-from efficiency.train.inputs import tokenizer_config
+from efficiency.train.inputs import prepared_of, tokenizer_config
 from efficiency.workdir.restore import TrainedModel, restore
 
 # The decoding CLIs' --quant: weight bits, and `4a8` for int4 weights on int8 activations (W4A8).
@@ -68,3 +72,20 @@ def check_same_tokenizer(configs: list[ml_collections.ConfigDict], names: list[s
         for n, k in zip(names, keys, strict=True)
     )
     raise ConfigError(f"models have different vocabularies ({described})")
+
+
+def validation_prompts(
+    config: ml_collections.ConfigDict, tokenizer: Tokenizer, count: int, length: int
+) -> list[np.ndarray]:
+  """The first `length` tokens of the first `count` validation documents that are that long."""
+  records = Subset(load_source(config).validation, prepared_of(config, tokenizer).validation_M)
+  prompts = []
+  for i in range(len(records)):
+    ids = tokenizer.encode(document_bytes(records[i]).decode("utf-8", errors="replace"))
+    if len(ids) >= length:
+      prompts.append(np.asarray(ids[:length], np.int32))
+    if len(prompts) == count:
+      break
+  if not prompts:
+    raise ConfigError(f"no validation document has prompt_tokens={length} tokens")
+  return prompts

@@ -1,13 +1,19 @@
-"""Sampling settings as explicit next-token distributions (numpy, float64).
+"""Sampling settings and their draws on device (JAX, float32).
 
-Greedy decoding (temperature 0) is the one-hot distribution on the argmax, so speculative
-acceptance treats greedy and sampled decoding alike and never divides by a zero temperature.
+`Sampling` holds temperature, top-k and top-p. The next-token distribution (`probabilities`)
+is the one-hot argmax when greedy (temperature 0), so speculative acceptance treats greedy and
+sampled decoding alike and never divides by a zero temperature; otherwise temperature scales
+the logits, top-k then top-p truncate (ties at the cut broken by token id) and renormalize.
+Settings are static (one compile each). The float64 numpy reference the tests compare with is
+`tests/efficiency/serving/reference.py`.
 """
 
 import dataclasses
 
-import numpy as np
+import jax
+import jax.numpy as jnp
 
+from efficiency.backends.cpu import argmax
 from efficiency.errors import ConfigError
 
 
@@ -28,47 +34,47 @@ class Sampling:
       raise ConfigError(f"top_p={self.top_p} must be in (0, 1] (1 keeps every token)")
 
 
-def softmax(x_V: np.ndarray) -> np.ndarray:
-  """Softmax over the last axis in float64."""
-  x = np.asarray(x_V, np.float64)
-  e = np.exp(x - x.max(axis=-1, keepdims=True))
-  return e / e.sum(axis=-1, keepdims=True)
-
-
-def one_hot_argmax(x_V: np.ndarray) -> np.ndarray:
-  out = np.zeros(x_V.shape, np.float64)
-  np.put_along_axis(out, np.argmax(x_V, axis=-1)[..., None], 1.0, axis=-1)
-  return out
-
-
-def truncate(probs_V: np.ndarray, top_k: int, top_p: float) -> np.ndarray:
+def truncate(probs_BV: jnp.ndarray, top_k: int, top_p: float) -> jnp.ndarray:
   """Keeps the top_k most likely tokens, then the smallest most-likely set whose mass reaches
-  top_p, and renormalizes (ties at the cut broken by token id)."""
-  probs = np.asarray(probs_V, np.float64)
-  order = np.argsort(-probs, axis=-1, kind="stable")
-  sorted_p = np.take_along_axis(probs, order, axis=-1)
-  keep = np.ones_like(sorted_p, bool)
+  top_p, and renormalizes."""
+  order_BV = jnp.argsort(-probs_BV, axis=-1, stable=True)
+  sorted_BV = jnp.take_along_axis(probs_BV, order_BV, axis=-1)
+  keep_BV = jnp.ones(sorted_BV.shape, bool)
   if top_k:
-    keep[..., top_k:] = False
+    keep_BV &= jnp.arange(sorted_BV.shape[-1]) < top_k
   if top_p < 1:
-    before = np.cumsum(sorted_p, axis=-1) - sorted_p  # mass of the more likely tokens
-    keep &= before < top_p
-  kept = np.zeros_like(probs)
-  np.put_along_axis(kept, order, np.where(keep, sorted_p, 0.0), axis=-1)
-  return kept / kept.sum(axis=-1, keepdims=True)
+    before_BV = jnp.cumsum(sorted_BV, axis=-1) - sorted_BV  # mass of the more likely tokens
+    keep_BV &= before_BV < top_p
+  kept_sorted_BV = jnp.where(keep_BV, sorted_BV, 0.0)
+  kept_BV = jnp.take_along_axis(kept_sorted_BV, jnp.argsort(order_BV, axis=-1), axis=-1)
+  return kept_BV / kept_BV.sum(axis=-1, keepdims=True)
 
 
-def distribution(logits_V: np.ndarray, sampling: Sampling) -> np.ndarray:
-  """The next-token distribution the settings sample from (one-hot argmax when greedy)."""
+def probabilities(logits_BV: jnp.ndarray, sampling: Sampling) -> jnp.ndarray:
+  """The distribution [..., V] (float32) that `sampling` draws from given `logits_BV`."""
+  logits_BV = logits_BV.astype(jnp.float32)
   if sampling.temperature == 0:
-    return one_hot_argmax(np.asarray(logits_V, np.float64))
-  probs = softmax(np.asarray(logits_V, np.float64) / sampling.temperature)
+    return jax.nn.one_hot(argmax(logits_BV), logits_BV.shape[-1], dtype=jnp.float32)
+  probs_BV = jax.nn.softmax(logits_BV / sampling.temperature, axis=-1)
   if sampling.top_k or sampling.top_p < 1:
-    probs = truncate(probs, sampling.top_k, sampling.top_p)
-  return probs
+    probs_BV = truncate(probs_BV, sampling.top_k, sampling.top_p)
+  return probs_BV
 
 
-def sample(probs_V: np.ndarray, rng: np.random.Generator) -> int:
-  """One token from a distribution (inverse CDF on one uniform draw)."""
-  cdf = np.cumsum(probs_V)
-  return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), len(cdf) - 1))
+def draw(keys_B: jnp.ndarray, probs_BV: jnp.ndarray, one_hot: bool = False) -> jnp.ndarray:
+  """One token per row from probs_BV [B, V], row b drawn with keys_B[b]: int32 [B]. With
+  `one_hot` (every row one-hot, as greedy settings give) the argmax, drawing nothing."""
+  if one_hot:
+    return argmax(probs_BV)
+  # Inverse CDF on one uniform per row (a Gumbel draw would cost V random numbers per row).
+  cdf_BV = jnp.cumsum(probs_BV.astype(jnp.float32), axis=-1)
+  u_B1 = jax.vmap(jax.random.uniform)(keys_B)[:, None] * cdf_BV[:, -1:]
+  token_B = jnp.sum(cdf_BV <= u_B1, axis=-1)
+  return jnp.minimum(token_B, probs_BV.shape[-1] - 1).astype(jnp.int32)
+
+
+def sample(keys_B: jnp.ndarray, logits_BV: jnp.ndarray, sampling: Sampling) -> jnp.ndarray:
+  """Next tokens [B] under `sampling` (greedy takes the argmax and draws nothing)."""
+  if sampling.temperature == 0:
+    return argmax(logits_BV)
+  return draw(keys_B, probabilities(logits_BV, sampling))

@@ -22,18 +22,21 @@ entries are rings of window + `rollback(gamma)` slots (`efficiency.serving.cache
 
 import dataclasses
 import functools
-import time
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from efficiency.errors import ConfigError
-from efficiency.serving import device_sampling
-from efficiency.serving.cache import init_cache
-from efficiency.serving.generate import (
+from efficiency.serving import sampling as sampling_lib
+from efficiency.serving.acceptance import accept
+from efficiency.serving.cache import cache_bytes, init_cache
+from efficiency.serving.forward import cached_forward
+from efficiency.serving.request import (
+  check_gamma,
+  check_memory,
   check_request,
+  check_vocabularies,
   eos_arg,
   executable,
   new_tokens,
@@ -41,58 +44,17 @@ from efficiency.serving.generate import (
   row_ids,
   row_keys,
   step_keys,
+  timed,
   trim,
 )
-from efficiency.serving.runner import cached_forward
 from efficiency.serving.sampling import Sampling
-from efficiency.serving.speculation import check_gamma
-from efficiency.serving.unpack import decode_form
+from efficiency.serving.weights import to_decode_form
 
 
 def rollback(gamma: int) -> int:
   """The most positions at or past a call's first position that either model's earlier calls
   wrote (see above): the rollback bound its rings are sized for."""
   return gamma + 1
-
-
-def check_vocabularies(target: nn.Module, draft: nn.Module) -> None:
-  """The two models score the same token ids."""
-  vocabs = [target.config.vocab_size, draft.config.vocab_size]
-  if vocabs[0] != vocabs[1]:
-    raise ConfigError(
-        f"models have different vocabularies (vocab_size {vocabs}); speculative decoding needs "
-        "one shared tokenizer"
-    )
-
-
-def accept(
-    keys_B: jnp.ndarray, drafts_Bg: jnp.ndarray, q_BgV: jnp.ndarray, p_BGV: jnp.ndarray,
-    lengths_B: jnp.ndarray | None = None, one_hot: bool = False,
-) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """Per row: how many leading drafts are kept (a, 0..gamma) and the token after them (from
-  the residual at the first rejection, from p at the bonus position when all are kept). Only
-  the first lengths_B[b] drafts of row b count (all when None). `one_hot`: p and q are one-hot
-  (greedy), so a draft is kept iff p has it, and no uniform is drawn."""
-  b, gamma = drafts_Bg.shape
-  p_draft_Bg = jnp.take_along_axis(p_BGV[:, :gamma], drafts_Bg[..., None], -1)[..., 0]
-  q_draft_Bg = jnp.take_along_axis(q_BgV, drafts_Bg[..., None], -1)[..., 0]
-  if one_hot:
-    u_Bg = jnp.zeros((b, gamma))
-  else:
-    u_Bg = jax.vmap(lambda k: jax.random.uniform(k, (gamma,)))(step_keys(keys_B, gamma))
-  kept_Bg = u_Bg * q_draft_Bg < p_draft_Bg
-  if lengths_B is not None:
-    kept_Bg &= jnp.arange(gamma) < lengths_B[:, None]
-  a_B = jnp.cumprod(kept_Bg.astype(jnp.int32), axis=-1).sum(-1)
-  rows_B = jnp.arange(b)
-  p_BV = p_BGV[rows_B, a_B]
-  q_BV = jnp.concatenate([q_BgV, jnp.zeros_like(q_BgV[:, :1])], axis=1)[rows_B, a_B]
-  if lengths_B is not None:
-    q_BV = jnp.where((a_B < lengths_B)[:, None], q_BV, 0.0)
-  residual_BV = jnp.maximum(p_BV - q_BV, 0.0)
-  total_B1 = residual_BV.sum(-1, keepdims=True)
-  residual_BV = jnp.where(total_B1 > 0, residual_BV / jnp.where(total_B1 > 0, total_B1, 1), p_BV)
-  return a_B, device_sampling.draw(step_keys(keys_B, gamma + 1), residual_BV, one_hot)
 
 
 def _speculate(
@@ -125,15 +87,15 @@ def _speculate(
     start_B = jnp.maximum(n_B - 2, 0)
     pair_B2 = jax.vmap(lambda s, i: jax.lax.dynamic_slice_in_dim(s, i, 2))(seq_BL, start_B)
     logits_B2V, cache = cached_forward(draft, draft_params, pair_B2, cache, start_B)
-    q_BV = device_sampling.probabilities(logits_B2V[batch_rows, n_B - 1 - start_B],
+    q_BV = sampling_lib.probabilities(logits_B2V[batch_rows, n_B - 1 - start_B],
                                          draft_sampling)
-    first_B = device_sampling.draw(step_keys(round_keys_B, 0), q_BV, greedy)
+    first_B = sampling_lib.draw(step_keys(round_keys_B, 0), q_BV, greedy)
 
     def step(carry, i):
       cache, last_B = carry
       logits_B1V, cache = cached_forward(draft, draft_params, last_B[:, None], cache, n_B + i - 1)
-      q_BV = device_sampling.probabilities(logits_B1V[:, 0], draft_sampling)
-      token_B = device_sampling.draw(step_keys(round_keys_B, i), q_BV, greedy)
+      q_BV = sampling_lib.probabilities(logits_B1V[:, 0], draft_sampling)
+      token_B = sampling_lib.draw(step_keys(round_keys_B, i), q_BV, greedy)
       return (cache, token_B), (token_B, q_BV)
 
     (cache, _), (rest_gB, rest_gBV) = jax.lax.scan(step, (cache, first_B), jnp.arange(1, gamma))
@@ -152,7 +114,7 @@ def _speculate(
     logits_BGV, target_cache = cached_forward(
         target, target_params, verify_BG, target_cache, n_B - 1
     )
-    p_BGV = device_sampling.probabilities(logits_BGV, sampling)
+    p_BGV = sampling_lib.probabilities(logits_BGV, sampling)
     a_B, next_B = accept(round_keys_B, drafts_Bg, q_BgV, p_BGV, one_hot=greedy)
     new_BG = jnp.where(window < a_B[:, None], jnp.pad(drafts_Bg, ((0, 0), (0, 1))), next_B[:, None])
     count_B = a_B + 1
@@ -182,14 +144,11 @@ def program(
     target: nn.Module, draft: nn.Module, sampling: Sampling, draft_sampling: Sampling,
     gamma: int, max_new_tokens: int, max_len: int,
 ):
-  """The jitted speculative generation: (target_params, draft_params, tokens_BP, lengths_B,
-  eos_id, seed, rows_B) -> (new tokens [B, max_new_tokens], [rounds, verified, accepted])."""
-  (target, unpack_target), (draft, unpack_draft) = decode_form(target), decode_form(draft)
-  core = functools.partial(
-      _speculate, target, draft, sampling, draft_sampling, gamma, max_new_tokens, max_len
-  )
-  return jax.jit(lambda target_params, draft_params, *args: core(
-      unpack_target(target_params), unpack_draft(draft_params), *args))
+  """The jitted speculative generation of two models in their decode forms: (target_params,
+  draft_params, tokens_BP, lengths_B, eos_id, seed, rows_B) -> (new tokens
+  [B, max_new_tokens], [rounds, verified, accepted])."""
+  return jax.jit(functools.partial(
+      _speculate, target, draft, sampling, draft_sampling, gamma, max_new_tokens, max_len))
 
 
 @dataclasses.dataclass
@@ -232,19 +191,22 @@ def speculate(
     draft_sampling: Sampling | None = None,
 ) -> Speculated:
   """Decodes every prompt in one batch: the target's distribution under `sampling`, with
-  `draft` proposing `gamma` tokens per round (under `draft_sampling`, default `sampling`)."""
+  `draft` proposing `gamma` tokens per round (under `draft_sampling`, default `sampling`).
+  Models not in their decode forms are converted first (`weights.to_decode_form`)."""
   check_request(prompts, max_new_tokens)
   check_gamma(gamma)
-  check_vocabularies(target[0], draft[0])
+  check_vocabularies((target[0], draft[0]), "speculative decoding")
   tokens_BP, lengths_B = pad_prompts(prompts)
   max_len = tokens_BP.shape[1] + max_new_tokens + gamma + 1
+  check_memory(sum(cache_bytes(m.config, len(prompts), max_len, rollback(gamma))
+                   for m in (target[0], draft[0])),
+               len(prompts), 2 * (gamma + 2), target[0].config.vocab_size)
+  target, draft = to_decode_form(*target), to_decode_form(*draft)
   jitted = program(target[0], draft[0], sampling, draft_sampling or sampling, gamma,
                    max_new_tokens, max_len)
   args = jax.device_put((target[1], draft[1], tokens_BP, lengths_B, eos_arg(eos_id),
                          np.int32(seed), row_ids(first_row, len(prompts))))
   compiled, compile_s = executable(jitted, *args)
-  start = time.perf_counter()
-  out_BN, (rounds, verified, accepted) = jax.device_get(compiled(*args))  # one transfer
-  decode_s = time.perf_counter() - start
+  (out_BN, (rounds, verified, accepted)), decode_s = timed(compiled, *args)  # one transfer
   return Speculated([trim(row, eos_id) for row in out_BN], int(rounds), gamma, int(verified),
                     int(accepted), decode_s, compile_s)

@@ -113,7 +113,16 @@ def _cases(tmp, corpus, data_dir, trained) -> list[tuple[list[str], str]]:
       (["-m", "evals.sweep"], "--sweep"),
   ]
   workdir = f"--workdir={trained}"
+  long_text = " ".join(str(i) for i in range(300))  # longer than the test model's context
+  (tmp / "long_prompt.txt").write_text(long_text + "\n")
   cases += [
+      (["-m", "evals.generate", workdir, "--max_new_tokens=8", f"--prompt={long_text}"],
+       "--truncate_prompt"),
+      (["-m", "evals.generate", workdir, f"--draft={trained}", "--max_new_tokens=8",
+        f"--prompt={long_text}"], "--truncate_prompt"),
+      (["-m", "evals.cos", f"--models={trained},{trained}", "--max_new_tokens=8",
+        f"--prompts={tmp / 'long_prompt.txt'}"], "--truncate_prompt"),
+      (["-m", "evals.cos", f"--models={trained},{trained}", "--engine=host"], "engine"),
       (["-m", "evals.generate", "--workdir=/nonexistent/run", "--prompt=x"], "workdir"),
       (["-m", "evals.generate", f"--workdir={tmp}", "--prompt=x"], "config.json"),
       (["-m", "evals.generate", "--prompt=x"], "workdir"),

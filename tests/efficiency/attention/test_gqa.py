@@ -7,10 +7,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from efficiency.attention import dot_product
 from efficiency.attention.dot_product import grouped_attention
 from efficiency.attention.gqa import GroupedQueryAttention
 from efficiency.attention.masks import causal_segment_mask
+from efficiency.backends import cpu
 from efficiency.position.rope import apply_rope
 from tests.helpers import random_packed_batch, tiny_model_config
 
@@ -73,7 +73,7 @@ def test_heads_major_cache_attention_equals_reference(rng, t, keys_slots_last):
       want[bi, :, head] = (probs / probs.sum(-1, keepdims=True)) @ v[bi, kh]
   np.testing.assert_allclose(got, want, atol=ATOL)
   fn = lambda *a: grouped_attention(*a, heads_major=True, keys_slots_last=keys_slots_last)
-  reduced = t * n // kv <= dot_product.REDUCE_QUERIES
+  reduced = t * n // kv <= cpu.REDUCE_QUERIES
   assert ("dot_general" not in _primitives(fn, q, keys, v, mask)) == reduced
 
 

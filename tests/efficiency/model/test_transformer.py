@@ -7,8 +7,8 @@ import ml_collections
 import numpy as np
 import pytest
 
+from efficiency.backends.cpu import contraction_merged, merged_contraction_einsum
 from efficiency.model.flops import flops_per_token, matmul_params
-from efficiency.model.layers import contraction_merged, merged_contraction_einsum
 from efficiency.model.transformer import Transformer
 from tests.helpers import random_packed_batch, tiny_model_config
 

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from efficiency.backends import cpu
 from efficiency.quant import einsum, int8_activations
 from tests.efficiency.quant.int8_reference import int8_product_reference
 
@@ -38,7 +39,7 @@ def test_product_equals_the_plain_reference(rows, groups):
   x_NNH *= np.array([3.0, 0.1, 1.0, 0.01, 0.5])[:rows, None, None]
   if rows > 1:
     x_NNH[1] = 0.0
-  int_einsum = einsum.two_rows_on_cpu(einsum.int32_einsum)  # as Projection runs it
+  int_einsum = cpu.two_rows_on_cpu(einsum.int32_einsum)  # as Projection runs it
   fn = jax.jit(lambda x, c, s: int8_activations.product(
       "tnh,nhd->td", x, c, s, (N_HEADS, HEAD, D), jnp.float32, int_einsum))
   compiled = fn.lower(x_NNH, codes_KM, scale_GM).compile()

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from efficiency.backends import cpu
 from efficiency.model.layers import token_major
 from efficiency.quant import einsum, table
 from tests.efficiency.quant.int8_reference import int8_logits_reference
@@ -88,7 +89,7 @@ def test_int8_activation_logits_equal_the_plain_reference(rows):
       :rows, None]
   if rows > 1:
     x_1ND = x_1ND.at[0, 1].set(0.0)
-  int_einsum = token_major(einsum.two_rows_on_cpu(einsum.int32_einsum))  # as Embed.attend
+  int_einsum = token_major(cpu.two_rows_on_cpu(einsum.int32_einsum))  # as Embed.attend
   fn = jax.jit(lambda x, c, s: table.logits(x, c, s, 8, jnp.float32, int_einsum=int_einsum))
   compiled = fn.lower(x_1ND, codes, scale_V1).compile()
   got = np.asarray(compiled(x_1ND, codes, scale_V1))[0]

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
+from tests.efficiency.serving import reference
+
 ALPHA = 1e-3  # significance of the chi-square goodness-of-fit test
 
 
@@ -29,14 +31,14 @@ def next_logits(model, params, seqs: np.ndarray) -> np.ndarray:
 
 
 def analytic(collab, members, prompt: np.ndarray, k: int, vocab: int) -> np.ndarray:
-  """P(first k new tokens) under collab.target, by enumeration: [vocab**k] (itertools order)."""
+  """P(first k new tokens) under the target r, by enumeration: [vocab**k] (itertools order)."""
   joint = {(): 1.0}
   for _ in range(k):
     prefixes = list(joint)
     seqs = np.array([[*prompt, *p] for p in prefixes], np.int32)
     logits = [next_logits(m, p, seqs) for m, p in members]
     joint = {
-        (*prefix, x): joint[prefix] * collab.target([lg[i] for lg in logits])[x]
+        (*prefix, x): joint[prefix] * reference.target(collab, [lg[i] for lg in logits])[x]
         for i, prefix in enumerate(prefixes)
         for x in range(vocab)
     }

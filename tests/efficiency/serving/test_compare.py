@@ -1,36 +1,21 @@
-"""Decoding methods side by side (the CoS benchmark) on tiny random models."""
+"""Decoding methods side by side (the CoS benchmark, `bench.compare`) on tiny random models."""
 
 import numpy as np
 
-from efficiency.serving.collaborative import Contrastive
-from efficiency.serving.compare import compare, compare_on_device, table
+from efficiency.serving.bench import compare, compare_table
 from efficiency.serving.sampling import Sampling
-from efficiency.serving.speculation import Engine
+from efficiency.serving.targets import Contrastive
 from tests.helpers import tiny_model
 
 
-def test_compare_reports_every_method_and_greedy_identity():
-  members = [tiny_model(0, vocab=11, layers=2), tiny_model(1, vocab=11)]
-  engine = Engine(Contrastive(0.1, Sampling(0.0)), members, max_len=64)
-  prompts = [np.array([1, 2, 3], np.int32), np.array([4, 5, 6, 7, 8], np.int32)]
-  report = compare(engine, prompts, 12, gamma=2, proposer=1, seed=0, eos_id=None)
-  assert report["same_tokens_as_standard"] == {"standard": True, "naive": True, "cos": True}
-  for name in ("standard", "naive", "cos"):
-    assert report[name]["tokens"] == 24  # two prompts, the warm-up pass not counted
-    assert report[name]["tokens_per_s"] > 0
-  assert report["standard"]["acceptance"] is None and report["standard"]["speedup"] == 1.0
-  assert 0 < report["cos"]["acceptance"] <= 1
-  assert report["standard"]["tokens_per_call"] == 24 / 44  # 11 calls per model per prompt
-  assert "speedup" in table(report)
-
-
-def test_compare_on_device_reports_standard_and_cos():
+def test_compare_reports_standard_and_cos():
   members = [tiny_model(0, vocab=11, layers=2), tiny_model(1, vocab=11)]
   prompts = [np.array([1, 2, 3], np.int32), np.array([4, 5, 6, 7, 8], np.int32)]
-  report = compare_on_device(Contrastive(0.1, Sampling(0.0)), members, prompts, 12, gamma=2,
-                             proposer=1, seed=0, eos_id=None)
+  report = compare(Contrastive(0.1, Sampling(0.0)), members, prompts, 12, gamma=2,
+                   proposer=1, seed=0, eos_id=None)
   assert report["same_tokens_as_standard"] == {"standard": True, "cos": True}
   assert report["standard"]["tokens"] == report["cos"]["tokens"] == 24
   assert report["standard"]["tokens_per_call"] == 24 / 44  # 11 steps x 2 models per prompt
+  assert report["standard"]["acceptance"] is None and report["standard"]["speedup"] == 1.0
   assert 0 < report["cos"]["acceptance"] <= 1 and report["cos"]["speedup"] > 0
-  assert "cos" in table(report) and "naive" not in table(report)
+  assert "cos" in compare_table(report) and "naive" not in compare_table(report)

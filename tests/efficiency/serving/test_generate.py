@@ -13,15 +13,18 @@ import pytest
 from scipy import stats
 
 from efficiency.errors import ConfigError
-from efficiency.serving import device_sampling, export
+from efficiency.serving import export
 from efficiency.serving import generate as generate_lib
+from efficiency.serving import sampling as device_sampling
 from efficiency.serving.cache import init_cache
-from efficiency.serving.collaborative import Single
-from efficiency.serving.generate import check_context, generate, run, stream
-from efficiency.serving.runner import cached_forward
-from efficiency.serving.sampling import Sampling, distribution
+from efficiency.serving.forward import cached_forward
+from efficiency.serving.generate import generate, run, stream
+from efficiency.serving.request import check_context, pad_prompts
+from efficiency.serving.sampling import Sampling
+from efficiency.serving.targets import Single
+from efficiency.serving.weights import to_decode_form
 from tests.efficiency.serving.exactness import ALPHA, analytic, chi_square_p
-from tests.efficiency.serving.host_decode import host_generate
+from tests.efficiency.serving.reference import distribution, host_generate
 from tests.efficiency.serving.test_cache import make_model
 from tests.helpers import quant_config, tiny_model, trained_model
 
@@ -152,7 +155,7 @@ def test_one_jitted_loop_and_one_transfer(model_11, monkeypatch):
   """The whole request is one compiled program with a while loop; no implicit transfer, and the
   host reads the device once."""
   model, params = model_11
-  tokens_BP, lengths_B = generate_lib.pad_prompts(PROMPTS)
+  tokens_BP, lengths_B = pad_prompts(PROMPTS)
   jitted = generate_lib.program(model, GREEDY, 12, tokens_BP.shape[1] + 12)
   hlo = jitted.lower(params, tokens_BP, lengths_B, np.int32(-2), np.int32(0),
                      np.arange(3, dtype=np.int32))
@@ -181,9 +184,12 @@ def test_scanned_layers_decode_layer_by_layer(model_11):
   no layer scan (which sliced every kernel out of the stacked params in each step), and each
   layer's kernels and cache enter the loop as their own arrays, none stacked over layers.
   (Its tokens equal the scanned model's host loop: test_greedy_equals_host_decode.)"""
-  model, params = model_11
-  assert model.config.scan_layers and params["layers"]["mlp"]["down"]["kernel"].shape[0] == 2
-  tokens_BP, lengths_B = generate_lib.pad_prompts(PROMPTS)
+  stored, stored_params = model_11
+  assert stored.config.scan_layers
+  assert stored_params["layers"]["mlp"]["down"]["kernel"].shape[0] == 2
+  model, params = to_decode_form(stored, stored_params)  # split once, at load
+  assert not model.config.scan_layers and "layers" not in params
+  tokens_BP, lengths_B = pad_prompts(PROMPTS)
   jitted = generate_lib.program(model, GREEDY, 6, tokens_BP.shape[1] + 6)
   closed = jax.make_jaxpr(jitted)(params, tokens_BP, lengths_B, np.int32(-2), np.int32(0),
                                   np.arange(3, dtype=np.int32))
@@ -193,7 +199,7 @@ def test_scanned_layers_decode_layer_by_layer(model_11):
   body = loop.params["body_jaxpr"].jaxpr
   assert "scan" not in _primitives(body)
   assert generate_lib.program(model, GREEDY, 6, tokens_BP.shape[1] + 6) is jitted  # model intact
-  kernel_shape = params["layers"]["mlp"]["down"]["kernel"].shape[1:]
+  kernel_shape = stored_params["layers"]["mlp"]["down"]["kernel"].shape[1:]
   inputs = [v.aval.shape for v in body.invars]
   assert inputs.count(kernel_shape) == 2  # each layer's down kernel
   assert not any(s[:1] == (2,) and s[1:] == kernel_shape for s in inputs)
@@ -207,16 +213,17 @@ def test_decode_steps_read_kernels_and_caches_as_stored():
   step)."""
   model, params = make_model("gqa", "rope")
   n, h, d = params["layers"]["attn"]["out"]["kernel"].shape[1:]
+  model, params = to_decode_form(model, params)
   k = model.config.num_kv_heads
   assert n != h and k > 1
   prompts = PROMPTS[:2]
-  tokens_BP, lengths_B = generate_lib.pad_prompts(prompts)
+  tokens_BP, lengths_B = pad_prompts(prompts)
   s = tokens_BP.shape[1] + 6
   jitted = generate_lib.program(model, GREEDY, 6, s)
   hlo = jitted.lower(params, tokens_BP, lengths_B, np.int32(-2), np.int32(0),
                      np.arange(2, dtype=np.int32)).compile().as_text()
   made = set(re.findall(r"= f32\[([0-9,]*)\]", hlo))  # every float shape an instruction makes
-  assert "transpose(" in hlo and f"2,{n},{h},{d}" in made  # the stacked kernels come in
+  assert f"2,{n},{h},{d}" not in made  # layers split at load, not in the request
   assert f"{h},{n},{d}" not in made
   assert f"2,{k},{s},{h}" in made and f"2,{k},{h},{s}" in made  # values, keys
   assert f"2,{s},{k},{h}" not in made
@@ -231,7 +238,7 @@ def test_prefill_computes_logits_at_the_last_prompt_tokens_only():
   no [B, P, V] logits are made, and the first tokens equal the host loop's (the greedy tests
   above); `logits_at_BK` equals the full logits at those positions."""
   model, params = make_model("gqa", "rope")
-  tokens_BP, lengths_B = generate_lib.pad_prompts(PROMPTS[:2])
+  tokens_BP, lengths_B = pad_prompts(PROMPTS[:2])
   b, p = tokens_BP.shape
   v = model.config.vocab_size
   s = p + 6

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from efficiency.quant import einsum
+from efficiency.backends import cpu
 from efficiency.serving import export
 from tests.helpers import quant_config, trained_model
 
@@ -31,7 +31,7 @@ def forward(served, tokens_BT: np.ndarray) -> tuple[np.ndarray, str]:
 
 
 def test_one_row_logits_equal_the_plain_one_row_product(served, monkeypatch):
-  monkeypatch.setattr(einsum, "two_rows_on_cpu", lambda e: e)  # the one-row form, as before
+  monkeypatch.setattr(cpu, "two_rows_on_cpu", lambda e: e)  # the one-row form, as before
   plain, hlo = forward(served, np.array([[5]]))
   assert ONE_ROW_INT8_DOT.search(hlo)  # what the change removes
   monkeypatch.undo()

@@ -23,7 +23,7 @@ from efficiency.serving.sampling import Sampling
 from efficiency.serving.speculative import speculate
 from efficiency.workdir.restore import TrainedModel
 from tests.efficiency.quant.int8_reference import int8_logits_reference
-from tests.efficiency.serving.host_decode import host_generate
+from tests.efficiency.serving.reference import host_generate
 from tests.helpers import quant_batch, quant_config, tiny_model_config, trained_model
 
 GREEDY = Sampling(temperature=0.0)
@@ -115,7 +115,7 @@ def test_logits_equal_the_model_holding_the_dequantized_table(bits, embedding, g
 
 @pytest.mark.parametrize(CASE_NAMES, CASES)
 def test_on_device_greedy_decode_equals_host_loop(bits, embedding, group_size, activations):
-  """The on-device loop (an int4 table unpacked once per request: to float, or to int8 codes
+  """The on-device loop (an int4 table unpacked once, at load: to float, or to int8 codes
   on int8 activations) against the host loop, which runs the served model's quantized lookup
   and logits at every step."""
   quantized = served(bits, embedding, group_size, activations)

@@ -4,7 +4,7 @@ embedding table, whose bytes differ by the table's bf16 bytes less its codes and
 import numpy as np
 import pytest
 
-from efficiency.serving.quant_report import quant_report
+from efficiency.serving.bench import quant_report
 from tests.helpers import packed_batch, quant_config, trained_model
 
 V, D = 97, 64

@@ -11,16 +11,14 @@ import pytest
 from efficiency.attention import get_attention
 from efficiency.attention.nsa import num_compressed_blocks
 from efficiency.serving import export
+from efficiency.serving.bench import decode_speed
 from efficiency.serving.cache import cache_bytes, init_cache
 from efficiency.serving.collaborate import collaborate
-from efficiency.serving.collaborative import WeightedEnsemble
 from efficiency.serving.generate import generate, kv_cache_bytes
-from efficiency.serving.runner import Runner
 from efficiency.serving.sampling import Sampling
-from efficiency.serving.speculation import Engine
 from efficiency.serving.speculative import rollback, speculate
-from efficiency.serving.timing import decode_speed
-from tests.efficiency.serving.host_decode import host_generate
+from efficiency.serving.targets import WeightedEnsemble
+from tests.efficiency.serving.reference import Engine, Runner, host_generate
 from tests.efficiency.serving.test_cache import full_logits, make_model
 from tests.helpers import quant_config, trained_model
 

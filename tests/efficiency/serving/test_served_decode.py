@@ -10,9 +10,10 @@ import pytest
 
 from efficiency.serving import export
 from efficiency.serving import generate as generate_lib
-from efficiency.serving.runner import Runner
+from efficiency.serving.request import pad_prompts
 from efficiency.serving.sampling import Sampling
-from tests.efficiency.serving.host_decode import host_generate
+from efficiency.serving.weights import to_decode_form
+from tests.efficiency.serving.reference import Runner, host_generate
 from tests.helpers import quant_config, trained_model
 
 ATOL = 1e-4  # float32 logits; cached and full passes reduce in different orders
@@ -54,15 +55,16 @@ def _int4_model(form: str):
 
 
 @pytest.mark.parametrize("form", ["s4", "float", "int8"])
-def test_int4_unpacks_once_per_request_not_per_token(form):
-  """The decode loop of a packed int4 model holds no uint8 value: its kernels enter the while
-  loop as jnp.int4 values, dequantized inside each step (`s4`), as float kernels (`float`) or
-  as int8 codes (`int8`, on int8 activations), and its int4 embedding table as a float one
-  (int8 codes under `int8`), all made once per request before the loop."""
+def test_int4_unpacks_once_at_load_not_per_request(form):
+  """The request of a packed int4 model holds no uint8 value: its kernels enter it as jnp.int4
+  values, dequantized inside each step (`s4`), as float kernels (`float`) or as int8 codes
+  (`int8`, on int8 activations), and its int4 embedding table as a float one (int8 codes under
+  `int8`), all made once when the served model is loaded (`weights.to_decode_form`)."""
   served = _int4_model(form)
-  tokens_BP, lengths_B = generate_lib.pad_prompts([np.array([3, 5, 7], np.int32)])
-  jitted = generate_lib.program(served.model, Sampling(0.0), 6, tokens_BP.shape[1] + 6)
-  closed = jax.make_jaxpr(jitted)(served.params, tokens_BP, lengths_B, np.int32(-2),
+  model, params = to_decode_form(served.model, served.params)
+  tokens_BP, lengths_B = pad_prompts([np.array([3, 5, 7], np.int32)])
+  jitted = generate_lib.program(model, Sampling(0.0), 6, tokens_BP.shape[1] + 6)
+  closed = jax.make_jaxpr(jitted)(params, tokens_BP, lengths_B, np.int32(-2),
                                   np.int32(0), np.arange(1, dtype=np.int32))
   calls = [e for e in closed.jaxpr.eqns if "jaxpr" in e.params]  # the jit call, if kept
   program = calls[0].params["jaxpr"].jaxpr if calls else closed.jaxpr
@@ -74,7 +76,7 @@ def test_int4_unpacks_once_per_request_not_per_token(form):
   assert int4_inputs >= 4 if form == "s4" else int4_inputs == 0  # the layers' kernels
   int8_inputs = sum(v.aval.dtype == jnp.int8 for v in body.invars)
   assert int8_inputs >= 5 if form == "int8" else int8_inputs == 0  # kernels and table
-  assert any(v.aval.dtype == np.uint8 for v in program.invars)  # the packed kernels come in
+  assert not any(v.aval.dtype == np.uint8 for v in program.invars)  # unpacked at load
 
 
 def test_int4_forms_decode_the_same_tokens_as_the_host_loop():

@@ -7,12 +7,12 @@ import pytest
 from scipy import stats
 
 from efficiency.errors import ConfigError
-from efficiency.serving.collaborative import Contrastive, Single, WeightedEnsemble
 from efficiency.serving.generate import generate
 from efficiency.serving.loading import check_same_tokenizer
 from efficiency.serving.sampling import Sampling
-from efficiency.serving.speculation import Engine, accept_or_resample, residual
+from efficiency.serving.targets import Contrastive, Single, WeightedEnsemble
 from tests.efficiency.serving import exactness
+from tests.efficiency.serving.reference import Engine, accept_or_resample, residual
 from tests.helpers import tiny_model
 
 VOCAB = 4
@@ -78,12 +78,12 @@ def cd_case():
 # gamma 1 reaches every path (draft, rejection, bonus or carried proposal) within K = 2 tokens.
 CASES = {
     "we-naive": (lambda: we_case(2), "naive", 1, 0),
-    "we-alternate": (lambda: we_case(2), "alternate", 1, 0),
-    "we3-alternate": (lambda: we_case(3), "alternate", 1, 0),
+    "we-cos": (lambda: we_case(2), "cos", 1, 0),
+    "we3-cos": (lambda: we_case(3), "cos", 1, 0),
     "cd-naive": (cd_case, "naive", 2, 1),
-    "cd-alternate": (cd_case, "alternate", 1, 1),
+    "cd-cos": (cd_case, "cos", 1, 1),
 }
-SLOW_CASES = ("we-naive", "we3-alternate", "cd-alternate")
+SLOW_CASES = ("we-naive", "we3-cos", "cd-cos")
 
 
 @pytest.mark.parametrize(
@@ -122,7 +122,7 @@ def test_greedy_cos_is_token_identical_to_standard(collab_name):
   rng = np.random.default_rng(0)
   baseline, base_stats = engine.decode(PROMPT, 24, rng, "standard")
   assert len(baseline) == 24 and base_stats.calls == [23, 23]  # the first token is the prefill's
-  for method, gamma in [("naive", 3), ("alternate", 1), ("alternate", 4)]:
+  for method, gamma in [("naive", 3), ("cos", 1), ("cos", 4)]:
     tokens, st = engine.decode(PROMPT, 24, rng, method, gamma, proposer=1)
     np.testing.assert_array_equal(tokens, baseline, err_msg=f"{method} gamma={gamma}")
     assert st.verified > 0

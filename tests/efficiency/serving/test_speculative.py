@@ -9,10 +9,10 @@ import pytest
 
 from efficiency.errors import ConfigError
 from efficiency.serving import export
-from efficiency.serving.collaborative import Single
 from efficiency.serving.generate import generate
 from efficiency.serving.sampling import Sampling
 from efficiency.serving.speculative import speculate
+from efficiency.serving.targets import Single
 from tests.efficiency.serving.exactness import ALPHA, analytic, chi_square_p
 from tests.helpers import quant_config, tiny_model, trained_model
 

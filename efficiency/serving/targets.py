@@ -1,5 +1,6 @@
-"""Collaborative decoding targets: the distribution r that several models' logits define, and
-each model's own proposal distribution q (what it drafts from when it proposes).
+"""Decoding targets: the distribution r that one or several models' logits define, and each
+model's own proposal distribution q (what it drafts from when it proposes), on device (JAX,
+float32). The float64 numpy reference is `tests/efficiency/serving/reference.py`.
 
 - `Single`: one model under the sampling settings (plain and speculative decoding).
 - `WeightedEnsemble`: r = sampling(sum_k lambda_k softmax(l_k / tau_k)); each model's
@@ -12,15 +13,12 @@ each model's own proposal distribution q (what it drafts from when it proposes).
 import dataclasses
 from collections.abc import Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from efficiency.errors import ConfigError
-from efficiency.serving.sampling import Sampling, distribution, softmax
-
-
-def _log(probs: np.ndarray) -> np.ndarray:
-  with np.errstate(divide="ignore"):
-    return np.log(probs)
+from efficiency.serving.sampling import Sampling, probabilities
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,13 +27,6 @@ class Single:
 
   sampling: Sampling
   num_models: int = 1
-
-  def target(self, logits: Sequence[np.ndarray]) -> np.ndarray:
-    return distribution(logits[0], self.sampling)
-
-  def proposal(self, k: int, logits_V: np.ndarray) -> np.ndarray:
-    del k
-    return distribution(logits_V, self.sampling)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,18 +53,6 @@ class WeightedEnsemble:
   def num_models(self) -> int:
     return len(self.weights)
 
-  def _probs(self, k: int, logits_V: np.ndarray) -> np.ndarray:
-    tau = self.temperatures[k] if self.temperatures else 1.0
-    return softmax(np.asarray(logits_V, np.float64) / tau)
-
-  def target(self, logits: Sequence[np.ndarray]) -> np.ndarray:
-    pairs = enumerate(zip(self.weights, logits, strict=True))
-    mixture = sum(w * self._probs(k, logits_V) for k, (w, logits_V) in pairs)
-    return distribution(_log(mixture), self.sampling)
-
-  def proposal(self, k: int, logits_V: np.ndarray) -> np.ndarray:
-    return distribution(_log(self._probs(k, logits_V)), self.sampling)
-
 
 @dataclasses.dataclass(frozen=True)
 class Contrastive:
@@ -87,25 +66,45 @@ class Contrastive:
     if self.mu < 0:
       raise ConfigError(f"mu={self.mu} must be >= 0")
 
-  def target(self, logits: Sequence[np.ndarray]) -> np.ndarray:
-    expert, amateur = (np.asarray(x, np.float64) for x in logits)
-    return distribution(expert - self.mu * amateur, self.sampling)
 
-  def proposal(self, k: int, logits_V: np.ndarray) -> np.ndarray:
-    del k
-    return distribution(logits_V, self.sampling)
+Collaboration = Single | WeightedEnsemble | Contrastive
 
 
 def collaboration(
     method: str, n: int, weights: list[str] | None, mu: float, sampling: Sampling
-) -> tuple[WeightedEnsemble | Contrastive, int]:
+) -> Collaboration:
   """The target of `n` models by `method` (`we`: weighted ensemble, uniform unless `weights`;
-  `cd`: contrastive with strength `mu`) and the naive proposer's index."""
+  `cd`: contrastive with strength `mu`)."""
   if method == "we":
     w = tuple(float(x) for x in weights) if weights else (1.0 / n,) * n
     if len(w) != n:
       raise ConfigError(f"weights={list(w)} needs one weight per model ({n} models)")
-    return WeightedEnsemble(w, sampling), 0
+    return WeightedEnsemble(w, sampling)
   if n != 2:
     raise ConfigError(f"method=cd takes 2 models (expert, amateur); got {n}")
-  return Contrastive(mu, sampling), 1
+  return Contrastive(mu, sampling)
+
+
+def member_probs(collab: WeightedEnsemble, k: int, logits_BV: jnp.ndarray) -> jnp.ndarray:
+  """Model k's softmax at its own temperature (a weighted ensemble's mixture term)."""
+  tau = collab.temperatures[k] if collab.temperatures else 1.0
+  return jax.nn.softmax(logits_BV.astype(jnp.float32) / tau, axis=-1)
+
+
+def target_probs(collab: Collaboration, logits: Sequence[jnp.ndarray]) -> jnp.ndarray:
+  """r [..., V] from each model's logits (in the collaboration's order)."""
+  if isinstance(collab, WeightedEnsemble):
+    mixture = sum(w * member_probs(collab, k, x) for k, (w, x) in
+                  enumerate(zip(collab.weights, logits, strict=True)))
+    return probabilities(jnp.log(mixture), collab.sampling)
+  if isinstance(collab, Contrastive):
+    expert, amateur = (x.astype(jnp.float32) for x in logits)
+    return probabilities(expert - collab.mu * amateur, collab.sampling)
+  return probabilities(logits[0], collab.sampling)
+
+
+def proposal_probs(collab: Collaboration, k: int, logits_BV: jnp.ndarray) -> jnp.ndarray:
+  """What model k drafts from when it proposes."""
+  if isinstance(collab, WeightedEnsemble):
+    return probabilities(jnp.log(member_probs(collab, k, logits_BV)), collab.sampling)
+  return probabilities(logits_BV, collab.sampling)

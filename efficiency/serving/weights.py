@@ -1,15 +1,16 @@
-"""The form a model decodes in.
+"""The form a model decodes in, made once when the served model is loaded (`to_decode_form`):
+requests only read it, so no compiled request holds a second copy of the weights.
 
 Layers: a model whose layers are one `nn.scan` (`scan_layers`, the training layout) decodes
-layer by layer: its stacked params split once per request, inside the jitted program, into
-`layers_0`..`layers_{L-1}`, and its cache is one buffer per layer. Inside the scan every decode
+layer by layer: its stacked params split once, into `layers_0`..`layers_{L-1}`, and its cache
+is one buffer per layer. Inside the scan every decode
 step sliced each layer's kernels out of the stacked arrays (a copy per kernel per call on CPU,
 the largest single cost of a decode step) and wrote the stacked cache through the scan's
 outputs; unrolled, the slices are gone and each layer's cache updates in place (BENCHMARKS.md,
 "Decode steps that read weights and caches as stored"). The math is the same.
 
 Weights: a packed int4 model (two values per uint8) takes one of two forms
-once per request, inside the jitted program and before the decode loop (`quant.int4_decode`):
+once, before any request (`quant.int4_decode`):
 - `s4`: its kernels become XLA's 4-bit integer type, `jnp.int4`, and every step dequantizes
   them (`codes.astype(dtype) * scale`) into its matmuls, so the loop reads 4-bit weights: the
   form for devices where decoding is bound by weight bandwidth (GPU, TPU).
@@ -17,11 +18,11 @@ once per request, inside the jitted program and before the decode loop (`quant.i
   whose per-step work is bf16's: the form for CPU, where decode steps of these sizes are not
   bandwidth-bound and the per-step dequantization costs more than it saves.
 `auto` (the default) is `float` on CPU and `s4` elsewhere. A packed int4 embedding table
-(`quant.embedding=int4`) unpacks once per request into a float table; an int8 table stays int8
+(`quant.embedding=int4`) unpacks once into a float table; an int8 table stays int8
 in the loop (its lookup gathers int8 rows, its logits are (x @ codes^T) * scale).
 
 A packed int4 model served on int8 activations (`quant.int4_activations=int8`, W4A8) takes a
-third form whatever `quant.int4_decode` says: its kernels unpack once per request into int8
+third form whatever `quant.int4_decode` says: its kernels unpack once into int8
 values of their codes (`kernel_s8`), which every step multiplies with int8 activations in int32
 (efficiency.quant.int8_activations), as a model served int8 does; an int4 table with one scale
 per row becomes the same int8 table, its logits on int8 activations too. The loop then reads 1
@@ -40,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from efficiency.backends.cpu import int4_decode_form
 from efficiency.model.layers import Projection
 from efficiency.quant import table
 from efficiency.quant.einsum import on_int8_activations
@@ -53,7 +55,7 @@ def int4_form(quant: ml_collections.ConfigDict, backend: str | None = None) -> s
   form = quant.get("int4_decode", "auto")
   if form != "auto":
     return form
-  return "float" if (backend or jax.default_backend()) == "cpu" else "s4"
+  return int4_decode_form(backend or jax.default_backend())
 
 
 @functools.cache
@@ -174,3 +176,24 @@ def decode_form(model: nn.Module) -> tuple[nn.Module, Callable[[dict], dict]]:
     embedding = ("int8" if table_to_int8 else "none") if int4_table else None
     model = _unpacked_model(model, to_float, embedding)
   return (_layer_by_layer(model) if scanned else model), unpack
+
+
+def _has_packed_kernels(params: dict) -> bool:
+  return any(key == "kernel_int4" or (isinstance(value, dict) and _has_packed_kernels(value))
+             for key, value in params.items())
+
+
+def to_decode_form(model: nn.Module, params: dict) -> tuple[nn.Module, dict]:
+  """The model and params the decode loop runs (`decode_form`), converted once here, outside
+  any request; a model already in its decode form comes back as it is."""
+  decoded, unpack = _converter(model)
+  if decoded == model and not _has_packed_kernels(params):
+    return model, params
+  return decoded, unpack(params)
+
+
+@functools.cache
+def _converter(model: nn.Module) -> tuple[nn.Module, Callable[[dict], dict]]:
+  """`decode_form` with its params conversion jitted, once per model."""
+  decoded, unpack = decode_form(model)
+  return decoded, jax.jit(unpack)

@@ -1,0 +1,1 @@
+"""Backend-specific workarounds, each behind one switch (`cpu`: XLA:CPU)."""
