@@ -17,7 +17,14 @@ from efficiency.train.loss import chunked_loss_sum
 from efficiency.train.plan import BATCH_DTYPES
 from efficiency.train.setup import Training
 from efficiency.train.step import summed_loss
-from tests.helpers import init_params, packed_batch, run_peft, tiny_config, tiny_peft_config
+from tests.helpers import (
+  init_params,
+  packed_batch,
+  run_module,
+  run_peft,
+  tiny_config,
+  tiny_peft_config,
+)
 
 CHUNK = 5  # divides neither the 13 positions nor the 97-token vocabulary
 
@@ -141,3 +148,14 @@ def test_peft_steps_equal_plain():
   np.testing.assert_allclose(runs[6][0], runs[0][0], rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                runs[6][1], runs[0][1])
+
+
+@pytest.mark.slow  # two subprocesses, one of 8 devices
+def test_sharded_chunked_loss_equals_single_device_plain():
+  """Over data x fsdp x tensor (the vocabulary split over tensor) with 6-position chunks of
+  16-token rows: the losses of one device's plain loss."""
+  run = lambda devices, *args: run_module("tests.efficiency.train.sharded_steps",
+                                          *map(str, args), devices=devices)
+  single = run(1, 1, 1, 1, "--attention_impl=xla")
+  sharded = run(8, 2, 2, 2, "--attention_impl=xla", "--loss_chunk=6")
+  np.testing.assert_allclose(sharded["losses"], single["losses"], rtol=1e-4)
