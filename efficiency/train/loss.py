@@ -8,7 +8,8 @@ loss with respect to the hidden states and the head's params, chunk by chunk (th
 the one-hot target, pulled back through the head); its backward pass only scales them by the
 incoming cotangent. So the projection runs once forward and its two gradient products once, as
 in the plain path, and nothing [B, T, V] is kept for the backward pass. Evaluation runs the same
-scan without gradients. A C that does not divide T pads the last chunk with weight-0 positions.
+scan without gradients. A C that does not divide T pads the last chunk with weight-0 positions;
+a C over T is T.
 """
 
 from collections.abc import Callable
@@ -42,8 +43,10 @@ def model_token_scores(params, model: nn.Module, x_BTD, targets_BT, rng):
 
 
 def _chunks(chunk: int, *arrays_BT):
-  """Each [B, T, ...] array as [n, B, C, ...] chunks along T, zero-padded to n * C positions."""
+  """Each [B, T, ...] array as [n, B, C, ...] chunks along T (C = min(chunk, T)), zero-padded to
+  n * C positions."""
   t = arrays_BT[0].shape[1]
+  chunk = min(chunk, t)
   n = -(-t // chunk)
   out = []
   for a in arrays_BT:
