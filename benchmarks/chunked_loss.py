@@ -92,7 +92,7 @@ def compiled_row(config, devices, chunk: int) -> dict:
       "argument_bytes": memory.argument_size_in_bytes,
       "output_bytes": memory.output_size_in_bytes,
       "alias_bytes": memory.alias_size_in_bytes,
-      "flops": float(cost.get("flops", 0.0)),
+      "flops": float(cost.get("flops", 0.0)) if cost else None,  # None: no cost analysis
       "compile_s": round(seconds, 1),
   }
 
