@@ -135,7 +135,6 @@ def test_step_memory_without_full_logits():
   assert saved > 0.75 * logits_bytes, saved
 
 
-@pytest.mark.slow
 def test_peft_steps_equal_plain():
   """LoRA training (adapters combined into the params the head applies) gives the same losses
   and trained params with and without chunks."""
