@@ -87,6 +87,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # parameters and math; more compiles longer and saves the loop's stacked-residual copies.
   c.model.scan_unroll = 1
   c.model.remat = "none"  # none | full | dots
+  # The loss over chunks of this many positions per row, never holding the float32 logits
+  # [B, T, V] (efficiency.train.loss); 0: the plain loss over full logits.
+  c.model.loss_chunk = 0
   c.model.param_dtype = "float32"
   c.model.dtype = "float32"  # compute dtype
 

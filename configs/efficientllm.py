@@ -55,6 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       norm_eps=1e-6,
       init_std=0.008,
       remat="full",
+      loss_chunk=256,  # no [B, T, V] float32 logits (BENCHMARKS.md, "The chunked loss")
       param_dtype="float32",
       dtype="bfloat16",
   )

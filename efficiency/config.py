@@ -53,6 +53,7 @@ RANGES = (
     ("model.init_std", 0, None, "low open"),
     ("model.rope.base", 1, None, "low open"),
     ("model.scan_unroll", 1, None, "int"),
+    ("model.loss_chunk", 0, None, "int"),
     ("optimizer.lr", 0, None, "low open"),
     ("optimizer.min_lr_ratio", 0, 1, ""),
     ("optimizer.warmup_steps", 0, None, "int"),
@@ -203,6 +204,11 @@ def _check_distill(config: ml_collections.ConfigDict) -> None:
   distill = distill_config(config)
   if distill is None:
     return
+  if config.model.get("loss_chunk", 0):
+    raise ConfigError(
+        f"model.loss_chunk={config.model.loss_chunk} does not combine with distill.teacher "
+        "(the KL term needs the full logits); set model.loss_chunk=0"
+    )
   teacher = load_config(distill.teacher, "distill.teacher", "give a finished train.py workdir")
   _fraction("distill.weight", distill.weight)
   if not distill.temperature > 0:

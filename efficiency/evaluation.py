@@ -16,16 +16,26 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from efficiency.train.step import Batch, forward
+from efficiency.train.loss import model_token_scores
+from efficiency.train.step import Batch, forward, loss_chunk
 
 Sums = dict[str, jax.Array]
 
 
 def token_losses(params, batch: Batch, model: nn.Module) -> tuple[jax.Array, ...]:
-  """Logits [B, T, V], each target's cross-entropy (nats) and its weight [B, T]."""
-  logits_BTV, _ = forward(params, batch, model, jax.random.PRNGKey(0))
+  """Each target's cross-entropy (nats), whether the argmax prediction hits it (0/1) and its
+  weight [B, T]; chunk by chunk (efficiency.train.loss) with `model.loss_chunk`."""
+  rng = jax.random.PRNGKey(0)
+  weights_BT = batch["weights"].astype(jnp.float32)
+  if loss_chunk(model):
+    x_BTD, _ = forward(params, batch, model, rng, hidden=True)
+    losses_BT, correct_BT = model_token_scores(params, model, x_BTD, batch["targets"],
+                                               jax.random.split(rng)[1])
+    return losses_BT, correct_BT, weights_BT
+  logits_BTV, _ = forward(params, batch, model, rng)
   losses_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, batch["targets"])
-  return logits_BTV, losses_BT, batch["weights"].astype(jnp.float32)
+  correct_BT = (jnp.argmax(logits_BTV, axis=-1) == batch["targets"]).astype(jnp.float32)
+  return losses_BT, correct_BT, weights_BT
 
 
 def batch_sums(
@@ -33,8 +43,7 @@ def batch_sums(
 ) -> Sums:
   """Summed target losses, correct argmax predictions, real targets and (given each token's
   UTF-8 byte count) target bytes of one batch."""
-  logits_BTV, losses_BT, weights_BT = token_losses(params, batch, model)
-  correct_BT = (jnp.argmax(logits_BTV, axis=-1) == batch["targets"]).astype(jnp.float32)
+  losses_BT, correct_BT, weights_BT = token_losses(params, batch, model)
   sums = {
       "loss_sum": jnp.sum(losses_BT * weights_BT),
       "weight_sum": jnp.sum(weights_BT),
@@ -116,5 +125,5 @@ class Evaluator:
 
 def row_losses(params, batch: Batch, model: nn.Module) -> jax.Array:
   """[B]: each row's mean loss over its real targets (0 for a row without any)."""
-  _, losses_BT, weights_BT = token_losses(params, batch, model)
+  losses_BT, _, weights_BT = token_losses(params, batch, model)
   return jnp.sum(losses_BT * weights_BT, -1) / jnp.maximum(jnp.sum(weights_BT, -1), 1)

@@ -90,9 +90,12 @@ class Transformer(nn.Module):
       positions_BT: jnp.ndarray,
       cache: dict | None = None,
       logits_at_BK: jnp.ndarray | None = None,
+      hidden: bool = False,
   ) -> jnp.ndarray | tuple[jnp.ndarray, dict]:
     """Logits [B, T, V] (with a `cache`, also the updated cache). `logits_at_BK` picks the K
-    positions of each row whose logits are computed ([B, K, V]): a prefill needs only its last."""
+    positions of each row whose logits are computed ([B, K, V]): a prefill needs only its last.
+    `hidden` (training, no cache) returns the final-normed hidden states [B, T, D] instead, for
+    a loss that applies `LogitsHead` itself (efficiency.train.loss)."""
     cfg = self.config
     dtypes = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
     embed = Embed(
@@ -135,19 +138,53 @@ class Transformer(nn.Module):
     if logits_at_BK is not None:
       x_BTD = jnp.take_along_axis(x_BTD, logits_at_BK[:, :, None], axis=1)
     x_BTD = RMSNorm(cfg.norm_eps, name="final_norm", **dtypes)(x_BTD)
-    if cfg.tie_embeddings:
-      logits_BTV = embed.attend(x_BTD)
-    else:
-      logits_BTV = Projection(
-          "btd,dv->btv", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
-          init_std=cfg.init_std, name="unembed", quant=self.quant, logits=True,
-          **dtypes,
-      )(x_BTD)
-    logits_BTV = nn.with_logical_constraint(
-        logits_BTV, ("activation_batch", "activation_length", "vocab")
-    )
-    logits_BTV = logits_BTV.astype(jnp.float32)
+    if hidden:
+      return x_BTD
+    logits_BTV = logits_of(cfg, self.quant, x_BTD, embed if cfg.tie_embeddings else None)
     return logits_BTV if cache is None else (logits_BTV, cache)
+
+
+def logits_of(
+    cfg: ml_collections.FrozenConfigDict, quant, x_BTD: jnp.ndarray, embed: Embed | None
+) -> jnp.ndarray:
+  """float32 logits [B, T, V] of final-normed hidden states: `embed.attend` (tied) or the
+  `unembed` projection (untied, built here). Call inside a compact method."""
+  dtypes = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+  if embed is not None:
+    logits_BTV = embed.attend(x_BTD)
+  else:
+    logits_BTV = Projection(
+        "btd,dv->btv", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
+        init_std=cfg.init_std, name="unembed", quant=quant, logits=True, **dtypes,
+    )(x_BTD)
+  logits_BTV = nn.with_logical_constraint(
+      logits_BTV, ("activation_batch", "activation_length", "vocab")
+  )
+  return logits_BTV.astype(jnp.float32)
+
+
+class LogitsHead(nn.Module):
+  """The model's logits projection alone: applied to the params subtree `head_params` picks
+  (its `embed` or `unembed`), it gives the logits `Transformer` would of the same hidden states
+  (same module paths, so the same quantization and PEFT adapters)."""
+
+  config: ml_collections.FrozenConfigDict
+  quant: ml_collections.FrozenConfigDict | None = None
+
+  @nn.compact
+  def __call__(self, x_BTD: jnp.ndarray) -> jnp.ndarray:
+    cfg = self.config
+    embed = None
+    if cfg.tie_embeddings:
+      embed = Embed(cfg.vocab_size, cfg.d_model, cfg.init_std, name="embed", quant=self.quant,
+                    dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+    return logits_of(cfg, self.quant, x_BTD, embed)
+
+
+def head_params(params: dict, config: ml_collections.FrozenConfigDict) -> dict:
+  """The part of a Transformer's params `LogitsHead` applies."""
+  name = "embed" if config.tie_embeddings else "unembed"
+  return {name: params[name]}
 
 
 def make_model(config: ml_collections.ConfigDict) -> Transformer:

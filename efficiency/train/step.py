@@ -9,22 +9,32 @@ import jax.numpy as jnp
 import optax
 
 from efficiency.train.distill import Distillation, kl_sum
+from efficiency.train.loss import model_loss_sum
 from efficiency.train.state import TrainState
 
 Batch = dict[str, jax.Array]
 
 
-def forward(params, batch: Batch, model: nn.Module, rng: jax.Array) -> tuple[jax.Array, dict]:
-  """Logits [B, T, V] of a batch and the collections the model sows (`moe`), with the RNG
-  streams a forward pass may use drawn from `rng`."""
+def forward(
+    params, batch: Batch, model: nn.Module, rng: jax.Array, hidden: bool = False
+) -> tuple[jax.Array, dict]:
+  """Logits [B, T, V] of a batch (with `hidden`, the final hidden states [B, T, D] instead) and
+  the collections the model sows (`moe`), with the RNG streams a forward pass may use drawn
+  from `rng`."""
   return model.apply(
       {"params": params},
       batch["inputs"],
       batch["segment_ids"],
       batch["positions"],
+      hidden=hidden,
       rngs=_rngs(rng),
       mutable=["moe"],
   )
+
+
+def loss_chunk(model: nn.Module) -> int:
+  """Positions per row of each chunk of the chunked loss (`model.loss_chunk`); 0: plain."""
+  return model.config.get("loss_chunk", 0)
 
 
 def summed_loss(
@@ -36,11 +46,18 @@ def summed_loss(
   `efficiency.train.distill`) and, for MoE models, `moe_aux_loss_sum` (the load-balancing loss
   averaged over layers, times weight_sum) and `moe_dropped` (routing choices dropped over
   capacity, all layers). The objective is loss_sum, or with `distill` (1 - weight) * loss_sum +
-  weight * distill_kl_sum; it adds aux_loss_weight * moe_aux_loss_sum."""
-  logits_BTV, aux = forward(params, batch, model, rng)
-  losses_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, batch["targets"])
+  weight * distill_kl_sum; it adds aux_loss_weight * moe_aux_loss_sum. With `model.loss_chunk`,
+  loss_sum comes from `efficiency.train.loss` (no [B, T, V] logits)."""
   weights_BT = batch["weights"].astype(jnp.float32)
-  stats = {"loss_sum": jnp.sum(losses_BT * weights_BT), "weight_sum": jnp.sum(weights_BT)}
+  if loss_chunk(model):  # config refuses distill with it
+    x_BTD, aux = forward(params, batch, model, rng, hidden=True)
+    loss_sum = model_loss_sum(params, model, x_BTD, batch["targets"], weights_BT,
+                              _rngs(rng)["quant"])
+  else:
+    logits_BTV, aux = forward(params, batch, model, rng)
+    losses_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, batch["targets"])
+    loss_sum = jnp.sum(losses_BT * weights_BT)
+  stats = {"loss_sum": loss_sum, "weight_sum": jnp.sum(weights_BT)}
   objective = stats["loss_sum"]
   if distill is not None:
     teacher_BTV, _ = forward(teacher_params, batch, distill.model, jax.random.fold_in(rng, 1))

@@ -41,6 +41,7 @@ def _cases(tmp, corpus, data_dir, trained) -> list[tuple[list[str], str]]:
       ("model.rope.base=0", "model.rope.base"), ("model.scan_unroll=0", "model.scan_unroll"),
       ("model.rope.scaling.type=ntk", "model.rope.scaling.type"),
       ("model.rope.scaling.type=llama3", "model.rope.scaling.original_max_position"),
+      ("model.loss_chunk=-8", "model.loss_chunk"),
       ("quant.mode=int2", "quant.mode"), ("quant.group_size=-1", "quant.group_size"),
       ("quant.embedding=int2", "quant.embedding"),
       ("data.tokenizer=wordpiece", "data.tokenizer"), ("data.filters=length,bogus", "data.filters"),
@@ -73,6 +74,8 @@ def _cases(tmp, corpus, data_dir, trained) -> list[tuple[list[str], str]]:
       f"--config.data.data_dir={tmp / 'data'}",
   )
   cases += [
+      (train("--config.model.loss_chunk=8", f"--config.distill.teacher={tmp / 'w'}"),
+       "model.loss_chunk"),
       (text_corpus("empty", "sentencepiece"), "data.text_glob"),
       (text_corpus("binary", "sentencepiece"), "data.text_glob"),
       (text_corpus("binary", "bytes"), "data.name"),

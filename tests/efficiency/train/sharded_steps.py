@@ -2,7 +2,7 @@
 
 Run in a subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=N set beforehand:
   python -m tests.efficiency.train.sharded_steps DATA FSDP TENSOR [EXPERT NUM_EXPERTS] \\
-      [--quant=MODE] [--attention_impl=IMPL] [--block=N]
+      [--quant=MODE] [--attention_impl=IMPL] [--block=N] [--loss_chunk=N]
 
 `--block` sets the chunked attention's block size (so 16-token rows span several blocks).
 """
@@ -25,7 +25,7 @@ STEPS = 4
 
 def main(
     data: int, fsdp: int, tensor: int, expert: int = 1, num_experts: int = 0, quant: str = "none",
-    attention_impl: str = "auto",
+    attention_impl: str = "auto", loss_chunk: str = "0",
 ) -> None:
   config = get_config()
   config.model = tiny_model_config(num_heads=4, num_kv_heads=2, d_model=32, d_ff=64)
@@ -35,6 +35,7 @@ def main(
   config.mesh.update(data=data, fsdp=fsdp, tensor=tensor, expert=expert)
   config.quant.mode = quant
   config.model.attention_impl = attention_impl
+  config.model.loss_chunk = int(loss_chunk)
   config = resolve(config, jax.device_count())
   rng = np.random.default_rng(0)
   training = Training(config)
