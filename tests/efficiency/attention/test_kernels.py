@@ -213,7 +213,7 @@ def test_config_level_choice_matches_the_module_case(monkeypatch):
     seen.append(call_case)
     return original(name, call_case, platform)
 
-  monkeypatch.setattr("efficiency.attention.base.choose", recording)
+  monkeypatch.setattr("efficiency.attention.kernels.choose", recording)
   for attention, position in (("gqa", "rope"), ("sliding", "alibi"), ("mla", "relative")):
     config = tiny_config()
     config.model = tiny_model_config(attention=attention, position=position)
