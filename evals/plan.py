@@ -124,8 +124,11 @@ def _print(plan: dict) -> None:
   if plan.get("compiled") is False:
     print(f"  does not compile: {plan['error']}")
   elif plan.get("compile_time_s") is not None:
-    print(f"  compiled in {plan['compile_time_s']:.1f} s, "
-          f"{(plan.get('step_flops_per_device') or 0) / 1e12:.2f} TFLOP per device")
+    flops = plan.get("step_flops_per_device")
+    print(f"  compiled in {plan['compile_time_s']:.1f} s; step FLOPs per device: "
+          + (f"{flops / 1e12:.2f} T (XLA)" if flops else "not reported by this compiler")
+          + (f", {plan['model_flops_per_device'] / 1e12:.2f} T (model formula)"
+             if plan.get("model_flops_per_device") else ""))
   for name, fits in plan.get("fits_on", {}).items():
     print(f"  {name:<20} {'fits' if fits else 'does not fit'}")
   if plan.get("fits") is not None:
@@ -172,7 +175,8 @@ def main(argv: list[str]) -> None:
     plan = decode_plan(config, devices, chip, _PROGRAM.value, _MAX_NEW_TOKENS.value)
   else:
     plan = plans.memory_plan(config, compile_step=_COMPILE.value, devices=devices, chip=chip)
-    if chip is not None and plan.get("compiled") and _SEARCH.value:
+    out_of_memory = str(plan.get("error", "")).startswith("out of memory")
+    if chip is not None and (plan.get("compiled") or out_of_memory) and _SEARCH.value:
       from tqdm import tqdm
 
       with tqdm(desc="largest batch (compiles)", total=plans.MAX_PROBES, leave=False,

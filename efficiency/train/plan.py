@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 
 from efficiency.attention import attention_impl
+from efficiency.model.flops import flops_per_token
 from efficiency.sharding.chips import Chip
 from efficiency.sharding.mesh import data_parallel_size, make_mesh
 from efficiency.sharding.target import platform_of
@@ -112,7 +113,11 @@ def memory_plan(
   )
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
-  plan["step_flops_per_device"] = float(cost.get("flops", 0.0)) if cost else None
+  # XLA's count where the compiler gives one (the GPU compiler without a GPU does not).
+  plan["step_flops_per_device"] = float(cost["flops"]) if cost and cost.get("flops") else None
+  plan["model_flops_per_device"] = (
+      flops_per_token(config.model, config.seq_len) * config.batch_size * config.seq_len
+      / len(devices))
   if chip is None:
     plan["fits"] = None
     plan["fits_on"] = {name: peak <= gb * 1e9 * USABLE_SHARE for name, gb in CHIPS_GB.items()}

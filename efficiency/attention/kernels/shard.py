@@ -6,7 +6,8 @@ key and value sharded alike. So a fused kernel runs under `jax.shard_map` over t
 traced for: rows split over the batch axes (data, fsdp, expert) when they divide the batch,
 query and key/value heads over `tensor` when it divides the key/value heads. When `tensor` does
 not divide them, every tensor shard runs all heads (the heads are gathered over `tensor`, the
-kernel's work is repeated there, and the result is correct).
+kernel's work is repeated there, and the result is correct). Decoding's cached attention uses
+no fused kernel (plain XLA einsums over the cache), so XLA partitions it like any other op.
 """
 
 import math
