@@ -16,6 +16,7 @@ import pytest
 
 from efficiency.errors import ConfigError
 from efficiency.sharding import topology
+from efficiency.train.plan import compile_error
 from tests.helpers import ROOT, libtpu_lock
 
 TPU, GPU = "v5e:2x2", "h100:2"
@@ -106,3 +107,17 @@ def test_a_second_libtpu_user_is_one_line(tmp_path):
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith("error: --topology=v5e:2x2: libtpu is in use by process "), last
   assert str(holder.pid) in last and "--lock_wait_s" in last
+
+
+@pytest.mark.parametrize("message,line", [
+    ("RESOURCE_EXHAUSTED: Ran out of memory in memory space hbm. Used 23.9G of 15.75G hbm. "
+     "Exceeded hbm capacity by 8.1G.", "out of memory: needs 23.9G per chip, 15.75G available"),
+    ("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory on HBM, total "
+     "(193.2G) exceeds available HBM (15.75G)",
+     "out of memory: needs 193.2G per chip, 15.75G available"),
+    ("INTERNAL: custom_partitioner: Traceback (most recent call last):\n  File \"x.py\"\n"
+     "ValueError: Query, key and value should have same sharding.",
+     "RuntimeError: ValueError: Query, key and value should have same sharding."),
+])
+def test_compile_failures_are_one_line_with_the_reason(message, line):
+  assert compile_error(RuntimeError(message)) == line
