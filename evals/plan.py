@@ -194,6 +194,8 @@ def main(argv: list[str]) -> None:
     with open(_OUTPUT.value, "w") as f:
       json.dump(plan, f, indent=1)
   print(json.dumps(plan))
+  if plan.get("compiled") is False:
+    sys.exit(1)
 
 
 if __name__ == "__main__":
