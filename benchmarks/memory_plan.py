@@ -45,7 +45,7 @@ def main() -> None:
           print(f"| {size} | {devices} | fsdp {fsdp}, tensor {tensor} | {result['error']} |")
           continue
         mesh, b = result["mesh"], result["per_device_bytes"]
-        fits = " / ".join("yes" if f else "no" for f in result["fits"].values())
+        fits = " / ".join("yes" if f else "no" for f in result["fits_on"].values())
         print(f"| {size} | {devices} | {mesh['data']} x {mesh['fsdp']} x {mesh['tensor']} | "
               f"{gb(b['params'])} | {gb(b['optimizer_state'])} | {gb(b['temp'])} | "
               f"{gb(b['peak_estimate'])} | {fits} | {result['compile_time_s']:.0f} |", flush=True)

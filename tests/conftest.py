@@ -5,6 +5,10 @@ import shutil
 import sysconfig
 from pathlib import Path
 
+# Tests run on the CPU, quietly, also where libtpu and jax's CUDA plugin are installed (the dev
+# dependencies): they would otherwise probe for chips first and log their failures.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
 import jax
 import ml_collections
 import numpy as np

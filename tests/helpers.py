@@ -2,12 +2,16 @@
 references, and running train.py. Fixtures live in the conftest files; everything a test
 imports lives here."""
 
+import contextlib
+import fcntl
 import json
 import os
 import random
 import socket
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import flax.linen as nn
@@ -377,3 +381,17 @@ def assert_same_run(workdir: Path, reference: Path) -> None:
   leaves = lambda tree: [np.asarray(x) for x in jax.tree.leaves(tree)]
   for x, y in zip(leaves(final_params(workdir)), leaves(final_params(reference)), strict=True):
     np.testing.assert_array_equal(x, y)
+
+
+@contextlib.contextmanager
+def libtpu_lock() -> Iterator[None]:
+  """Holds a cross-process lock while a test starts a process that uses libtpu (one process
+  at a time may: libtpu keeps its own lockfile until the process exits), so test workers take
+  turns instead of failing. Run libtpu code in a subprocess inside this, never in the test
+  process itself."""
+  with open(Path(tempfile.gettempdir()) / "efficiency-tests-libtpu.lock", "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)

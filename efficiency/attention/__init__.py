@@ -7,7 +7,6 @@ attend_cached, out; FLOP counts and the KV-cache spec). Adding a variant is one 
 
 import dataclasses
 
-import jax
 import ml_collections
 
 from efficiency.attention.base import Attention
@@ -20,6 +19,7 @@ from efficiency.attention.nsa import NativeSparseAttention
 from efficiency.attention.sliding import SlidingWindowAttention
 from efficiency.errors import ConfigError
 from efficiency.quant.einsum import quantizes_attention
+from efficiency.sharding.target import current_platform
 
 ATTENTION: dict[str, type[Attention]] = {
     "mha": GroupedQueryAttention,
@@ -57,11 +57,12 @@ def kv_cache_bytes_per_token(cfg: ml_collections.ConfigDict) -> float:
   return cfg.num_layers * sum(entry.bytes_per_token() for entry in spec.values())
 
 
-def attention_impl(config: ml_collections.ConfigDict) -> str:
+def attention_impl(config: ml_collections.ConfigDict, platform: str | None = None) -> str:
   """The implementation `model.attention_impl` runs for the training attention of `config` on
-  this backend (what `auto` picked); a named one that cannot run it is a ConfigError."""
+  `platform` (default: the one being traced for; what `auto` picked); a named one that cannot
+  run it is a ConfigError."""
   name = config.model.get("attention_impl", "auto")
-  return choose(name, training_case(config), jax.default_backend())
+  return choose(name, training_case(config), platform or current_platform())
 
 
 def training_case(config: ml_collections.ConfigDict) -> AttentionCase:

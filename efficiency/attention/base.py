@@ -21,16 +21,16 @@ query's own position (full entries: slot = position; windowed entries: ring buff
 """
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import ml_collections
 
+from efficiency.attention import kernels
 from efficiency.attention.cache import CacheEntry
-from efficiency.attention.kernels import IMPLEMENTATIONS, choose
 from efficiency.attention.kernels.case import AttentionCase
 from efficiency.model.layers import Projection
 from efficiency.position import get_position
 from efficiency.quant.einsum import quantizes_attention
+from efficiency.sharding.target import current_platform
 
 Heads = dict[str, jnp.ndarray]
 Cache = dict[str, jnp.ndarray]
@@ -125,10 +125,10 @@ class Attention(nn.Module):
     quant = self.quant if quantized else None
     kind = None if self.bias is None else self.bias.KIND
     case = AttentionCase.of(q_BTNH, k_BTKH, v_BTKV, window, kind, quantizes_attention(quant))
-    name = choose(self.config.get("attention_impl", "auto"), case, jax.default_backend())
-    return IMPLEMENTATIONS[name].attend(
-        q_BTNH, k_BTKH, v_BTKV, segment_ids_BT, positions_BT, window=window, bias=self.bias,
-        scale=scale, quant=quant,
+    name = kernels.choose(self.config.get("attention_impl", "auto"), case, current_platform())
+    return kernels.attend(
+        name, q_BTNH, k_BTKH, v_BTKV, segment_ids_BT, positions_BT, window=window,
+        bias=self.bias, scale=scale, quant=quant,
     )
 
   def project(self, x_BTD: jnp.ndarray, positions_BT: jnp.ndarray) -> Heads:

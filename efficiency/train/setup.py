@@ -19,6 +19,7 @@ from efficiency.peft import make_method
 from efficiency.peft.method import Method
 from efficiency.sharding.mesh import batch_sharding, logical_shardings, make_mesh, unboxed
 from efficiency.sharding.rules import LOGICAL_AXIS_RULES
+from efficiency.sharding.target import tracing_for
 from efficiency.train.distill import Distillation, distill_config, place_teacher
 from efficiency.train.optimizer import make_optimizer
 from efficiency.train.state import PeftTrainState, TrainState
@@ -126,7 +127,7 @@ class Training:
     (`jax.set_mesh` in place of `with mesh` partitions the 8-device test mesh differently in
     jax 0.10: XLA reports involuntary rematerializations and the losses move in the last bits.)
     """
-    with self.mesh, nn.logical_axis_rules(LOGICAL_AXIS_RULES):
+    with self.mesh, nn.logical_axis_rules(LOGICAL_AXIS_RULES), tracing_for(self.mesh):
       yield
 
   def init(self, seed: int, base: dict | None = None) -> TrainState:

@@ -155,6 +155,9 @@ def _cases(tmp, corpus, data_dir, trained) -> list[tuple[list[str], str]]:
       (["-m", "evals.plot", "/nonexistent/sweep"], "/nonexistent/sweep"),
       (["-m", "evals.plan", "--devices=0"], "--devices"),
       (["-m", "evals.plan", "--config.mesh.fsdp=3", "--devices=8"], "mesh"),
+      (["-m", "evals.plan", "--topology=v7z:2x2"], "--topology='v7z:2x2'"),
+      (["-m", "evals.plan", "--topology=v5e:2x2x2"], "--topology=v5e:2x2x2"),
+      (["-m", "evals.plan", "--topology=h100:3", "--config.mesh.fsdp=2"], "--topology=h100:3"),
       (["-m", "evals.plan", "--config.nosuch=1"], "nosuch"),
   ]
   return cases

@@ -6,14 +6,22 @@ documents, the score bias given as the position encoding's bias module) and
 `unsupported(case, platform) -> reason | None`. Adding one is a file and a line here.
 
 `auto` takes the first implementation of the platform's preference list that supports the
-case; on CPU and GPU the plain XLA form stays for short rows, where it is as fast.
+case; on CPU and GPU the plain XLA form stays for short rows, where it is as fast. The platform
+is the one being traced for (`efficiency.sharding.target`), not the host's. Fused kernels run
+under `shard_map` over that mesh (`kernels.shard`), so each device gets whole rows and heads and
+any case a kernel supports runs on any mesh.
 """
 
+import functools
 from types import ModuleType
+
+import jax.numpy as jnp
 
 from efficiency.attention.kernels import chunked, cudnn, pallas_gpu, splash_tpu, xla
 from efficiency.attention.kernels.case import AttentionCase
+from efficiency.attention.kernels.shard import on_mesh
 from efficiency.errors import ConfigError
+from efficiency.sharding.target import current_mesh
 
 IMPLEMENTATIONS: dict[str, ModuleType] = {
     "xla": xla,
@@ -23,6 +31,9 @@ IMPLEMENTATIONS: dict[str, ModuleType] = {
     "splash_tpu": splash_tpu,
 }
 CHOICES = ("auto", *IMPLEMENTATIONS)
+# Kernels that XLA cannot partition (Pallas) or partitions only in one layout (cuDNN): they run
+# per device under `shard_map`.
+SHARD_MAPPED = ("cudnn", "pallas_gpu", "splash_tpu")
 
 # What `auto` tries, best first, per platform (`jax.default_backend()`).
 PREFERENCE = {
@@ -57,3 +68,20 @@ def choose(name: str, case: AttentionCase, platform: str) -> str:
     if not IMPLEMENTATIONS[candidate].unsupported(case, platform):
       return candidate
   return "xla"
+
+
+def attend(
+    name: str,
+    q_BTNH: jnp.ndarray,
+    k_BTKH: jnp.ndarray,
+    v_BTKV: jnp.ndarray,
+    segment_ids_BT: jnp.ndarray,
+    positions_BT: jnp.ndarray,
+    **options,
+) -> jnp.ndarray:
+  """Implementation `name`'s attention (options: window, bias, scale, quant), a fused kernel
+  per device over the mesh being traced for: [B, T, N, V]."""
+  call = functools.partial(IMPLEMENTATIONS[name].attend, **options)
+  if name not in SHARD_MAPPED:
+    return call(q_BTNH, k_BTKH, v_BTKV, segment_ids_BT, positions_BT)
+  return on_mesh(call, current_mesh(), q_BTNH, k_BTKH, v_BTKV, segment_ids_BT, positions_BT)

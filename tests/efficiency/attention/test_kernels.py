@@ -28,7 +28,7 @@ from efficiency.errors import ConfigError
 from efficiency.model.transformer import Transformer
 from efficiency.position.alibi import AlibiBias
 from efficiency.position.relative import RelativeBias
-from tests.helpers import random_packed_batch, tiny_config, tiny_model_config
+from tests.helpers import random_packed_batch, run_module, tiny_config, tiny_model_config
 
 FWD_TOL, GRAD_TOL, TABLE_TOL = 2e-5, 1e-4, 5e-4
 
@@ -213,7 +213,7 @@ def test_config_level_choice_matches_the_module_case(monkeypatch):
     seen.append(call_case)
     return original(name, call_case, platform)
 
-  monkeypatch.setattr("efficiency.attention.base.choose", recording)
+  monkeypatch.setattr("efficiency.attention.kernels.choose", recording)
   for attention, position in (("gqa", "rope"), ("sliding", "alibi"), ("mla", "relative")):
     config = tiny_config()
     config.model = tiny_model_config(attention=attention, position=position)
@@ -251,3 +251,15 @@ def test_model_with_chunked_attention_equals_xla(attention, position, monkeypatc
   np.testing.assert_allclose(loss_chunked, loss_xla, rtol=1e-5)
   for got, want in zip(jax.tree.leaves(grads_chunked), jax.tree.leaves(grads_xla), strict=True):
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_fused_kernel_call_under_shard_map_equals_the_whole_call():
+  """Rows over data/fsdp/expert and heads over tensor (or, with 1 KV head, all heads on every
+  tensor shard): the per-device call's output and gradient equal the call on whole arrays."""
+  result = run_module("tests.efficiency.attention.sharded_kernel", devices=8)
+  assert result["kv2_data2_fsdp2_tensor2"]["rows"] == ["data", "fsdp"]
+  assert result["kv2_data2_fsdp2_tensor2"]["heads"] == "tensor"
+  assert result["kv1_data4_tensor2"]["heads"] is None  # 1 KV head: tensor does not divide it
+  assert result["kv2_fsdp2_expert4"]["rows"] == ["fsdp", "expert"]
+  for case in result.values():
+    assert case["out"] < 1e-5 and case["grad"] < 1e-4, result
