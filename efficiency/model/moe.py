@@ -133,14 +133,17 @@ def route(
   return combine_BTEC, dispatch_BTEC, dropped
 
 
+TILE_ROWS = 128  # tiled_matmul's rows per tile
+
+
 def tiled_matmul(x_MK: jnp.ndarray, w_EKN: jnp.ndarray, sizes_E: jnp.ndarray) -> jnp.ndarray:
   """`jax.lax.ragged_dot` computed as whole tiles: each group's rows are padded to a multiple of
-  the tile (max(128, K) rows), every tile takes its group's weight, and one batched matmul runs
+  the tile (TILE_ROWS), every tile takes its group's weight, and one batched matmul runs
   over the tiles. Exact, with FLOPs and memory linear in the rows (XLA:CPU lowers ragged_dot to
   a masked dense product per group, E times the work). Rows past sum(sizes_E) give 0."""
   m, k = x_MK.shape
   e = w_EKN.shape[0]
-  tile = max(128, k)
+  tile = TILE_ROWS
   tiles = -(-(m + e * (tile - 1)) // tile)
   padded_E = -(-sizes_E // tile) * tile
   start_E = jnp.cumsum(sizes_E) - sizes_E

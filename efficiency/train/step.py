@@ -140,7 +140,7 @@ def train_step(
     metrics["moe_aux_loss"] = stats["moe_aux_loss_sum"] / denom
     metrics["moe_dropped"] = stats["moe_dropped"]
     metrics["moe_load_max"] = load_max(stats["moe_load"])
-    if model.config.moe.bias_rate and combine is None:
+    if model.config.moe.bias_rate:  # the trainable tree's balancing biases (none if frozen)
       params = rebalance(params, stats["moe_load"], model.config.moe.bias_rate)
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
   return new_state, metrics
