@@ -42,7 +42,8 @@ def compile_step(arg: str, devices, args, batch: int, dispatch: str | None) -> d
   try:
     compiled, seconds = training.compile(example)
   except Exception as e:  # noqa: BLE001 - libtpu reports an out-of-memory compile this way
-    line = next((l for l in str(e).splitlines() if "RESOURCE_EXHAUSTED" in l), str(e)[:200])
+    lines = str(e).splitlines()
+    line = next((x for x in lines if "RESOURCE_EXHAUSTED" in x), str(e)[:200])
     return {"error": line.strip()}
   memory = compiled.memory_analysis()
   return {
