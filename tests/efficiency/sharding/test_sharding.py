@@ -39,7 +39,7 @@ def test_expert_parallel_dropless_moe_equals_single_device():
   single = run_steps(1, 1, 1, 1, 1, 4)
   sharded = run_steps(8, 1, 2, 1, 4, 4)
   np.testing.assert_allclose(sharded["losses"], single["losses"], rtol=RTOL)
-  assert sharded["mlp_gate"] == [None, "expert", "fsdp", None]  # layers, expert, embed, mlp
+  assert sharded["mlp_gate"] == [None, "expert", "fsdp", "tensor"]  # layers, expert, embed, mlp
   assert sharded["mlp_gate_shards"] == 8
 
 
