@@ -13,11 +13,14 @@ step `rebalance` moves it by bias_rate * sign(mean load - load) (DeepSeek-V3).
 
 Dispatch (`model.moe.dispatch`):
 - `dropless`: each token's k choices are sorted by expert, the expert MLPs run as grouped
-  matmuls (`jax.lax.ragged_dot`) over the sorted tokens, and the results are unsorted and combined
-  with the gates. No choice is dropped; memory and FLOPs are linear in the tokens. Over a mesh it
+  matmuls over the sorted tokens (`model.moe.grouped_matmul`: `jax.lax.ragged_dot`, or the exact
+  `tiled_matmul` that `auto` picks on CPU), and the results are unsorted and combined with the
+  gates. No choice is dropped; memory and FLOPs are linear in the tokens. Over a mesh it
   runs under `jax.shard_map` on each device's own rows; with `mesh.expert` > 1 each device holds
   E / expert experts, gathers its expert group's tokens, computes its experts' share and
-  reduce-scatters the results back (see `_dropless_shard`).
+  reduce-scatters the results back (see `_dropless_shard`; a fixed-size all-to-all would need
+  buffers as large as the gathered tokens to stay dropless, a ragged all-to-all is the next step
+  on TPU and GPU).
 - `capacity` (GShard): per row a one-hot dispatch tensor [B, T, E, C] with
   C = ceil(capacity_factor * T * k / E) slots per expert; choices take slots in priority order
   (every token's first choice before any second choice) and choices past capacity are dropped
