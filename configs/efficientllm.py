@@ -3,9 +3,9 @@
 SIZE is 0.5b, 1.5b or 3b; each VARIANT suffix switches on one of the study's variants at its
 settings: `mqa` (1 KV head), `mla` (KV latent d_model / 8, query latent 3 d_model / 8, qk head dim
 128 plus a 64-dim decoupled rope key, v head dim 128), `nsa` (window 128, compression block 64
-with stride 32, 4 selected blocks of 64), `moe` (8 experts, top-2, aux loss 0.01, capacity 1.25),
-or a position encoding (`sinusoidal`, `learned`, `relative`, `alibi`, `none`); for example
-`1.5b-mla`, `1.5b-moe`, `0.5b-nsa-alibi`.
+with stride 32, 4 selected blocks of 64), `moe` (8 experts, top-2, aux loss 0.01, dropless;
+capacity 1.25 with dispatch=capacity), or a position encoding (`sinusoidal`, `learned`,
+`relative`, `alibi`, `none`); for example `1.5b-mla`, `1.5b-moe`, `0.5b-nsa-alibi`.
 
 SwiGLU, RMSNorm eps 1e-6, QKV bias, RoPE base 1e6, tied embeddings over the 151,936-token Qwen2.5
 vocabulary, AdamW (0.9, 0.95), weight decay 0.1, clip 1.0, lr 1e-4 -> 1e-5 cosine, init std

@@ -26,6 +26,7 @@ from data.tokenizer import TOKENIZERS, ByteTokenizer, HFTokenizer
 from efficiency.attention import ATTENTION, resolve_kv_heads
 from efficiency.attention.kernels import CHOICES as ATTENTION_IMPLS
 from efficiency.errors import ConfigError, MissingPathError
+from efficiency.model.moe import DISPATCHES, GROUPED_MATMULS, ROUTERS
 from efficiency.model.transformer import REMAT_POLICIES
 from efficiency.peft import BASE_QUANT, PEFT_METHODS, make_method
 from efficiency.position import POSITIONS
@@ -373,6 +374,26 @@ def _check_variants(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(
           f"model.moe.capacity_factor={moe.capacity_factor} must be > 0 and "
           f"model.moe.aux_loss_weight={moe.aux_loss_weight} >= 0"
+      )
+    matmuls = ("auto", *GROUPED_MATMULS)
+    for field, choices in (("dispatch", DISPATCHES), ("router", ROUTERS),
+                           ("grouped_matmul", matmuls)):
+      if moe[field] not in choices:
+        raise ConfigError(
+            f"model.moe.{field}={moe[field]!r} is invalid; valid choices: {', '.join(choices)}"
+        )
+    if not isinstance(moe.shared_experts, int) or moe.shared_experts < 0:
+      raise ConfigError(f"model.moe.shared_experts={moe.shared_experts!r} must be an int >= 0")
+    if moe.bias_rate < 0:
+      raise ConfigError(f"model.moe.bias_rate={moe.bias_rate} must be >= 0 (0: off)")
+    q = config.quant
+    peft = config.peft.method if "peft" in config else "none"
+    if moe.dispatch == "dropless" and (
+        q.mode != "none" or q.serve != "none" or peft not in ("none", "full", "freeze")
+    ):
+      raise ConfigError(
+          f"model.moe.dispatch='dropless' runs float expert weights only (quant.mode={q.mode!r}, "
+          f"quant.serve={q.serve!r}, peft.method={peft!r}); set model.moe.dispatch=capacity"
       )
 
 

@@ -2,8 +2,9 @@
 
 Parameters: FSDP shards the `embed` dimension over `fsdp`; tensor parallelism shards heads, MLP
 hidden and vocab over `tensor`; expert parallelism shards MoE experts over `expert`.
-Activations: the batch is split over `data` x `fsdp` x `expert`, and inside an MoE layer the
-dispatched tokens over `expert` by expert (XLA inserts the all-to-all).
+Activations: the batch is split over `data` x `fsdp` x `expert`; inside a capacity-dispatch MoE
+layer the dispatched tokens are split over `expert` by expert (XLA inserts the all-to-all), while
+dropless dispatch moves them itself under shard_map (efficiency.model.moe).
 A dimension that the mesh axis size does not divide is left replicated (see `param_shardings`).
 """
 

@@ -538,6 +538,7 @@ class Loop:
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "tokens"}
     rates = self.throughput.interval()
     self.record_peak()
+    self.summary.moe_load_max = metrics.get("moe_load_max")
     self.writer.write(step, {"tokens_seen": tokens_seen, **metrics, **rates})
     self.bar.set_postfix(
         loss=f"{metrics['loss']:.3f}", tok_s=f"{rates['tokens_per_sec']:,.0f}", refresh=False

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from efficiency.model.moe import load_max, rebalance
 from efficiency.train.distill import Distillation, kl_sum
 from efficiency.train.loss import model_loss_sum
 from efficiency.train.state import TrainState
@@ -44,10 +45,11 @@ def summed_loss(
   """The objective summed over real targets, and its parts: `loss_sum` (token cross-entropies,
   nats), `weight_sum` (real targets), with `distill` `distill_kl_sum` (see
   `efficiency.train.distill`) and, for MoE models, `moe_aux_loss_sum` (the load-balancing loss
-  averaged over layers, times weight_sum) and `moe_dropped` (routing choices dropped over
-  capacity, all layers). The objective is loss_sum, or with `distill` (1 - weight) * loss_sum +
-  weight * distill_kl_sum; it adds aux_loss_weight * moe_aux_loss_sum. With `model.loss_chunk`,
-  loss_sum comes from `efficiency.train.loss` (no [B, T, V] logits)."""
+  averaged over layers, times weight_sum), `moe_dropped` (routing choices dropped over
+  capacity, all layers) and `moe_load` (each layer's expert loads, [layers, E]). The objective
+  is loss_sum, or with `distill` (1 - weight) * loss_sum + weight * distill_kl_sum; it adds
+  aux_loss_weight * moe_aux_loss_sum. With `model.loss_chunk`, loss_sum comes from
+  `efficiency.train.loss` (no [B, T, V] logits)."""
   weights_BT = batch["weights"].astype(jnp.float32)
   if loss_chunk(model):  # config refuses distill with it
     x_BTD, aux = forward(params, batch, model, rng, hidden=True)
@@ -67,6 +69,7 @@ def summed_loss(
     aux_loss = jnp.mean(_sown(aux["moe"], "aux_loss"))
     stats["moe_aux_loss_sum"] = aux_loss * stats["weight_sum"]
     stats["moe_dropped"] = jnp.sum(_sown(aux["moe"], "dropped"))
+    stats["moe_load"] = _sown(aux["moe"], "load").reshape(-1, model.config.moe.num_experts)
     objective += model.config.moe.aux_loss_weight * stats["moe_aux_loss_sum"]
   return objective, stats
 
@@ -153,5 +156,8 @@ def train_step(
   if "moe_aux_loss_sum" in stats:
     metrics["moe_aux_loss"] = stats["moe_aux_loss_sum"] / denom
     metrics["moe_dropped"] = stats["moe_dropped"]
+    metrics["moe_load_max"] = load_max(stats["moe_load"])
+    if model.config.moe.bias_rate:  # the trainable tree's balancing biases (none if frozen)
+      params = rebalance(params, stats["moe_load"], model.config.moe.bias_rate)
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
   return new_state, metrics

@@ -31,6 +31,7 @@ class Summary:
   data_wait_fraction: float | None = None  # share of step time spent waiting for batches
   flops_per_token: int | None = None  # the MFU numerator (efficiency.model.flops)
   kv_cache_bytes_per_token: float | None = None
+  moe_load_max: float | None = None  # MoE: busiest expert's share x experts (1: balanced), last log
   peak_flops: float | None = None  # the MFU denominator, all devices together
   peak_flops_source: str | None = None  # published, cached measurement, or measured under load
   peak_flops_key: str | None = None  # CPU: the cache key (CPU id, flags, cores, devices, jax)

@@ -59,9 +59,14 @@ def _cases(tmp, corpus, data_dir, trained) -> list[tuple[list[str], str]]:
       ("nosuchfield=1", "nosuchfield"), ("model.nosuch=1", "nosuch"),
   ]
   cases = [(train(f"--config.{value}"), field) for value, field in config_values]
+  moe = lambda *flags: train("--config.model.moe.num_experts=4", *flags)
   cases += [
       (train("--config.profile.steps=5", "--config.profile.start_step=39"), "profile.start_step"),
       (train("--config.profile.steps=2", "--config.profile.start_step=0"), "profile.start_step"),
+      (moe("--config.model.moe.dispatch=sorted"), "model.moe.dispatch"),
+      (moe("--config.model.moe.router=sigmoid"), "model.moe.router"),
+      (moe("--config.model.moe.bias_rate=-1"), "model.moe.bias_rate"),
+      (moe("--config.quant.mode=int8"), "model.moe.dispatch"),
   ]
   (tmp / "a_file").write_text("not a directory")
   for kind, content in (("empty", b"  \n"), ("binary", b"\0" * 100_000)):

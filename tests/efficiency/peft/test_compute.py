@@ -110,7 +110,7 @@ def test_adapter_layers_out_of_range_is_a_config_error():
 def _moe_mla_config(method: str):
   config = tiny_peft_config(method)
   config.model = tiny_model_config(
-      attention="mla", moe={"num_experts": 4},
+      attention="mla", moe={"num_experts": 4, "dispatch": "capacity"},
       mla={"kv_latent_dim": 16, "q_latent_dim": 24, "rope_dim": 8, "qk_head_dim": 8,
            "v_head_dim": 8},
   )

@@ -122,7 +122,7 @@ def test_variants_quantize_every_projection(variant):
   def config(**quant):
     c = quant_config(**quant)
     c.model.attention = variant.get("attention", "gqa")
-    c.model.moe.num_experts = variant.get("moe_experts", 0)
+    c.model.moe.update(num_experts=variant.get("moe_experts", 0), dispatch="capacity")
     return c
   params = float_params(config())
   ref = logits(config(), params)

@@ -33,11 +33,22 @@ def test_sharded_xla_attention_equals_single_device():
   np.testing.assert_allclose(sharded["losses"], single["losses"], rtol=RTOL)
 
 
-@pytest.mark.slow  # two more 8-device subprocesses; run with `scripts/test.sh -m slow`
-def test_expert_parallel_moe_equals_single_device():
-  """4 experts split over expert=2 (with data=2, tensor=2): same losses as one device."""
+def test_expert_parallel_dropless_moe_equals_single_device():
+  """Dropless MoE, 4 experts one per device of expert=4 (with fsdp=2): tokens gathered over the
+  expert group and reduce-scattered back under shard_map give the single device's losses."""
   single = run_steps(1, 1, 1, 1, 1, 4)
-  sharded = run_steps(8, 2, 1, 2, 2, 4)
+  sharded = run_steps(8, 1, 2, 1, 4, 4)
+  np.testing.assert_allclose(sharded["losses"], single["losses"], rtol=RTOL)
+  assert sharded["mlp_gate"] == [None, "expert", "fsdp", "tensor"]  # layers, expert, embed, mlp
+  assert sharded["mlp_gate_shards"] == 8
+
+
+@pytest.mark.slow  # four more subprocesses; run with `scripts/test.sh -m slow`
+@pytest.mark.parametrize("dispatch", ["dropless", "capacity"])
+def test_expert_parallel_moe_equals_single_device(dispatch):
+  """4 experts split over expert=2 (with data=2, tensor=2): same losses as one device."""
+  single = run_steps(1, 1, 1, 1, 1, 4, f"--dispatch={dispatch}")
+  sharded = run_steps(8, 2, 1, 2, 2, 4, f"--dispatch={dispatch}")
   np.testing.assert_allclose(sharded["losses"], single["losses"], rtol=RTOL)
   assert sharded["mlp_gate"] == [None, "expert", "fsdp", "tensor"]  # layers, expert, embed, mlp
   assert sharded["mlp_gate_shards"] == 8

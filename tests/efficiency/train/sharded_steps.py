@@ -3,6 +3,7 @@
 Run in a subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=N set beforehand:
   python -m tests.efficiency.train.sharded_steps DATA FSDP TENSOR [EXPERT NUM_EXPERTS] \\
       [--quant=MODE] [--attention_impl=IMPL] [--block=N] [--loss_chunk=N]
+      [--dispatch=dropless|capacity]
 
 `--block` sets the chunked attention's block size (so 16-token rows span several blocks).
 """
@@ -26,12 +27,13 @@ STEPS = 4
 def main(
     data: int, fsdp: int, tensor: int, expert: int = 1, num_experts: int = 0, quant: str = "none",
     attention_impl: str = "auto", loss_chunk: str = "0",
+    dispatch: str = "dropless",
 ) -> None:
   config = get_config()
   config.model = tiny_model_config(num_heads=4, num_kv_heads=2, d_model=32, d_ff=64)
   config.update(batch_size=8, seq_len=16, steps=STEPS)
   config.optimizer.update(warmup_steps=1, lr=1e-2)
-  config.model.moe.num_experts = num_experts
+  config.model.moe.update(num_experts=num_experts, dispatch=dispatch)
   config.mesh.update(data=data, fsdp=fsdp, tensor=tensor, expert=expert)
   config.quant.mode = quant
   config.model.attention_impl = attention_impl

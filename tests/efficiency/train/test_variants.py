@@ -29,13 +29,18 @@ def test_variant_trains(rng, attention, position, experts):
   config.model.mla.update(kv_latent_dim=8, q_latent_dim=12, rope_dim=4, qk_head_dim=8,
                           v_head_dim=8)
   config.model.nsa.update(block_size=4, stride=2, select_size=4, top_n=2, window=6)
-  config.model.moe.num_experts = experts
+  config.model.moe.update(num_experts=experts, bias_rate=0.01)
   config.optimizer.lr = 1e-2
   config = resolve(config, num_devices=1)
   batch = packed_batch(rng, config)
   state, losses = run_steps(config, [batch] * 4)
   assert np.all(np.isfinite(losses))
   assert losses[-1] < losses[0] - 0.2  # it learns the repeated batch
+  if experts:  # the balancing bias moved by +-0.01 per step, outside the gradient and decay
+    bias = np.asarray(state.params["layers"]["moe"]["balance"]["bias"])
+    steps = np.round(bias / 0.01)
+    assert np.abs(bias).max() > 0 and np.abs(steps).max() <= 4
+    np.testing.assert_allclose(bias, steps * 0.01, atol=1e-6)
 
 
 def test_train_py_mla_alibi_moe(tmp_path, tiny_corpus):
@@ -43,6 +48,7 @@ def test_train_py_mla_alibi_moe(tmp_path, tiny_corpus):
   flags = tiny_train_flags(
       tiny_corpus, tmp_path / "data", steps=10, eval_every=5, checkpoint_every=10,
       **{"model.attention": "mla", "model.position": "alibi", "model.moe.num_experts": 4,
+         "model.moe.shared_experts": 1, "model.moe.router": "topk_softmax",
          "model.mla.kv_latent_dim": 8, "model.mla.q_latent_dim": 16, "model.mla.rope_dim": 4,
          "model.mla.qk_head_dim": 8, "model.mla.v_head_dim": 8},
   )
@@ -56,7 +62,9 @@ def test_train_py_mla_alibi_moe(tmp_path, tiny_corpus):
   assert summary["kv_cache_bytes_per_token"] == 2 * (8 + 4) * 4  # 2 layers, latent + rope, f32
   train_rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   train_rows = [r for r in train_rows if "loss" in r]
-  assert train_rows and all(r["moe_aux_loss"] > 0.5 and r["moe_dropped"] >= 0 for r in train_rows)
+  assert train_rows and all(r["moe_aux_loss"] > 0.5 and r["moe_dropped"] == 0 for r in train_rows)
+  assert all(1 <= r["moe_load_max"] <= 4 for r in train_rows)
+  assert summary["moe_load_max"] == train_rows[-1]["moe_load_max"]
 
 
 def test_attention_position_sweep_covers_every_pair():
