@@ -67,6 +67,7 @@ def decode_plan(config, devices, chip, program: str, max_new_tokens: int) -> dic
 
   from efficiency.serving import generate, speculative
   from efficiency.serving.sampling import Sampling
+  from efficiency.serving.weights import decode_form
   from efficiency.sharding.mesh import make_mesh
   from efficiency.sharding.target import platform_of
   from efficiency.train.plan import compile_error
@@ -82,10 +83,17 @@ def decode_plan(config, devices, chip, program: str, max_new_tokens: int) -> dic
   args = (jax.ShapeDtypeStruct((rows, prompt), np.int32), jax.ShapeDtypeStruct((rows,), np.int32),
           np.int32(0), np.int32(0), np.arange(rows, dtype=np.int32))
   greedy = Sampling(temperature=0.0)
+  # Requests read the model in its decode form, converted once at load (serving.weights): plan
+  # that form's params, placed where the conversion compiled for these devices puts them.
+  model, unpack = decode_form(training.model)
+  with training.context():
+    placed = jax.jit(unpack).lower(params).compile().output_shardings
+  params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        jax.eval_shape(unpack, params), placed)
   if program == "generate":
-    jitted, inputs = generate.program(training.model, greedy, new, config.seq_len), (params,)
+    jitted, inputs = generate.program(model, greedy, new, config.seq_len), (params,)
   else:  # the model drafts for itself: the program's shape, not its speed
-    jitted = speculative.program(training.model, training.model, greedy, greedy, 4, new,
+    jitted = speculative.program(model, model, greedy, greedy, 4, new,
                                  config.seq_len + speculative.rollback(4))
     inputs = (params, params)
   plan = {"program": program, "platform": platform_of(devices), "devices": len(devices),

@@ -88,6 +88,12 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(BATCH_AXES, None))
 
 
+def data_parallel_size(mesh_config: ml_collections.ConfigDict, num_devices: int) -> int:
+  """How many ways the batch is split: data x fsdp x expert."""
+  sizes = mesh_shape(mesh_config, num_devices)
+  return math.prod(sizes[a] for a in BATCH_AXES)
+
+
 def to_global(local_batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
   """Assembles each process's rows into global arrays; no host holds the whole batch."""
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
