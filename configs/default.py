@@ -13,39 +13,39 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the default training config."""
   del arg
   c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.steps = 600  # about 4 minutes of training on a 2-core AVX2-only machine
-  c.batch_size = 16  # global, in sequences
-  c.seq_len = 128
-  c.grad_accum_steps = 1
-  c.target_loss = 4.32  # reached at 2/3 of the run (step 400: 4.30; eval loss 4.09 at the end)
-  c.eval_every = 50  # 1/12 of the run
-  c.eval_batches = 8
-  c.log_every = 10
-  c.checkpoint_every = 200
-  c.keep_checkpoints = 2
+  c.seed = 0  # seeds the initialization and the data order
+  c.steps = 600  # optimizer steps in the run (the default job: a few minutes on a 2-core CPU)
+  c.batch_size = 16  # sequences per optimizer step, over all devices
+  c.seq_len = 128  # tokens per training row
+  c.grad_accum_steps = 1  # micro-batches per optimizer step; batch_size is split across them
+  c.target_loss = 4.32  # the eval loss that defines tokens_to_target (2/3 into the default run)
+  c.eval_every = 50  # steps between evaluations
+  c.eval_batches = 8  # validation batches per evaluation
+  c.log_every = 10  # steps between metrics.jsonl / TensorBoard records
+  c.checkpoint_every = 200  # steps between checkpoints (also saved at the end and on a signal)
+  c.keep_checkpoints = 2  # newest checkpoints kept on disk
   c.on_nonfinite = "stop"  # stop | skip: a non-finite loss or gradient ends the run as diverged
   c.max_nonfinite_skips = 10  # on_nonfinite=skip: steps in a row skipped before the run stops
 
   c.model = ml_collections.ConfigDict()
-  c.model.num_layers = 2
-  c.model.d_model = 128
-  c.model.num_heads = 2
-  c.model.num_kv_heads = 1
+  c.model.num_layers = 2  # transformer blocks
+  c.model.d_model = 128  # residual stream width
+  c.model.num_heads = 2  # query heads
+  c.model.num_kv_heads = 1  # key/value heads (gqa); mha and mqa set it themselves
   c.model.head_dim = -1  # -1: d_model // num_heads
-  c.model.d_ff = 384
-  c.model.vocab_size = 4096
-  c.model.attention = "gqa"
-  c.model.position = "rope"
+  c.model.d_ff = 384  # SwiGLU hidden width
+  c.model.vocab_size = 4096  # embedding rows; the tokenizer is trained to at most this size
+  c.model.attention = "gqa"  # attention variant (efficiency.attention registry)
+  c.model.position = "rope"  # position encoding (efficiency.position registry)
   # auto | xla | chunked | cudnn | pallas_gpu | splash_tpu (efficiency.attention.kernels);
   # auto takes the best the device and the case allow, and summary.json says which
   c.model.attention_impl = "auto"
   c.model.rope = ml_collections.ConfigDict()  # position=rope
-  c.model.rope.base = 10_000.0
+  c.model.rope.base = 10_000.0  # rotary frequency base (theta)
   # Context extension (efficiency.position.rope.SCALINGS): none | linear | llama3 | yarn, with
   # transformers' fields; Hugging Face imports set it from the checkpoint's rope_scaling.
   c.model.rope.scaling = ml_collections.ConfigDict()
-  c.model.rope.scaling.type = "none"
+  c.model.rope.scaling.type = "none"  # how rotary frequencies are stretched for a longer context
   c.model.rope.scaling.factor = 1.0  # linear, llama3, yarn
   c.model.rope.scaling.original_max_position = 0  # llama3, yarn: the pretraining context
   c.model.rope.scaling.low_freq_factor = 1.0  # llama3
@@ -66,7 +66,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.mla.q_latent_dim = 96  # queries' low-rank latent
   c.model.mla.rope_dim = 32  # the decoupled rotary part; one shared rope key per token
   c.model.mla.qk_head_dim = 64  # non-rotary query/key dims per head
-  c.model.mla.v_head_dim = 64
+  c.model.mla.v_head_dim = 64  # value dims per head
   c.model.nsa = ml_collections.ConfigDict()  # attention=nsa (Native Sparse Attention)
   c.model.nsa.block_size = 16  # l: compression block
   c.model.nsa.stride = 8  # d: compression stride
@@ -75,20 +75,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.nsa.window = 32  # w: sliding-window branch
   c.model.moe = ml_collections.ConfigDict()  # mixture of experts in place of the MLP
   c.model.moe.num_experts = 0  # 0: dense SwiGLU
-  c.model.moe.top_k = 2
-  c.model.moe.capacity_factor = 1.25
-  c.model.moe.aux_loss_weight = 0.01
+  c.model.moe.top_k = 2  # experts each token is routed to
+  c.model.moe.capacity_factor = 1.25  # capacity: expert slots per row over T k / E
+  c.model.moe.aux_loss_weight = 0.01  # weight of the load-balancing loss
   c.model.moe.dispatch = "dropless"  # dropless (sorted, grouped matmuls) | capacity (GShard)
   c.model.moe.grouped_matmul = "auto"  # dropless: auto (tiles on CPU) | ragged_dot | tiles
   c.model.moe.router = "softmax_topk"  # softmax_topk | topk_softmax
   c.model.moe.renormalize = True  # softmax_topk: gates are the top-k probabilities summing to 1
   c.model.moe.shared_experts = 0  # always-on SwiGLU of shared_experts x d_ff (DeepSeekMoE)
   c.model.moe.bias_rate = 0.0  # > 0: auxiliary-loss-free balancing bias step (DeepSeek-V3)
-  c.model.qkv_bias = False
-  c.model.tie_embeddings = True
-  c.model.norm_eps = 1e-6
-  c.model.init_std = 0.02
-  c.model.scan_layers = True
+  c.model.qkv_bias = False  # bias on the query/key/value projections (Qwen2 style)
+  c.model.tie_embeddings = True  # the output projection reuses the token table
+  c.model.norm_eps = 1e-6  # RMSNorm epsilon
+  c.model.init_std = 0.02  # std of the normal initializer of every kernel and table
+  c.model.scan_layers = True  # stack the layers under nn.scan (flat compile time with depth)
   # Layers per iteration of the layer scan's loop (lax.scan's unroll; num_layers: no loop). Same
   # parameters and math; more compiles longer and saves the loop's stacked-residual copies.
   c.model.scan_unroll = 1
@@ -96,13 +96,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The loss over chunks of this many positions per row, never holding the float32 logits
   # [B, T, V] (efficiency.train.loss); 0: the plain loss over full logits.
   c.model.loss_chunk = 0
-  c.model.param_dtype = "float32"
+  c.model.param_dtype = "float32"  # dtype parameters are stored and updated in
   c.model.dtype = "float32"  # compute dtype
 
   c.mesh = ml_collections.ConfigDict()
-  c.mesh.data = -1
-  c.mesh.fsdp = 1
-  c.mesh.tensor = 1
+  c.mesh.data = -1  # data-parallel axis size (-1: the devices left over)
+  c.mesh.fsdp = 1  # fully sharded data-parallel axis: batch and parameters sharded
+  c.mesh.tensor = 1  # tensor-parallel axis: heads and MLP width sharded
   c.mesh.expert = 1  # shards the experts of model.moe; also splits the batch
 
   c.quant = ml_collections.ConfigDict()
@@ -124,15 +124,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adamw"  # adamw | lion | sgd (momentum b1)
-  c.optimizer.lr = 3e-3
-  c.optimizer.min_lr_ratio = 0.1
-  c.optimizer.warmup_steps = 50  # 1/12 of the run
-  c.optimizer.schedule = "cosine"
-  c.optimizer.b1 = 0.9
-  c.optimizer.b2 = 0.95
-  c.optimizer.eps = 1e-8
-  c.optimizer.weight_decay = 0.1
-  c.optimizer.grad_clip = 1.0
+  c.optimizer.lr = 3e-3  # peak learning rate
+  c.optimizer.min_lr_ratio = 0.1  # the schedule's final learning rate over the peak
+  c.optimizer.warmup_steps = 50  # steps of linear warmup to the peak learning rate
+  c.optimizer.schedule = "cosine"  # decay after warmup
+  c.optimizer.b1 = 0.9  # first-moment decay (adamw, lion; sgd's momentum)
+  c.optimizer.b2 = 0.95  # second-moment decay (adamw, lion)
+  c.optimizer.eps = 1e-8  # adamw's denominator epsilon
+  c.optimizer.weight_decay = 0.1  # decoupled weight decay on matrices
+  c.optimizer.grad_clip = 1.0  # global gradient-norm clip
 
   # Knowledge distillation (efficiency.train.distill), e.g. a speculative draft from its target.
   c.distill = ml_collections.ConfigDict()
@@ -144,16 +144,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.name = "stdlib"  # the default corpus: the running interpreter's standard library
   c.data.data_dir = ""  # "": $EFFICIENCY_DATA_DIR or ~/.cache/efficiency/data
   c.data.corpus_root = ""  # stdlib only: "" = this interpreter's stdlib directory
-  c.data.validation_percent = 5
+  c.data.validation_percent = 5  # share of documents held out for evaluation, by hash
   c.data.tokenizer = "sentencepiece"  # sentencepiece | bytes | hf
   c.data.tokenizer_dir = ""  # tokenizer=hf: a folder with tokenizer.json and tokenizer_config.json
   # Independent streams the batch is drawn from, so the data position survives a change of
   # process count that divides it. 0: the process count of the run's first launch (kept after).
   c.data.shards = 0
-  c.data.shuffle = True
+  c.data.shuffle = True  # shuffle rows within shuffle_window
   c.data.shuffle_window = 1024  # rows; decorrelates rows cut from one long document
-  c.data.worker_threads = 2
-  c.data.prefetch = 4
+  c.data.worker_threads = 2  # Grain worker threads preparing batches
+  c.data.prefetch = 4  # batches prepared ahead of the train step
   c.data.tfds_data_dir = ""  # TFDS names (lm1b, c4/en, ...): "" = TFDS's default data dir
   c.data.text_glob = ""  # text: a folder or glob of text files, built once into ArrayRecord
   c.data.files = ""  # jsonl | parquet: a glob of shards (.jsonl, .jsonl.gz, .jsonl.zst, .parquet)
@@ -200,13 +200,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # A jax.profiler trace of steps start_step..start_step+steps-1 into WORKDIR/tensorboard
   # (TensorBoard's profile plugin and XProf open it), summarized in profile_summary.json.
   c.profile = ml_collections.ConfigDict()
-  c.profile.steps = 0  # 0: no trace
-  c.profile.start_step = 5  # after compilation and the first warm steps
+  c.profile.steps = 0  # steps traced with jax.profiler into the workdir; 0: no trace
+  c.profile.start_step = 5  # first traced step (after compilation and the first warm steps)
 
   # Experiment tracking besides metrics.jsonl and TensorBoard (efficiency.workdir.wandb_writer).
   c.log = ml_collections.ConfigDict()
   c.log.wandb = False  # Weights & Biases (the `wandb` extra); WANDB_MODE=offline writes locally
-  c.log.wandb_project = "efficiency"
+  c.log.wandb_project = "efficiency"  # the W&B project runs are logged to
   c.log.wandb_name = ""  # "": the workdir's name
   c.log.wandb_tags = ""  # comma-separated
   return c

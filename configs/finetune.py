@@ -25,7 +25,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.peft = ml_collections.ConfigDict()
   c.peft.method = "lora"  # full | freeze | lora | lora_plus | rslora | dora | pissa
-  c.peft.rank = 8
+  c.peft.rank = 8  # adapter rank r
   c.peft.alpha = 16.0  # adapters scale A @ B by alpha / rank (rslora: alpha / sqrt(rank))
   # Comma-separated name patterns over parameter paths; "" = the method's default: every
   # projection for adapters ("*"), the transformer layers for freeze ("layers/*").
@@ -44,6 +44,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optimizer.warmup_steps = 20
   c.optimizer.weight_decay = 0.0
 
-  c.data.name = "stdlib_tests"
+  c.data.name = "stdlib_tests"  # the standard library's test files (never in pretraining)
   c.data.tokenizer_from = ""  # "" = init_from's tokenizer
   return c
