@@ -7,6 +7,7 @@ import fcntl
 import json
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -30,6 +31,18 @@ from efficiency.train.setup import Training
 from efficiency.workdir.restore import TrainedModel
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+# The CUDA plugin (a dev dependency, for compiling for GPUs) logs through absl before absl is
+# initialized when jax loads it, so every process prints these lines on a machine without a GPU.
+_PLUGIN_LOG = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog|I\d{4} .*cudart_stub)"
+)
+
+
+def stderr_lines(stderr: str) -> list[str]:
+  """A command's stderr lines, less the CUDA plugin's start-up log."""
+  return [line for line in stderr.strip().splitlines() if not _PLUGIN_LOG.match(line)]
 
 
 # Configs and batches.

@@ -130,7 +130,8 @@ def test_cli_batch_not_divisible_by_data_parallel(tmp_path):
   proc = subprocess.run(
       [sys.executable, "train.py", f"--workdir={tmp_path}", "--config.batch_size=7"],
       cwd=ROOT, capture_output=True, text=True, timeout=120,
-      env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "PATH": "/usr/bin:/bin"},
+      env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "PATH": "/usr/bin:/bin",
+           "JAX_PLATFORMS": "cpu"},
   )
   assert proc.returncode != 0 and "Traceback" not in proc.stderr
   assert proc.stderr.strip().splitlines()[-1].startswith(

@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from tests.helpers import stderr_lines
+
 
 def run(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
   return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
@@ -65,7 +67,7 @@ def test_clear_errors(sweep_root):
   assert last == "error: weights=[0.9, 0.2] must be >= 0 and sum to 1"
   proc = run("evals.cos", f"--models={models}", "--prompts=/nonexistent", timeout=60)
   assert proc.returncode == 1
-  assert proc.stderr.strip().splitlines() == ["error: prompts='/nonexistent' is not a file"]
+  assert stderr_lines(proc.stderr) == ["error: prompts='/nonexistent' is not a file"]
   target = sweep_root / "num_kv_heads-2"
   seq_len = json.loads((target / "config.json").read_text())["seq_len"]
   proc = run("evals.generate", f"--workdir={target}", "--prompt=x", "--max_new_tokens=100000",

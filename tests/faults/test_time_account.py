@@ -90,7 +90,7 @@ def test_killed_run_accounts_lost_work_and_resumes_its_wandb_run(
   [before] = killed["launches"]
   assert before["ended"] == "running"
   # The killed launch's record reaches to within a few percent of its real wall time.
-  assert before["wall_s"] == pytest.approx(killed_wall, rel=0.05)
+  assert before["wall_s"] == pytest.approx(killed_wall, rel=0.1)
 
   config = tiny_train_config(tiny_corpus, fault_data_dir, **SETTINGS)
   called = time.time()
@@ -117,7 +117,7 @@ def test_killed_run_accounts_lost_work_and_resumes_its_wandb_run(
   # The parts add up to both launches' wall time, and that is the wall time the launches took.
   total = sum(breakdown.values())
   assert total == pytest.approx(died["wall_s"] + resumed["wall_s"])
-  assert resumed["wall_s"] == pytest.approx(elapsed, rel=0.05)
+  assert resumed["wall_s"] == pytest.approx(elapsed, rel=0.1)
   assert summary["goodput"] == pytest.approx(breakdown["train_steps"] / total)
   assert all(breakdown[p] > 0 for p in ("startup", "compile", "train_steps", "checkpoint"))
 

@@ -29,7 +29,15 @@ from efficiency.train.inputs import tokenizer_of
 from efficiency.train.setup import Training
 from efficiency.workdir import files
 from efficiency.workdir.restore import restore
-from tests.helpers import ROOT, run_module, run_peft, run_train, tiny_config, tiny_train_flags
+from tests.helpers import (
+    ROOT,
+    run_module,
+    run_peft,
+    run_train,
+    stderr_lines,
+    tiny_config,
+    tiny_train_flags,
+)
 
 FIXTURES = ROOT / "tests" / "fixtures" / "hf"
 
@@ -256,7 +264,7 @@ def test_lora_fine_tuning_starts_from_the_imported_weights(imported):
 def test_convert_command_line_errors_are_one_line(args, message):
   proc = subprocess.run([sys.executable, "-m", "evals.convert", *args], cwd=ROOT,
                         capture_output=True, text=True)
-  lines = proc.stderr.strip().splitlines()
+  lines = stderr_lines(proc.stderr)
   assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith(message)
 
 
