@@ -42,9 +42,11 @@ def parse_gamma(values: list[str], num_models: int) -> str | int | tuple[int, ..
     gammas = [int(v) for v in values]
   except ValueError:
     gammas = []
-  if not gammas or min(gammas) < 1:
-    raise ConfigError(f"gamma={text} is invalid; valid choices: auto, a positive integer, or "
-                      f"{num_models} comma-separated positive integers (one per model)")
+  choices = "auto or a positive integer" + (
+      f", or {num_models} comma-separated positive integers (one per model)"
+      if num_models > 1 else "")
+  if not gammas or min(gammas) < 1 or (num_models == 1 and len(gammas) > 1):
+    raise ConfigError(f"gamma={text} is invalid; valid choices: {choices}")
   if len(gammas) not in (1, num_models):
     raise ConfigError(f"gamma={text} gives {len(gammas)} proposal lengths for {num_models} "
                       "models; give one, or one per model (or auto)")
@@ -220,16 +222,23 @@ def _measure(model, params: dict, batch: int, width: int, max_len: int, rollback
   return min(timed(compiled, *args)[1] for _ in range(3)) / CALLS_PER_TIMING
 
 
+def measured_widths(widths: tuple[int, ...]) -> tuple[int, ...]:
+  """The call widths `call_costs` times: those up to 3 and the widest (the rest interpolate)."""
+  return tuple(sorted({w for w in widths if w <= 3} | {max(widths)}))
+
+
 def call_costs(model, params: dict, batch: int, widths: tuple[int, ...], max_len: int,
                rollback: int) -> dict[int, float]:
   """Seconds of one batched call of a model (in its decode form) over each of `widths`
-  positions with a cache of `max_len`, on this device: measured once per model, batch, width,
-  cache length and device for the process, then read from a cache."""
+  positions with a cache of `max_len`, on this device: `measured_widths` timed once per model,
+  batch, width, cache length and device for the process (then read from a cache), the widths
+  between them interpolated linearly (a call's cost is close to affine in its width)."""
   device = jax.devices()[0]
-  out = {}
-  for width in widths:
+  known = {}
+  for width in measured_widths(widths):
     key = (model, batch, width, max_len, rollback, device.platform, device.device_kind)
     if key not in _COSTS:
       _COSTS[key] = _measure(model, params, batch, width, max_len, rollback)
-    out[width] = _COSTS[key]
-  return out
+    known[width] = _COSTS[key]
+  xs = sorted(known)
+  return {w: float(np.interp(w, xs, [known[x] for x in xs])) for w in widths}

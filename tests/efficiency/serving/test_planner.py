@@ -137,7 +137,8 @@ def test_speculate_auto_runs_the_chosen_setting(pair, measured):
   try:
     out = speculative.speculate(target, draft, PROMPTS, 6, sampling, "auto", None, seed=3)
     calibrations = measured["n"]
-    assert calibrations == len(speculative.speculation_positions(grid)[0]) + 2
+    target_widths, draft_widths = speculative.speculation_positions(grid)
+    assert calibrations == len(request.measured_widths(target_widths)) + len(draft_widths)
     again = speculative.speculate(target, draft, PROMPTS, 6, sampling, "auto", None, seed=3)
     assert measured["n"] == calibrations  # once per model, shape and device
   finally:
@@ -182,3 +183,22 @@ def test_speculate_auto_steps_aside_for_plain_decoding(pair, monkeypatch):
   assert out.gamma == 0 and out.calls["draft"] == 0 and out.report()["plan"] == "standard"
   plain = run(*target, PROMPTS, 5, sampling, None, seed=1).tokens
   assert [t.tolist() for t in out.tokens] == [t.tolist() for t in plain]
+
+
+def test_call_costs_measure_few_widths_once_and_interpolate(monkeypatch):
+  seen = []
+
+  def fake(model, params, batch, width, max_len, rollback):
+    seen.append(width)
+    return 1.0 + 0.5 * width
+
+  monkeypatch.setattr(request, "_COSTS", {})
+  monkeypatch.setattr(request, "_measure", fake)
+  widths = (1, 2, 3, 5, 7, 9)
+  costs = request.call_costs("model", None, 4, widths, 64, 3)
+  assert sorted(seen) == [1, 2, 3, 9]
+  assert costs == pytest.approx({w: 1.0 + 0.5 * w for w in widths})
+  request.call_costs("model", None, 4, widths, 64, 3)
+  assert len(seen) == 4  # cached for the process
+  request.call_costs("model", None, 8, widths, 64, 3)
+  assert len(seen) == 8  # another batch is another shape
