@@ -174,16 +174,21 @@ def test_collaborate_auto_runs_the_chosen_per_model_lengths(pair, monkeypatch):
   assert out.report()["plan"] == [1, 2]
 
 
-def test_speculate_auto_steps_aside_for_plain_decoding(pair, monkeypatch):
+@pytest.mark.parametrize("choice", [None, (3,)])
+def test_speculate_auto_runs_a_forced_choice(pair, monkeypatch, choice):
+  """Plain decoding when speculation would not pay, else speculation at the chosen gamma."""
   target, draft = pair
   sampling = Sampling(1.0)
-  monkeypatch.setattr(speculative, "choose_speculation", forced(None))
-  monkeypatch.setattr(speculative, "GRID", (1, 2))
+  monkeypatch.setattr(speculative, "choose_speculation", forced(choice))
+  monkeypatch.setattr(speculative, "GRID", (1, 3))
   out = speculative.speculate(target, draft, PROMPTS, 5, sampling, "auto", None, seed=1)
-  assert out.gamma == 0 and out.calls["draft"] == 0 and out.report()["plan"] == "standard"
-  plain = run(*target, PROMPTS, 5, sampling, None, seed=1).tokens
-  assert [t.tolist() for t in out.tokens] == [t.tolist() for t in plain]
-
+  if choice is None:
+    assert out.gamma == 0 and out.calls["draft"] == 0 and out.report()["plan"] == "standard"
+    fixed = run(*target, PROMPTS, 5, sampling, None, seed=1).tokens
+  else:
+    assert out.gamma == 3 and out.report()["plan"] == [3]
+    fixed = speculative.speculate(target, draft, PROMPTS, 5, sampling, 3, None, seed=1).tokens
+  assert [t.tolist() for t in out.tokens] == [t.tolist() for t in fixed]
 
 def test_call_costs_measure_few_widths_once_and_interpolate(monkeypatch):
   seen = []
