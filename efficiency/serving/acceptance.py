@@ -125,7 +125,9 @@ def cos_rate(a: float, gammas: tuple[int, ...], costs_s: tuple[dict[int, float],
 
 
 def _choose(rates: dict[tuple[int, ...], float], standard: float, a: float, costs_s: tuple,
-            margin: float) -> Plan:
+            margin: float, rows: int) -> Plan:
+  """The best of `rates` (tokens/s of one row) or standard; predictions over `rows` rows."""
+  rates, standard = {g: rows * r for g, r in rates.items()}, rows * standard
   best = max(rates, key=rates.get)
   if rates[best] < standard * (1 + margin):
     return Plan(None, standard, standard, a, costs_s)
@@ -133,21 +135,24 @@ def _choose(rates: dict[tuple[int, ...], float], standard: float, a: float, cost
 
 
 def choose_speculation(a: float, target_s: dict[int, float], draft_s: dict[int, float],
-                       grid: tuple[int, ...] = GRID, margin: float = MARGIN) -> Plan:
+                       grid: tuple[int, ...] = GRID, margin: float = MARGIN,
+                       rows: int = 1) -> Plan:
   """The gamma in `grid` (or standard decoding: one target call per token) with the most expected
   tokens/s for acceptance a and the measured call costs (seconds per batched call by positions:
-  the target's at 1 and gamma + 1, the draft's at 1 and 2)."""
+  the target's at 1 and gamma + 1, the draft's at 1 and 2); tokens/s predicted over `rows`
+  rows decoding together."""
   rates = {(g,): speculation_rate(a, g, target_s, draft_s) for g in grid}
-  return _choose(rates, 1 / target_s[1], a, (target_s, draft_s), margin)
+  return _choose(rates, 1 / target_s[1], a, (target_s, draft_s), margin, rows)
 
 
 def choose_cos(a: float, costs_s: tuple[dict[int, float], ...], grid: tuple[int, ...] = GRID,
-               margin: float = MARGIN) -> Plan:
+               margin: float = MARGIN, rows: int = 1) -> Plan:
   """Per-model proposal lengths gamma_1 .. gamma_n from `grid` (or standard collaborative
   decoding: every model called once per token) with the most expected tokens/s for acceptance a
-  and each model's measured call costs (at 1, 3 and gamma + 2 positions)."""
+  and each model's measured call costs (at 1, 3 and gamma + 2 positions); tokens/s predicted
+  over `rows` rows decoding together."""
   rates = {g: cos_rate(a, g, costs_s) for g in itertools.product(grid, repeat=len(costs_s))}
-  return _choose(rates, 1 / sum(c[1] for c in costs_s), a, tuple(costs_s), margin)
+  return _choose(rates, 1 / sum(c[1] for c in costs_s), a, tuple(costs_s), margin, rows)
 
 
 def cos_positions(grid: tuple[int, ...] = GRID) -> tuple[int, ...]:

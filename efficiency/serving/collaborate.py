@@ -358,4 +358,4 @@ def plan(
                   for m, p in members)
   probe = collaborate(collab, members, prompts, min(PROBE_TOKENS, max_new_tokens), "cos", eos_id,
                       PROBE_GAMMA, proposer, seed, first_row)
-  return choose_cos(probe.acceptance or 0.0, costs_s, grid)
+  return choose_cos(probe.acceptance or 0.0, costs_s, grid, rows=batch)

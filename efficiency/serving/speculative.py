@@ -264,4 +264,4 @@ def plan(
   draft_s = call_costs(*draft, batch, draft_widths, max_len, rollback(max(grid)))
   probe = speculate(target, draft, prompts, min(PROBE_TOKENS, max_new_tokens), sampling,
                     PROBE_GAMMA, eos_id, seed, first_row, draft_sampling)
-  return choose_speculation(probe.acceptance or 0.0, target_s, draft_s, grid)
+  return choose_speculation(probe.acceptance or 0.0, target_s, draft_s, grid, rows=batch)

@@ -76,6 +76,8 @@ def test_cheap_draft_with_high_acceptance_drafts_long():
   assert plan.gamma == (max(acceptance.GRID),)
   assert plan.predicted_tokens_per_s > 2 * plan.standard_tokens_per_s
   assert choose_speculation(0.6, linear_costs(1.0, 0.01), linear_costs(0.05, 0.001)).gamma[0] < 8
+  four = choose_speculation(0.9, linear_costs(1.0, 0.01), linear_costs(0.05, 0.001), rows=4)
+  assert four.gamma == plan.gamma and four.standard_tokens_per_s == 4.0  # tokens/s of 4 rows
 
 
 def test_equal_costs_and_low_acceptance_do_not_speculate():
@@ -158,7 +160,7 @@ def test_speculate_auto_runs_the_chosen_setting(pair, measured):
 
 def forced(gamma):
   """A planner that picks `gamma` (None: standard) whatever it measured."""
-  return lambda a, *costs, grid=None: Plan(gamma, 1.0, 1.0, a, ())
+  return lambda a, *costs, grid=None, rows=1: Plan(gamma, 1.0, 1.0, a, ())
 
 
 def test_collaborate_auto_runs_the_chosen_per_model_lengths(pair, monkeypatch):
