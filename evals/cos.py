@@ -1,7 +1,7 @@
 """Benchmarks collaborative decoding against its speculative speed-ups (CoS) on the same prompts.
 
   python -m evals.cos --models=DIR1,DIR2[,DIR3] --method=we|cd
-      [--weights=0.5,0.5 --mu=0.1 --gamma=5|G1,G2[,G3] --temperature=0 --prompts=FILE
+      [--weights=0.5,0.5 --mu=0.1 --gamma=auto|G|G1,G2[,G3] --temperature=0 --prompts=FILE
        --num_prompts=8 --prompt_tokens=64 --max_new_tokens=64 --seed=0
        --output=cos_report.json --truncate_prompt]
 
@@ -15,6 +15,11 @@ Both run on device for any number of models (one jitted program per prompt, acce
 device; `efficiency.serving.collaborate`). `--gamma` is one proposal length for every
 model, or one per model in --models order, the paper's gamma_1 .. gamma_n: a
 large model paired with a small one proposes little (`--gamma=1,5`: DIR1 one token, DIR2 five).
+`--gamma=auto` (the default) chooses them, or no speculation at all, before decoding: each
+model's call costs timed on this device at batch 1 (once per process), acceptance from a short
+CoS probe of the first prompts, then the setting with the most expected tokens/s; the report's
+`plan` says what was chosen and why (measured call costs, acceptance estimate, predicted and
+achieved tokens/s), and the `cos` row runs that choice.
 Prompts are lines of --prompts, or the first --prompt_tokens tokens of validation documents;
 one longer than the models' context is refused in one line (or, with --truncate_prompt, cut to
 its last tokens with a warning), and so is a request whose caches and logits would not fit the
@@ -32,9 +37,8 @@ from absl import flags
 from efficiency import cli
 from efficiency.errors import ConfigError, MissingPathError
 from efficiency.serving.bench import compare, compare_table
-from efficiency.serving.collaborate import proposal_lengths
 from efficiency.serving.loading import check_same_tokenizer, load_model, validation_prompts
-from efficiency.serving.request import fit_prompts
+from efficiency.serving.request import fit_prompts, parse_gamma
 from efficiency.serving.sampling import Sampling
 from efficiency.serving.targets import collaboration
 from efficiency.serving.weights import to_decode_form
@@ -44,8 +48,9 @@ _MODELS = flags.DEFINE_list("models", None, "Workdirs of the models (2 or more).
 _METHOD = flags.DEFINE_enum("method", "we", ["we", "cd"], "Weighted ensemble or contrastive.")
 _WEIGHTS = flags.DEFINE_list("weights", None, "Ensemble weights (>= 0, sum 1); uniform if unset.")
 _MU = flags.DEFINE_float("mu", 0.1, "Contrastive decoding strength on the amateur's logits.")
-_GAMMA = flags.DEFINE_list("gamma", ["5"], "Draft tokens per proposer turn: one for all "
-                          "models, or one per model.")
+_GAMMA = flags.DEFINE_list("gamma", ["auto"], "Draft tokens per proposer turn: auto (chosen "
+                          "from measured costs and acceptance), one for all models, or one per "
+                          "model.")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "Sampling temperature; 0 is greedy.")
 _PROMPTS = flags.DEFINE_string("prompts", None, "A file with one prompt per line.")
 _NUM_PROMPTS = flags.DEFINE_integer("num_prompts", 8, "Validation prompts when --prompts unset.")
@@ -63,12 +68,7 @@ def main(argv: list[str]) -> None:
   del argv
   if len(_MODELS.value) < 2:
     raise ConfigError(f"models={_MODELS.value}: collaborative decoding needs 2 or more")
-  try:
-    gammas = [int(g) for g in _GAMMA.value]
-  except ValueError:
-    raise ConfigError(f"gamma={','.join(_GAMMA.value)} must be integers") from None
-  gamma = gammas[0] if len(gammas) == 1 else tuple(gammas)
-  proposal_lengths(gamma, len(_MODELS.value))
+  gamma = parse_gamma(_GAMMA.value, len(_MODELS.value))
   if _PROMPTS.value and not Path(_PROMPTS.value).is_file():
     raise MissingPathError(f"prompts={_PROMPTS.value!r} is not a file")
   loaded = [load_model(d) for d in _MODELS.value]
@@ -92,13 +92,15 @@ def main(argv: list[str]) -> None:
   report["settings"] = {
       "models": _MODELS.value, "method": _METHOD.value, "weights": list(collab.weights)
       if _METHOD.value == "we" else None, "mu": _MU.value if _METHOD.value == "cd" else None,
-      "gamma": gammas[0] if len(gammas) == 1 else gammas, "temperature": _TEMPERATURE.value,
+      "gamma": list(gamma) if isinstance(gamma, tuple) else gamma,
+      "temperature": _TEMPERATURE.value,
       "prompts": len(prompts),
       "max_new_tokens": _MAX_NEW.value,
   }
   Path(_OUTPUT.value).write_text(json.dumps(report, indent=2))
   print(compare_table(report))
-  print(f"speedup (CoS over standard): {report['cos']['speedup']:.2f}x; report: {_OUTPUT.value}")
+  print(f"plan: {report['plan']['plan']}; speedup (CoS over standard): "
+        f"{report['cos']['speedup']:.2f}x; report: {_OUTPUT.value}")
 
 
 if __name__ == "__main__":

@@ -2,17 +2,21 @@
 
   python -m evals.generate --workdir=DIR --prompt=TEXT [--prompt=TEXT ...]
       [--max_new_tokens=64 --temperature=1 --top_k=0 --top_p=1 --seed=0 --batch=8]
-      [--draft=DIR2 --gamma=5] [--quant=8|4|4a8] [--report=FILE] [--stream=N]
+      [--draft=DIR2 --gamma=auto|G] [--quant=8|4|4a8] [--report=FILE] [--stream=N]
       [--truncate_prompt]
 
 Prompts are decoded in batches of --batch rows (right-padded; each row at its own positions),
 each batch one jitted program on device (prefill, generation and sampling; rows stop at EOS) and
 one read of its tokens. With --draft, the draft model proposes --gamma tokens per round and the
 target verifies them in one pass, every row accepting its own number; the output distribution is
-the target's. With --quant, the target is converted to int8 (AQT serving) or packed int4 weights
+the target's. --gamma=auto (the default) plans each batch first: both models' call costs timed
+on this device and batch (once per process), acceptance from a short probe of the batch, then
+the gamma, or plain decoding of the target, with the most expected tokens/s.
+With --quant, the target is converted to int8 (AQT serving) or packed int4 weights
 (`4a8`: int4 weights on int8 activations, W4A8) first and decodes through the same path.
 --report writes tokens/s (decoding only, compilation excluded), the batch and, with --draft, the
-acceptance and the calls per model as JSON.
+acceptance, the calls per model and each batch's plan (its choice, measured call costs,
+acceptance estimate, predicted and achieved tokens/s) as JSON.
 --stream=N prints each batch's text as it decodes, N tokens at a time (one read of the device
 per N tokens; rows of a batch as `[i] text` lines); it takes neither --draft nor --report.
 A prompt longer than the model's context (its training seq_len) is refused in one line, or with
@@ -35,7 +39,7 @@ from efficiency.serving.loading import (
   load_model,
   quant_setting,
 )
-from efficiency.serving.request import check_gamma, fit_prompts
+from efficiency.serving.request import fit_prompts, parse_gamma
 from efficiency.serving.sampling import Sampling
 from efficiency.serving.speculative import speculate
 from efficiency.serving.weights import to_decode_form
@@ -50,7 +54,8 @@ _TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass; 1 keeps all.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Prompts decoded together.")
 _DRAFT = flags.DEFINE_string("draft", None, "A draft model's workdir: speculative decoding.")
-_GAMMA = flags.DEFINE_integer("gamma", 5, "Draft tokens per verification (with --draft).")
+_GAMMA = flags.DEFINE_string("gamma", "auto", "Draft tokens per verification (with --draft), or "
+                             "auto: chosen from measured costs and acceptance.")
 _QUANT = flags.DEFINE_enum("quant", "none", list(QUANT_CHOICES),
                            "Weight bits of the target; 4a8: int4 on int8 activations.")
 _QUANT_EMBEDDING = flags.DEFINE_string(
@@ -69,7 +74,7 @@ def main(argv: list[str]) -> None:
     raise ConfigError("give at least one --prompt")
   if _BATCH.value < 1:
     raise ConfigError(f"batch={_BATCH.value} must be >= 1")
-  check_gamma(_GAMMA.value)
+  gamma = parse_gamma(_GAMMA.value.split(","), 1)
   if _STREAM.value < 0:
     raise ConfigError(f"stream={_STREAM.value} must be >= 0 (0: off)")
   if _STREAM.value and (_DRAFT.value or _REPORT.value):
@@ -91,7 +96,8 @@ def main(argv: list[str]) -> None:
   if _STREAM.value:
     _print_streamed(target_mp, tokenizer, prompts, sampling)
     return
-  outputs, tokens, seconds, rounds, verified, accepted = [], 0, 0.0, 0, 0, 0
+  outputs, tokens, seconds, verified, accepted = [], 0, 0.0, 0, 0
+  calls, plans = {"target": 0, "draft": 0}, []
   for start in range(0, len(prompts), _BATCH.value):
     chunk = prompts[start : start + _BATCH.value]
     if draft is None:
@@ -99,18 +105,20 @@ def main(argv: list[str]) -> None:
                    tokenizer.eos_id, seed=_SEED.value, first_row=start)
     else:
       result = speculate(target_mp, draft, chunk,
-                         _MAX_NEW.value, sampling, _GAMMA.value, tokenizer.eos_id,
+                         _MAX_NEW.value, sampling, gamma, tokenizer.eos_id,
                          seed=_SEED.value, first_row=start)
-      rounds, verified = rounds + result.rounds, verified + result.verified
-      accepted += result.accepted
+      verified, accepted = verified + result.verified, accepted + result.accepted
+      calls = {k: calls[k] + v for k, v in result.calls.items()}
+      plans.append(result.report())
     outputs += result.tokens
     tokens, seconds = tokens + sum(map(len, result.tokens)), seconds + result.decode_s
   report = {"tokens": tokens, "tokens_per_s": tokens / seconds, "batch": _BATCH.value}
   if draft is not None:
     report.update(acceptance=accepted / verified if verified else None, gamma=_GAMMA.value,
-                  calls={"target": rounds, "draft": rounds * _GAMMA.value})
-    print(f"[acceptance {report['acceptance'] or 0:.2f}, target calls {rounds}, draft calls "
-          f"{rounds * _GAMMA.value}, tokens {tokens}]", file=sys.stderr)
+                  calls=calls, plans=plans)
+    print(f"[plan {', '.join(str(p['plan']) for p in plans)}, acceptance "
+          f"{report['acceptance'] or 0:.2f}, target calls {calls['target']}, draft calls "
+          f"{calls['draft']}, tokens {tokens}]", file=sys.stderr)
   if _REPORT.value:
     Path(_REPORT.value).write_text(json.dumps(report, indent=2))
   for text, new in zip(_PROMPT.value, outputs, strict=True):

@@ -6,11 +6,13 @@ workdir loader (`efficiency.workdir.restore`). One module per role:
   entries as ring buffers sized by the decoder's rollback bound), and its size in bytes.
 - `forward`: one model's cached forward pass (prefill and decode steps alike).
 - `request`: what every request shares: its checks, padded prompts, row keys, the executable
-  compiled once per shape, and the one timing path (`timed`).
+  compiled once per shape, the one timing path (`timed`), and the call costs the speculation
+  planner reads (`call_costs`, measured once per model, shape and device).
 - `sampling`: sampling settings and the next-token distributions and draws on device.
 - `targets`: the decoding targets r (one model, weighted ensemble, contrastive) and each
   model's proposal q, on device.
-- `acceptance`: speculative acceptance and residual draws on device.
+- `acceptance`: speculative acceptance and residual draws on device, and the planner behind
+  gamma="auto" (expected tokens per round and per second; the proposal lengths or standard).
 - `generate`: plain generation (`run`, `generate`, `stream`): one jitted program per request.
 - `speculative`: speculative decoding with a draft model (`speculate`), batched, on device.
 - `collaborate`: collaborative decoding (`collaborate`): standard, and CoS of any number of

@@ -14,7 +14,8 @@ request's wall time, compilation excluded):
   --mode=infer): greedy generation requests of its newest checkpoint (optionally int8 or int4),
   timed while a background sampler reads memory, utilization and power.
 - `compare`: standard collaborative decoding and CoS side by side on the same prompts (the CoS
-  benchmark): tokens/s, speedup over standard, acceptance and tokens per model call.
+  benchmark): tokens/s, speedup over standard, acceptance and tokens per model call, and with
+  gamma="auto" the plan (`collaborate.plan`) and its predicted against achieved tokens/s.
 """
 
 from pathlib import Path
@@ -32,9 +33,10 @@ from efficiency.metrics.profile import ProfileWindow
 from efficiency.metrics.sampler import Sampler
 from efficiency.quant import table
 from efficiency.serving import export
-from efficiency.serving.collaborate import METHODS, collaborate
+from efficiency.serving.collaborate import METHODS, collaborate, plan, proposal_lengths
 from efficiency.serving.generate import Generated, kv_cache_bytes, run
 from efficiency.serving.loading import check_embedding
+from efficiency.serving.request import AUTO
 from efficiency.serving.sampling import Sampling
 from efficiency.serving.weights import to_decode_form
 from efficiency.train.inputs import load_inputs
@@ -280,20 +282,31 @@ def _summarize(totals: dict, outputs: dict) -> dict:
   return report
 
 
+PLAN_PROMPTS = 4  # prompts of the acceptance probe of `compare` with gamma="auto"
+
+
 def compare(
     collab, members: list, prompts: list[np.ndarray], max_new_tokens: int,
-    gamma: int | tuple[int, ...], proposer: int, seed: int, eos_id: int | None,
+    gamma: int | tuple[int, ...] | str, proposer: int, seed: int, eos_id: int | None,
 ) -> dict:
   """Standard and CoS on device, each prompt its own request (batch 1, as the paper measures),
   compilation excluded: per-method totals, rates, speedups over `standard` and whether greedy
-  tokens match standard's."""
+  tokens match standard's. With gamma="auto" the `cos` row runs what `collaborate.plan` chose
+  at batch 1 from the first PLAN_PROMPTS prompts (standard decoding when CoS would not pay)."""
   totals = {name: {"tokens": 0, "decode_s": 0.0, "verified": 0, "accepted": 0, "calls": 0}
             for name in METHODS}
   outputs = {name: [] for name in METHODS}
   members = [to_decode_form(m, p) for m, p in members]  # once, outside the timed requests
+  chosen = None
+  if gamma == AUTO:
+    chosen = plan(collab, members, prompts[:PLAN_PROMPTS], max_new_tokens, eos_id, proposer,
+                  seed, batch=1)
+  gammas = proposal_lengths((chosen.gamma or 1) if chosen else gamma, len(members))
+  method = {"standard": "standard",
+            "cos": "standard" if chosen and chosen.gamma is None else "cos"}
   for i, prompt in enumerate(tqdm(prompts, desc="prompts", leave=False)):
     for name in METHODS:
-      out = collaborate(collab, members, [prompt], max_new_tokens, name, eos_id, gamma,
+      out = collaborate(collab, members, [prompt], max_new_tokens, method[name], eos_id, gammas,
                         proposer, seed=seed, first_row=i)
       outputs[name].append(out.tokens[0].tolist())
       t = totals[name]
@@ -302,7 +315,10 @@ def compare(
       t["verified"] += out.verified
       t["accepted"] += out.accepted
       t["calls"] += out.calls
-  return _summarize(totals, outputs)
+  report = _summarize(totals, outputs)
+  report["plan"] = {**(chosen.as_dict() if chosen else {"plan": list(gammas)}),
+                    "achieved_tokens_per_s": report["cos"]["tokens_per_s"]}
+  return report
 
 
 def compare_table(report: dict) -> str:

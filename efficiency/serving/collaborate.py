@@ -25,6 +25,12 @@ past a call's first position earlier calls wrote: none for standard decoding; fo
 writes n-1 .. n+gamma and, as the next round's proposer, starts at n'-2 >= n-1, so gamma + 2
 for the longest proposal (`cos_rollback`; a proposer writes up to n+gamma-1 and next verifies
 from n'-1 >= n).
+
+`gamma="auto"` plans first (`plan`): every model's call costs measured on this device and batch
+(`request.call_costs`, once per process), acceptance from a short CoS probe of the same prompts,
+and the per-model proposal lengths, or standard collaborative decoding, with the most expected
+tokens/s (`acceptance.choose_cos`, whose Markov chain follows the schedule above); the request
+then runs that fixed setting.
 """
 
 import dataclasses
@@ -37,11 +43,13 @@ import numpy as np
 
 from efficiency.errors import ConfigError
 from efficiency.serving import sampling as sampling_lib
-from efficiency.serving.acceptance import accept
+from efficiency.serving.acceptance import GRID, Plan, accept, choose_cos, cos_positions
 from efficiency.serving.cache import cache_bytes, init_cache
 from efficiency.serving.forward import cached_forward
 from efficiency.serving.request import (
+  AUTO,
   NO_TOKEN,
+  call_costs,
   check_gamma,
   check_memory,
   check_request,
@@ -261,6 +269,7 @@ class Collaborated:
   calls: int
   decode_s: float
   compile_s: float
+  plan: Plan | None = None  # with gamma="auto"
 
   @property
   def acceptance(self) -> float | None:
@@ -270,6 +279,12 @@ class Collaborated:
   def tokens_per_s(self) -> float:
     return sum(map(len, self.tokens)) / self.decode_s
 
+  def report(self) -> dict:
+    """The plan (with gamma="auto") and the achieved tokens/s, for JSON reports."""
+    return {**(self.plan.as_dict() if self.plan else
+               {"plan": "standard" if self.method == "standard" else list(self.gamma)}),
+            "achieved_tokens_per_s": self.tokens_per_s}
+
 
 def collaborate(
     collab: Collaboration,
@@ -278,17 +293,27 @@ def collaborate(
     max_new_tokens: int,
     method: str,
     eos_id: int | None,
-    gamma: int | tuple[int, ...] = 5,
+    gamma: int | tuple[int, ...] | str = 5,
     proposer: int = 0,
     seed: int = 0,
     first_row: int = 0,
 ) -> Collaborated:
   """Decodes every prompt in one batch from r = `collab` of `members` (in its order) by
   `method` (`standard`, or `cos` with `proposer` drafting first; `gamma` one proposal length,
-  or one per member)."""
+  one per member, or "auto": the setting `plan` chooses, standard when CoS would not pay)."""
   if method not in METHODS:
     raise ConfigError(f"method={method!r} is unknown; valid choices: {list(METHODS)}")
   check_request(prompts, max_new_tokens)
+  if gamma == AUTO:
+    if method == "standard":
+      gamma = 1  # unused by standard decoding
+    else:
+      members = [to_decode_form(m, p) for m, p in members]
+      chosen = plan(collab, members, prompts, max_new_tokens, eos_id, proposer, seed, first_row)
+      out = collaborate(collab, members, prompts, max_new_tokens,
+                        "standard" if chosen.gamma is None else "cos", eos_id,
+                        chosen.gamma or 1, proposer, seed, first_row)
+      return dataclasses.replace(out, plan=chosen)
   gammas = proposal_lengths(gamma, len(members))
   if len(members) != collab.num_models:
     raise ConfigError(f"{len(members)} models given; the target needs {collab.num_models}")
@@ -312,3 +337,25 @@ def collaborate(
   return Collaborated([trim(row, eos_id) for row in out_BN], method, int(rounds), gammas,
                       len(members), int(verified), int(accepted), int(calls), decode_s,
                       compile_s)
+
+
+PROBE_TOKENS, PROBE_GAMMA = 16, 3  # the acceptance probe: new tokens per prompt, its gamma
+
+
+def plan(
+    collab: Collaboration, members: list[tuple[nn.Module, dict]], prompts: list[np.ndarray],
+    max_new_tokens: int, eos_id: int | None, proposer: int = 0, seed: int = 0,
+    first_row: int = 0, batch: int | None = None, grid: tuple[int, ...] | None = None,
+) -> Plan:
+  """Per-model proposal lengths from `grid`, or standard collaborative decoding, with the most
+  expected tokens/s for these members (in their decode forms) and prompts: call costs measured
+  at `batch` rows (default: all the prompts in one batch), acceptance from CoS over
+  PROBE_TOKENS tokens of every prompt."""
+  batch, grid = batch or len(prompts), grid or GRID
+  gammas = (max(grid),) * len(members)
+  max_len = pad_prompts(prompts)[0].shape[1] + max_new_tokens + max(grid) + 3
+  costs_s = tuple(call_costs(m, p, batch, cos_positions(grid), max_len, cos_rollback(gammas))
+                  for m, p in members)
+  probe = collaborate(collab, members, prompts, min(PROBE_TOKENS, max_new_tokens), "cos", eos_id,
+                      PROBE_GAMMA, proposer, seed, first_row)
+  return choose_cos(probe.acceptance or 0.0, costs_s, grid, rows=batch)

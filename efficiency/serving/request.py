@@ -1,7 +1,8 @@
 """What every decoding request shares: its checks (one place, before anything is allocated),
 its prompts padded into one batch, the rows' random keys, the executable compiled once per
 shape, and the one timing path (`timed`: the compiled request's wall time up to its one
-device-to-host transfer, compilation excluded).
+device-to-host transfer, compilation excluded), and the calibration the speculation planner
+reads (`call_costs`: a model's batched call over k positions, timed on this device).
 
 Row b of a request draws its tokens from `fold_in(key(seed), first_row + b)`, so a prompt gets
 the same tokens whatever batch it decodes in.
@@ -16,16 +17,40 @@ import jax.numpy as jnp
 import numpy as np
 
 from efficiency.errors import ConfigError
-from efficiency.serving.forward import bucket
+from efficiency.serving.cache import init_cache
+from efficiency.serving.forward import bucket, cached_forward
 
 NO_TOKEN = -1  # fills the output after a row stops
 NEVER = -2  # the EOS id when there is none (no sampled token equals it)
+
+
+AUTO = "auto"  # proposal lengths chosen by the planner (`acceptance.choose_*`)
 
 
 def check_gamma(gamma: int) -> None:
   """Drafts per proposer turn: at least one."""
   if gamma < 1:
     raise ConfigError(f"gamma={gamma} must be >= 1")
+
+
+def parse_gamma(values: list[str], num_models: int) -> str | int | tuple[int, ...]:
+  """A --gamma flag's values: `auto`, one positive integer for every model, or one per model."""
+  text = ",".join(values)
+  if [v.strip() for v in values] == [AUTO]:
+    return AUTO
+  try:
+    gammas = [int(v) for v in values]
+  except ValueError:
+    gammas = []
+  choices = "auto or a positive integer" + (
+      f", or {num_models} comma-separated positive integers (one per model)"
+      if num_models > 1 else "")
+  if not gammas or min(gammas) < 1 or (num_models == 1 and len(gammas) > 1):
+    raise ConfigError(f"gamma={text} is invalid; valid choices: {choices}")
+  if len(gammas) not in (1, num_models):
+    raise ConfigError(f"gamma={text} gives {len(gammas)} proposal lengths for {num_models} "
+                      "models; give one, or one per model (or auto)")
+  return gammas[0] if len(gammas) == 1 else tuple(gammas)
 
 
 def check_vocabularies(models, what: str) -> None:
@@ -164,11 +189,56 @@ def executable(jitted, *args) -> tuple:
   return _EXECUTABLES[key], time.perf_counter() - start
 
 
-
-
 def timed(compiled, *args) -> tuple:
   """The compiled request's outputs, read to the host in one transfer, and its wall seconds
   (the one timing path of every decoder, benchmark and metric)."""
   start = time.perf_counter()
   out = jax.device_get(compiled(*args))
   return out, time.perf_counter() - start
+
+
+CALLS_PER_TIMING = 8  # calls in one timed on-device loop (dispatch amortized as in a decoder)
+_COSTS: dict = {}
+
+
+def _measure(model, params: dict, batch: int, width: int, max_len: int, rollback: int) -> float:
+  """Seconds of one batched cached call of `model` over `width` positions (best of 3 timed
+  loops of CALLS_PER_TIMING calls, after the compile and a warm-up run)."""
+
+  def loop(params, cache):
+    start_B = jnp.full((batch,), max(max_len // 2 - width, 0), jnp.int32)
+    tokens_BT = jnp.ones((batch, width), jnp.int32)
+
+    def body(i, carry):
+      total, cache = carry
+      logits_BTV, cache = cached_forward(model, params, (tokens_BT + i) % 2, cache, start_B)
+      return total + logits_BTV[:, -1, 0].sum(), cache
+
+    return jax.lax.fori_loop(0, CALLS_PER_TIMING, body, (jnp.float32(0), cache))[0]
+
+  args = jax.device_put((params, init_cache(model.config, batch, max_len, rollback)))
+  compiled = jax.jit(loop).lower(*args).compile()
+  timed(compiled, *args)
+  return min(timed(compiled, *args)[1] for _ in range(3)) / CALLS_PER_TIMING
+
+
+def measured_widths(widths: tuple[int, ...]) -> tuple[int, ...]:
+  """The call widths `call_costs` times: those up to 3 and the widest (the rest interpolate)."""
+  return tuple(sorted({w for w in widths if w <= 3} | {max(widths)}))
+
+
+def call_costs(model, params: dict, batch: int, widths: tuple[int, ...], max_len: int,
+               rollback: int) -> dict[int, float]:
+  """Seconds of one batched call of a model (in its decode form) over each of `widths`
+  positions with a cache of `max_len`, on this device: `measured_widths` timed once per model,
+  batch, width, cache length and device for the process (then read from a cache), the widths
+  between them interpolated linearly (a call's cost is close to affine in its width)."""
+  device = jax.devices()[0]
+  known = {}
+  for width in measured_widths(widths):
+    key = (model, batch, width, max_len, rollback, device.platform, device.device_kind)
+    if key not in _COSTS:
+      _COSTS[key] = _measure(model, params, batch, width, max_len, rollback)
+    known[width] = _COSTS[key]
+  xs = sorted(known)
+  return {w: float(np.interp(w, xs, [known[x] for x in xs])) for w in widths}

@@ -18,6 +18,11 @@ A round writes the target at n-1 .. n-1+gamma and the draft at n-2 .. n+gamma-2,
 round starts at n'-1 (n'-2) with n' >= n + 1: at most gamma positions at or past a call's first
 position were written before (2 for the draft's first call after the prefill), so windowed
 entries are rings of window + `rollback(gamma)` slots (`efficiency.serving.cache`).
+
+`gamma="auto"` plans first (`plan`): both models' call costs measured on this device and batch
+(`request.call_costs`, once per process), acceptance from a short probe of the same prompts,
+and the gamma, or plain decoding of the target, with the most expected tokens/s
+(`acceptance.choose_speculation`); the request then runs that fixed setting.
 """
 
 import dataclasses
@@ -29,10 +34,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from efficiency.serving import sampling as sampling_lib
-from efficiency.serving.acceptance import accept
+from efficiency.serving.acceptance import (
+  GRID,
+  Plan,
+  accept,
+  choose_speculation,
+  speculation_positions,
+)
 from efficiency.serving.cache import cache_bytes, init_cache
 from efficiency.serving.forward import cached_forward
+from efficiency.serving.generate import run
 from efficiency.serving.request import (
+  AUTO,
+  call_costs,
   check_gamma,
   check_memory,
   check_request,
@@ -158,11 +172,12 @@ class Speculated:
 
   tokens: list[np.ndarray]
   rounds: int
-  gamma: int
+  gamma: int  # 0: the planner chose plain decoding of the target (rounds are its steps)
   verified: int
   accepted: int
   decode_s: float
   compile_s: float
+  plan: Plan | None = None  # with gamma="auto"
 
   @property
   def acceptance(self) -> float | None:
@@ -172,6 +187,11 @@ class Speculated:
   def calls(self) -> dict[str, int]:
     """Batched model calls after the prefill."""
     return {"target": self.rounds, "draft": self.rounds * self.gamma}
+
+  def report(self) -> dict:
+    """The plan (with gamma="auto") and the achieved tokens/s, for JSON reports."""
+    return {**(self.plan.as_dict() if self.plan else {"plan": [self.gamma]}),
+            "achieved_tokens_per_s": self.tokens_per_s}
 
   @property
   def tokens_per_s(self) -> float:
@@ -184,16 +204,29 @@ def speculate(
     prompts: list[np.ndarray],
     max_new_tokens: int,
     sampling: Sampling,
-    gamma: int,
+    gamma: int | str,
     eos_id: int | None,
     seed: int = 0,
     first_row: int = 0,
     draft_sampling: Sampling | None = None,
 ) -> Speculated:
   """Decodes every prompt in one batch: the target's distribution under `sampling`, with
-  `draft` proposing `gamma` tokens per round (under `draft_sampling`, default `sampling`).
-  Models not in their decode forms are converted first (`weights.to_decode_form`)."""
+  `draft` proposing `gamma` tokens per round (under `draft_sampling`, default `sampling`), or
+  with gamma="auto" the setting `plan` chooses (plain decoding of the target when speculation
+  would not pay). Models not in their decode forms are converted first
+  (`weights.to_decode_form`)."""
   check_request(prompts, max_new_tokens)
+  if gamma == AUTO:
+    target, draft = to_decode_form(*target), to_decode_form(*draft)
+    chosen = plan(target, draft, prompts, max_new_tokens, sampling, eos_id, seed, first_row,
+                  draft_sampling)
+    if chosen.gamma is None:
+      out = run(*target, prompts, max_new_tokens, sampling, eos_id, seed, first_row)
+      return Speculated(out.tokens, max(map(len, out.tokens)), 0, 0, 0, out.decode_s,
+                        out.compile_s, chosen)
+    out = speculate(target, draft, prompts, max_new_tokens, sampling, chosen.gamma[0], eos_id,
+                    seed, first_row, draft_sampling)
+    return dataclasses.replace(out, plan=chosen)
   check_gamma(gamma)
   check_vocabularies((target[0], draft[0]), "speculative decoding")
   tokens_BP, lengths_B = pad_prompts(prompts)
@@ -210,3 +243,25 @@ def speculate(
   (out_BN, (rounds, verified, accepted)), decode_s = timed(compiled, *args)  # one transfer
   return Speculated([trim(row, eos_id) for row in out_BN], int(rounds), gamma, int(verified),
                     int(accepted), decode_s, compile_s)
+
+
+PROBE_TOKENS, PROBE_GAMMA = 16, 3  # the acceptance probe: new tokens per prompt, its gamma
+
+
+def plan(
+    target: tuple[nn.Module, dict], draft: tuple[nn.Module, dict], prompts: list[np.ndarray],
+    max_new_tokens: int, sampling: Sampling, eos_id: int | None, seed: int = 0,
+    first_row: int = 0, draft_sampling: Sampling | None = None, batch: int | None = None,
+    grid: tuple[int, ...] | None = None,
+) -> Plan:
+  """The gamma in `grid`, or plain decoding, with the most expected tokens/s for these models
+  (in their decode forms) and prompts: call costs measured at `batch` rows (default: all the
+  prompts in one batch), acceptance from speculating PROBE_TOKENS tokens of every prompt."""
+  batch, grid = batch or len(prompts), grid or GRID
+  max_len = pad_prompts(prompts)[0].shape[1] + max_new_tokens + max(grid) + 1
+  target_widths, draft_widths = speculation_positions(grid)
+  target_s = call_costs(*target, batch, target_widths, max_len, rollback(max(grid)))
+  draft_s = call_costs(*draft, batch, draft_widths, max_len, rollback(max(grid)))
+  probe = speculate(target, draft, prompts, min(PROBE_TOKENS, max_new_tokens), sampling,
+                    PROBE_GAMMA, eos_id, seed, first_row, draft_sampling)
+  return choose_speculation(probe.acceptance or 0.0, target_s, draft_s, grid, rows=batch)

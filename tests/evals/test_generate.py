@@ -28,15 +28,19 @@ def test_greedy_generation_and_speculative_agree(sweep_root, tmp_path):
                 *common)
   assert refused.returncode != 0 and "--stream takes neither --draft" in refused.stderr
   report = tmp_path / "report.json"
-  spec = run("evals.generate", f"--workdir={target}", f"--draft={draft}", "--gamma=3", *common,
-             f"--report={report}")
+  spec = run("evals.generate", f"--workdir={target}", f"--draft={draft}", *common,
+             f"--report={report}")  # --gamma=auto: whatever it picks, greedy tokens are equal
   assert spec.returncode == 0, spec.stderr[-3000:]
   assert spec.stdout == plain.stdout
   assert "acceptance" in spec.stderr
   written = json.loads(report.read_text())
   assert written["batch"] == 8 and written["tokens"] == 12 and written["tokens_per_s"] > 0
-  assert 0 <= written["acceptance"] <= 1 and written["calls"]["draft"] == 3 * written["calls"][
-      "target"]
+  (plan,) = written["plans"]
+  assert plan["plan"] == "standard" or plan["plan"][0] in range(1, 9)
+  gamma = 0 if plan["plan"] == "standard" else plan["plan"][0]
+  assert written["calls"]["draft"] == gamma * written["calls"]["target"]
+  assert 0 <= plan["acceptance_estimate"] <= 1 and plan["predicted_tokens_per_s"] > 0
+  assert plan["achieved_tokens_per_s"] > 0 and set(plan["call_costs_s"][0]) >= {"1", "2"}
 
 
 @pytest.mark.slow
@@ -50,11 +54,20 @@ def test_cos_writes_report(sweep_root, tmp_path):
   assert report["same_tokens_as_standard"] == {"standard": True, "cos": True}
   assert "on_device" not in report["settings"] and report["settings"]["gamma"] == [2, 1]
   assert report["settings"]["weights"] == [0.5, 0.5]
-  assert "speedup (CoS over standard)" in proc.stdout
+  assert "speedup (CoS over standard)" in proc.stdout and report["plan"]["plan"] == [2, 1]
+  auto = tmp_path / "auto.json"
+  proc = run("evals.cos", f"--models={models}", "--num_prompts=1", "--prompt_tokens=8",
+             "--max_new_tokens=4", f"--output={auto}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = json.loads(auto.read_text())
+  assert report["settings"]["gamma"] == "auto" and report["same_tokens_as_standard"]["cos"]
+  assert {"plan", "call_costs_s", "acceptance_estimate", "predicted_tokens_per_s",
+          "achieved_tokens_per_s"} <= set(report["plan"])
   proc = run("evals.cos", f"--models={models}", "--gamma=1,2,3", timeout=60)
   assert proc.returncode == 1
   assert proc.stderr.strip().splitlines()[-1] == (
-      "error: gamma=[1, 2, 3] gives 3 proposal lengths for 2 models; give one, or one per model")
+      "error: gamma=1,2,3 gives 3 proposal lengths for 2 models; give one, or one per model "
+      "(or auto)")
 
 
 def test_clear_errors(sweep_root):
