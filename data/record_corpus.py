@@ -26,7 +26,7 @@ import zstandard
 from tqdm import tqdm
 
 from data.file_corpus import is_validation
-from data.text_corpus import pattern_root, text_files
+from data.text_corpus import files_digest, pattern_root, text_files
 from efficiency.errors import ConfigError, MissingPathError
 
 EXTENSIONS = {"jsonl": (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json"), "parquet": (".parquet",)}
@@ -214,10 +214,7 @@ def make_config(
   and the kept fields: new data, new build."""
   paths = record_files(pattern, fmt)
   fields = infer_fields(paths, fmt, text_field)
-  digest = hashlib.sha1(json.dumps([fmt, text_field, fields]).encode())
-  for path in paths:
-    stat = os.stat(path)
-    digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+  digest = files_digest(paths, hashlib.sha1(json.dumps([fmt, text_field, fields]).encode()))
   return RecordCorpusConfig(
       name=f"{fmt}-{digest.hexdigest()[:10]}-val{validation_percent}",
       description=f"{len(paths)} {fmt} files matching {pattern}, {validation_percent}% held out.",

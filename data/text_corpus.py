@@ -43,15 +43,20 @@ class TextCorpusConfig(tfds.core.BuilderConfig):
   validation_percent: int = 5
 
 
+def files_digest(paths: list[str], digest: "hashlib._Hash") -> "hashlib._Hash":
+  """`digest` updated with each file's path, size and mtime: new files, new digest."""
+  for path in paths:
+    stat = os.stat(path)
+    digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+  return digest
+
+
 def make_config(pattern: str, validation_percent: int) -> TextCorpusConfig:
   """A config named after a hash of the files' paths, sizes and mtimes: new files, new build."""
   paths = text_files(pattern)
   if not paths:
     raise MissingPathError(f"data.text_glob={pattern!r} matches no files")
-  digest = hashlib.sha1()
-  for path in paths:
-    stat = os.stat(path)
-    digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+  digest = files_digest(paths, hashlib.sha1())
   return TextCorpusConfig(
       name=f"files-{digest.hexdigest()[:10]}-val{validation_percent}",
       description=f"{len(paths)} files matching {pattern}, {validation_percent}% held out.",
